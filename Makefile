@@ -1,0 +1,31 @@
+# Every target creates .venv on demand from the pinned dependencies in pyproject.toml.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint bench bench-big clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/amplitude-brevo demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check daemon tests bench
+
+bench: $(STAMP)
+	$(BIN)/python bench/export_throughput.py
+
+bench-big: $(STAMP)
+	$(BIN)/python bench/export_throughput.py --big
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,216 @@
+"""Command line: argv → config → logging → asyncio.run(...); picks the exit code (0 ok, 1 runtime, 2 usage/config)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+
+from . import __version__
+from .config import Config, ConfigError, load_config, render_config, secret_values
+from .logs import configure_logging, get_logger
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+def default_config_path() -> str:
+    return os.environ.get("AMPLITUDE_BREVO_CONFIG") or "config.yaml"
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", default=None,
+        help="config file (default: $AMPLITUDE_BREVO_CONFIG, then ./config.yaml)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="amplitude-brevo", description="Amplitude product analytics into Brevo marketing automation."
+    )
+    parser.add_argument("--version", action="version", version=f"amplitude-brevo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
+    _add_config(run)
+
+    check = sub.add_parser("check-config", help="validate the config and print it resolved, secrets masked")
+    _add_config(check)
+
+    status = sub.add_parser("status", help="checkpoints, spool depth and dead-letter counts from the state file")
+    _add_config(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    dlq = sub.add_parser("dlq", help="inspect, replay and purge dead letters")
+    dlq_sub = dlq.add_subparsers(dest="dlq_command", metavar="ACTION", required=True)
+    dlq_list = dlq_sub.add_parser("list", help="list dead letters")
+    _add_config(dlq_list)
+    dlq_list.add_argument("--source", help="only this source (e.g. export)")
+    dlq_list.add_argument("--all", action="store_true", help="include replayed ones")
+    dlq_list.add_argument("--limit", type=int, default=100)
+    dlq_show = dlq_sub.add_parser("show", help="print one dead letter with its item")
+    _add_config(dlq_show)
+    dlq_show.add_argument("id", type=int)
+    dlq_purge = dlq_sub.add_parser("purge", help="delete dead letters")
+    _add_config(dlq_purge)
+    group = dlq_purge.add_mutually_exclusive_group(required=True)
+    group.add_argument("--id", type=int, action="append", dest="ids", help="a dead letter id (repeatable)")
+    group.add_argument("--source", help="every dead letter of this source")
+    group.add_argument("--all", action="store_true", help="every dead letter")
+
+    sandbox = sub.add_parser("sandbox", help="run the loopback Amplitude and Brevo simulators")
+    from .sandbox.server import add_sandbox_arguments
+
+    add_sandbox_arguments(sandbox)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handler = {
+        "run": cmd_run,
+        "check-config": cmd_check_config,
+        "status": cmd_status,
+        "dlq": cmd_dlq,
+        "sandbox": cmd_sandbox,
+    }[args.command]
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return EXIT_RUNTIME
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    path = args.config or default_config_path()
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"amplitude-brevo: invalid config {path}:", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  - {error}", file=sys.stderr)
+        return None
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    sys.stdout.write(render_config(cfg))
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .app import Daemon, StartupError
+    from .components import default_components
+
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    configure_logging(cfg.logging.level, cfg.logging.format, secret_values(cfg))
+    daemon = Daemon(cfg, config_path=args.config or default_config_path(), components=default_components)
+    try:
+        return asyncio.run(daemon.serve())
+    except StartupError as exc:
+        get_logger("daemon").error("daemon.startup_failed", error=str(exc))
+        return EXIT_RUNTIME
+
+
+def _with_state(args: argparse.Namespace, action):  # type: ignore[no-untyped-def]
+    from .state import StateError, StateStore
+
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    if not Path(cfg.state.path).exists():
+        print(f"amplitude-brevo: no state file at {cfg.state.path} (the daemon has not run yet)", file=sys.stderr)
+        return EXIT_RUNTIME
+
+    async def go() -> int:
+        store = await StateStore.open(cfg.state.path)
+        try:
+            return await action(store, cfg)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(go())
+    except StateError as exc:
+        print(f"amplitude-brevo: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+
+
+def _iso(ts: float | None) -> str | None:
+    return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    async def action(store, cfg: Config) -> int:  # type: ignore[no-untyped-def]
+        report = {
+            "state": str(store.path),
+            "schema_version": store.schema_version,
+            "checkpoints": await store.checkpoints(),
+            "spool_depth": await store.spool_depth(),
+            "dead_letters": await store.dead_letter_counts(),
+        }
+        if args.json:
+            print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+            return EXIT_OK
+        print(f"state file      {report['state']} (schema v{report['schema_version']})")
+        print("checkpoints")
+        for name, value in sorted(report["checkpoints"].items()) or [("(none)", "")]:
+            print(f"  {name:<28} {value}")
+        print(f"ingest spool    {report['spool_depth']} waiting")
+        print("dead letters")
+        for source, count in sorted(report["dead_letters"].items()) or [("(none)", 0)]:
+            print(f"  {source:<28} {count}")
+        return EXIT_OK
+
+    return _with_state(args, action)
+
+
+def cmd_dlq(args: argparse.Namespace) -> int:
+    async def action(store, cfg: Config) -> int:  # type: ignore[no-untyped-def]
+        if args.dlq_command == "list":
+            letters = await store.list_dead_letters(source=args.source, include_replayed=args.all, limit=args.limit)
+            if not letters:
+                print("no dead letters")
+            for dl in letters:
+                flag = " (replayed)" if dl.replayed_at else ""
+                print(f"{dl.id:>6}  {_iso(dl.created_at)}  {dl.source}/{dl.sink}  {dl.reason}{flag}")
+            return EXIT_OK
+        if args.dlq_command == "show":
+            dl = await store.get_dead_letter(args.id)
+            if dl is None:
+                print(f"amplitude-brevo: no dead letter {args.id}", file=sys.stderr)
+                return EXIT_RUNTIME
+            print(f"id       {dl.id}\nsource   {dl.source}\nsink     {dl.sink}\ncreated  {_iso(dl.created_at)}")
+            print(f"replayed {_iso(dl.replayed_at)}\nreason   {dl.reason}\nitem")
+            try:
+                print(orjson.dumps(orjson.loads(dl.item), option=orjson.OPT_INDENT_2).decode())
+            except orjson.JSONDecodeError:
+                print(dl.item.decode("utf-8", "replace"))
+            return EXIT_OK
+        if args.dlq_command == "purge":
+            count = await store.purge_dead_letters(ids=args.ids, source=args.source)
+            print(f"purged {count} dead letters")
+            return EXIT_OK
+        raise AssertionError(args.dlq_command)
+
+    return _with_state(args, action)
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from .sandbox.server import run_sandbox
+
+    configure_logging("info", "auto")
+    return asyncio.run(run_sandbox(args))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""HTTP clients of the outside APIs (Amplitude) and shared HTTP settings."""

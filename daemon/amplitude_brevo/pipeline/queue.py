@@ -1,0 +1,84 @@
+"""The bounded batching queue between producers and one sink: blocks producers when full, packs batches."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Iterable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class QueueClosed(Exception):
+    """Raised by `put()` once the queue no longer accepts items (shutdown)."""
+
+
+class BatchQueue(Generic[T]):
+    """Producers `await put()`; the sink's consumer `await next_batch()`.
+
+    A batch is released when it holds `max_items` items or `max_wait` seconds after its first item arrived,
+    whichever comes first. Nothing is ever dropped: when `capacity` items are waiting, `put()` waits
+    (backpressure, like Vector's `when_full: block`). `close()` stops intake; consumers then drain what is
+    left and receive `None`.
+    """
+
+    def __init__(self, name: str, *, max_items: int, max_wait: float, capacity: int) -> None:
+        self.name = name
+        self._items: deque[T] = deque()
+        self._cond = asyncio.Condition()
+        self._closed = False
+        self.max_items = max_items
+        self.max_wait = max_wait
+        self.capacity = capacity
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    async def reconfigure(self, *, max_items: int, max_wait: float, capacity: int) -> None:
+        """Apply new batching settings (SIGHUP) without touching queued items."""
+        async with self._cond:
+            self.max_items, self.max_wait, self.capacity = max_items, max_wait, capacity
+            self._cond.notify_all()
+
+    async def put(self, item: T) -> None:
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._closed or len(self._items) < self.capacity)
+            if self._closed:
+                raise QueueClosed(self.name)
+            self._items.append(item)
+            self._cond.notify_all()
+
+    async def put_many(self, items: Iterable[T]) -> None:
+        for item in items:
+            await self.put(item)
+
+    async def close(self) -> None:
+        async with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    async def next_batch(self) -> list[T] | None:
+        """The next batch, or None once the queue is closed and empty."""
+        loop = asyncio.get_running_loop()
+        async with self._cond:
+            await self._cond.wait_for(lambda: self._closed or self._items)
+            if not self._items:
+                return None
+            deadline = loop.time() + self.max_wait
+            while len(self._items) < self.max_items and not self._closed:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._cond.wait(), remaining)
+                except TimeoutError:
+                    break
+            count = min(len(self._items), self.max_items)
+            batch = [self._items.popleft() for _ in range(count)]
+            self._cond.notify_all()
+            return batch

@@ -1,0 +1,1 @@
+"""Loopback simulators of Amplitude and Brevo, and the deterministic data they serve."""

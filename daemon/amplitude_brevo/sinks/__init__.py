@@ -1,0 +1,1 @@
+"""Consumers that write to Brevo, each under the rate budget of the bucket it spends."""

@@ -1,0 +1,153 @@
+"""Brevo API client: api-key auth, one rate budget per bucket, and `validate_response()` (retry vs fatal)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..logs import get_logger
+from ..metrics import Metrics
+from ..retry import Backoff
+from ..secrets import Secret
+from .budgets import Budgets, bucket_for
+
+log = get_logger("brevo_client")
+
+
+class Outcome(enum.Enum):
+    OK = "ok"
+    RETRY = "retry"  # 429, 425, 408, 5xx, connection errors, timeouts; 401/403 too (a key fix is a reload away)
+    FATAL = "fatal"  # other 4xx: the request itself is wrong; its items go to the dead-letter queue
+
+
+@dataclass
+class BrevoResponse:
+    status: int
+    headers: dict[str, str]
+    body: Any  # parsed JSON, raw text, or None
+
+    @property
+    def message(self) -> str:
+        if isinstance(self.body, dict):
+            code, message = self.body.get("code"), self.body.get("message")
+            return f"{code}: {message}" if code else str(message or self.body)
+        return str(self.body or f"HTTP {self.status}")
+
+
+def validate_response(status: int) -> Outcome:
+    """The one place that decides what an HTTP status means for delivery."""
+    if 200 <= status < 300:
+        return Outcome.OK
+    if status in (401, 403, 408, 425, 429) or status >= 500:
+        return Outcome.RETRY
+    return Outcome.FATAL
+
+
+class Stopping(Exception):
+    """The daemon is stopping while a request waits to be retried; the caller leaves the batch unacked."""
+
+
+class BrevoClient:
+    """Sends requests under the budget of their bucket and retries what is retriable, for ever by default.
+
+    The API key is read from the live config on each request, so a SIGHUP key rotation applies at once.
+    """
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        base_url: str,
+        api_key: Secret,
+        budgets: Budgets,
+        metrics: Metrics | None = None,
+        backoff: Backoff | None = None,
+        stop: asyncio.Event | None = None,
+    ) -> None:
+        self.session = session
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+        self.budgets = budgets
+        self.metrics = metrics
+        self.backoff = backoff or Backoff()
+        self.stop = stop
+        self.rate_limited_total = 0
+
+    def reconfigure(self, *, base_url: str, api_key: Secret) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key
+
+    def __repr__(self) -> str:
+        return f"BrevoClient(base_url={self.base_url!r}, api_key='***')"
+
+    async def send_once(self, method: str, path: str, payload: Any = None, *, budget: str | None = None) -> BrevoResponse:
+        """One attempt: wait for the budget, send, read the rate-limit headers. Transport errors raise."""
+        bucket = self.budgets[budget] if budget else self.budgets.for_request(method, path)
+        await bucket.acquire()
+        headers = {"api-key": self._api_key.reveal(), "accept": "application/json"}
+        data = None
+        if payload is not None:
+            headers["content-type"] = "application/json"
+            data = orjson.dumps(payload)
+        async with self.session.request(method, self.base_url + path, data=data, headers=headers) as resp:
+            raw = await resp.read()
+            response_headers = {k.lower(): v for k, v in resp.headers.items()}
+            status = resp.status
+        if self.metrics:
+            self.metrics.http_responses.labels(api="brevo", status=str(status)).inc()
+        delay = bucket.observe(status, response_headers)
+        if status == 429:
+            self.rate_limited_total += 1
+            log.warning("brevo.rate_limited", budget=bucket.name, path=path, reset_seconds=delay)
+        body: Any = None
+        if raw:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                body = raw.decode("utf-8", "replace")[:500]
+        return BrevoResponse(status, response_headers, body)
+
+    async def call(
+        self, method: str, path: str, payload: Any = None, *, budget: str | None = None, context: dict[str, Any] | None = None
+    ) -> BrevoResponse:
+        """Send until the answer is OK or FATAL; retriable failures back off with full jitter.
+
+        Raises `Stopping` if the daemon stops while waiting to retry, so the caller leaves its items
+        unacknowledged (they are read again after restart, and the dedupe record filters what did arrive).
+        """
+        attempt = 0
+        bucket_name = budget or bucket_for(method, path)
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            floor = 0.0
+            try:
+                response = await self.send_once(method, path, payload, budget=budget)
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                outcome, reason = Outcome.RETRY, f"{type(exc).__name__}: {exc}"
+                if self.metrics:
+                    self.metrics.http_responses.labels(api="brevo", status="error").inc()
+            else:
+                outcome = validate_response(response.status)
+                reason = f"HTTP {response.status} {response.message}"
+                if outcome is not Outcome.RETRY:
+                    return response
+                if response.status == 429:
+                    floor = self.budgets[bucket_name].seconds_until_resume()
+                if response.status in (401, 403):
+                    log.error("brevo.auth_failed", status=response.status, path=path,
+                              hint="check connectors.brevo.api_key; a SIGHUP reload picks up a new key")
+            if self.backoff.exhausted(attempt):
+                raise RuntimeError(f"giving up on {method} {path} after {attempt} attempts: {reason}")
+            log.info("brevo.retry", path=path, attempt=attempt, reason=reason,
+                     elapsed=round(time.monotonic() - started, 3), **(context or {}))
+            if self.stop is not None and self.stop.is_set():
+                raise Stopping(reason)
+            if not await self.backoff.sleep(attempt, floor=floor, stop=self.stop):
+                raise Stopping(reason)

@@ -1,0 +1,204 @@
+"""Consumer: delivers queued events to Brevo (`/events/batch`, falling back to `/events`) and acknowledges them.
+
+A batch's life: taken from the queue (≤ `batching.max_items`) → split into requests (`/events/batch` chunks
+while that budget has room, single `/events` otherwise) → every item ends delivered or dead-lettered →
+the dead letters are stored, then the delivered keys and any checkpoint the batch completed are committed
+in one SQLite transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..logs import get_logger
+from ..state import DeadLetter, StateStore
+from .brevo_client import BrevoClient, Outcome, validate_response
+
+log = get_logger("brevo_events")
+
+SINK = "brevo_events"
+BATCH_BUDGET = "brevo_events_batch"
+SINGLE_BUDGET = "brevo_events"
+
+
+@dataclass
+class SinkStats:
+    delivered: int = 0
+    dead_lettered: int = 0
+    batch_requests: int = 0
+    single_requests: int = 0
+    would_send: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "delivered": self.delivered, "dead_lettered": self.dead_lettered,
+            "batch_requests": self.batch_requests, "single_requests": self.single_requests,
+            "would_send": self.would_send,
+        }
+
+
+class BrevoEventsSink:
+    """Drains the `brevo_events` queue with `workers` concurrent batches; singles go out `concurrency` at a time."""
+
+    role = "consumer"
+
+    def __init__(
+        self,
+        *,
+        queue: Any,
+        client: BrevoClient,
+        state: StateStore,
+        batch_size: int = 100,
+        workers: int = 2,
+        concurrency: int = 8,
+        dry_run: bool = False,
+        metrics: Any = None,
+        name: str = SINK,
+    ) -> None:
+        self.name = name
+        self.queue = queue
+        self.client = client
+        self.state = state
+        self.batch_size = batch_size
+        self.workers = workers
+        self._single_slots = asyncio.Semaphore(concurrency)
+        self.dry_run = dry_run
+        self.metrics = metrics
+        self.stats = SinkStats()
+        self._batch_endpoint = batch_size > 1
+
+    def reload(self, cfg: Any) -> None:
+        brevo = cfg.connectors.brevo
+        self.client.reconfigure(base_url=brevo.api_url, api_key=brevo.api_key)
+        size = getattr(brevo, "events_batch_size", self.batch_size)
+        self.batch_size = size
+        self._batch_endpoint = size > 1
+
+    async def run(self) -> None:
+        await asyncio.gather(*(self._worker() for _ in range(self.workers)))
+
+    async def _worker(self) -> None:
+        while (batch := await self.queue.next_batch()) is not None:
+            await self.deliver(batch)
+
+    # -- one batch --
+    async def deliver(self, items: list[Any]) -> None:
+        started = time.monotonic()
+        if self.dry_run:
+            for item in items:
+                log.info("brevo.dry_run.event", would_send=item.event.payload)
+            self.stats.would_send += len(items)
+            self._acknowledge_dry(items)
+            return
+        rejected: dict[int, str] = {}
+        await self._send(items, list(range(len(items))), rejected)
+        letters = [
+            DeadLetter(source="export", sink=self.name, item=items[i].event.payload, reason=reason)
+            for i, reason in sorted(rejected.items())
+        ]
+        await self._acknowledge(items, letters)
+        self.stats.delivered += len(items) - len(letters)
+        self.stats.dead_lettered += len(letters)
+        if self.metrics:
+            self.metrics.items_out.labels(sink=self.name, outcome="delivered").inc(len(items) - len(letters))
+            if letters:
+                self.metrics.items_out.labels(sink=self.name, outcome="dead_lettered").inc(len(letters))
+            self.metrics.batch_latency.labels(sink=self.name).observe(time.monotonic() - started)
+        log.info("brevo.batch.sent", sink=self.name, count=len(items), dead_lettered=len(letters),
+                 seconds=round(time.monotonic() - started, 3))
+
+    async def _send(self, items: list[Any], indexes: list[int], rejected: dict[int, str]) -> None:
+        """Deliver items[indexes]; item-level refusals land in `rejected` (index → Brevo's message)."""
+        singles: list[int] = []
+        chunks = [indexes[i:i + self.batch_size] for i in range(0, len(indexes), max(1, self.batch_size))]
+        batch_tasks = []
+        for chunk in chunks:
+            if self._batch_endpoint and len(chunk) > 1 and self.client.budgets[BATCH_BUDGET].has_capacity():
+                batch_tasks.append(self._send_batch(items, chunk, rejected))
+            else:
+                singles.extend(chunk)
+        results = await asyncio.gather(*batch_tasks)
+        for leftover in results:
+            singles.extend(leftover)
+        await asyncio.gather(*(self._send_single(items, i, rejected) for i in singles))
+
+    async def _send_batch(self, items: list[Any], chunk: list[int], rejected: dict[int, str]) -> list[int]:
+        """One `/events/batch` request; returns indexes still to send one by one."""
+        payload = {"events": [items[i].event.payload for i in chunk]}
+        self.stats.batch_requests += 1
+        response = await self.client.call("POST", "/events/batch", payload, budget=BATCH_BUDGET,
+                                          context={"sink": self.name, "count": len(chunk)})
+        if response.status in (200, 201, 202, 204):
+            return []
+        if response.status in (207, 400):
+            failed = _failed_indexes(response.body, len(chunk))
+            if failed:
+                for position, message in failed.items():
+                    rejected[chunk[position]] = f"Brevo refused the event: {message}"
+                return []
+        if response.status in (404, 405, 501):
+            # This account or proxy has no batch endpoint: fall back to single events from now on.
+            log.warning("brevo.events_batch.unavailable", status=response.status, fallback="/events")
+            self._batch_endpoint = False
+            return list(chunk)
+        if validate_response(response.status) is Outcome.FATAL and len(chunk) > 1:
+            # The whole request was refused without item detail (e.g. 413): split to isolate the cause.
+            half = len(chunk) // 2
+            left = await self._send_batch(items, chunk[:half], rejected)
+            right = await self._send_batch(items, chunk[half:], rejected)
+            return left + right
+        return list(chunk)  # a single item refused as a whole: let /events say why
+
+    async def _send_single(self, items: list[Any], index: int, rejected: dict[int, str]) -> None:
+        async with self._single_slots:
+            self.stats.single_requests += 1
+            response = await self.client.call("POST", "/events", items[index].event.payload, budget=SINGLE_BUDGET,
+                                              context={"sink": self.name})
+        if validate_response(response.status) is Outcome.FATAL:
+            rejected[index] = f"Brevo refused the event: HTTP {response.status} {response.message}"
+
+    # -- acknowledgements --
+    async def _acknowledge(self, items: list[Any], letters: list[DeadLetter]) -> None:
+        if letters:
+            # Dead letters first: if we die between the two writes, the batch is re-sent, never lost.
+            await self.state.add_dead_letters(letters)
+        by_source: dict[Any, dict[Any, list[str]]] = defaultdict(lambda: defaultdict(list))
+        for item in items:
+            by_source[item.source][item.hour].append("events:" + item.event.dedupe_key)
+        for source, hours in by_source.items():
+            keys = [k for ks in hours.values() for k in ks]
+            checkpoint = None
+            for hour, hour_keys in hours.items():
+                moved = source.acknowledge(hour, len(hour_keys), hour_keys)
+                checkpoint = moved or checkpoint
+            await self.state.commit_delivery(
+                keys, sink=self.name,
+                checkpoint=(source.checkpoint_name, checkpoint) if checkpoint else None,
+            )
+
+    def _acknowledge_dry(self, items: list[Any]) -> None:
+        # A dry run moves the in-memory cursor only: nothing is recorded, the next real run sends it all.
+        for item in items:
+            item.source.acknowledge(item.hour, 1, ["events:" + item.event.dedupe_key])
+
+
+def _failed_indexes(body: Any, size: int) -> dict[int, str]:
+    """`errors: [{eventIndex: [..], message}]` of a 207/400 from `/events/batch` → {position: message}."""
+    failed: dict[int, str] = {}
+    if not isinstance(body, dict):
+        return failed
+    for error in body.get("errors") or []:
+        if not isinstance(error, dict):
+            continue
+        indexes = error.get("eventIndex")
+        if isinstance(indexes, int):
+            indexes = [indexes]
+        for index in indexes or []:
+            if isinstance(index, int) and 0 <= index < size:
+                failed[index] = str(error.get("message") or "invalid event")
+    return failed

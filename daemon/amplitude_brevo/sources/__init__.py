@@ -1,0 +1,1 @@
+"""Producers that read Amplitude: export tail, user activity, cohorts, the ingest endpoint."""

@@ -1,0 +1,370 @@
+"""Producer: tails Amplitude's Export API hour by hour and queues mapped events for Brevo.
+
+The cursor is the server-upload hour (reference/amplitude-api.md §1). Hour H is requested once
+now ≥ H + 1h + `export.lag`. While behind, one request spans up to `export.max_window` hours; a 400 or
+504 halves the window, down to a single hour. Each window is streamed to a temporary file and read
+member by member, line by line, decoding only the fields the pipeline uses.
+
+Delivery: every queued event carries its hour. The HourTracker counts what is outstanding per hour and
+the sink writes the checkpoint — the next hour to read after a restart — in the same SQLite transaction
+as the dedupe keys of the batch that completed it. So a restart resumes inside a multi-hour window, and
+re-read rows already delivered are filtered by the dedupe record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from ..clients.amplitude import AmplitudeClient, ExportStatus
+from ..config import Config
+from ..logs import get_logger
+from ..pipeline.acks import HourTracker, hour_key
+from ..pipeline.queue import BatchQueue
+from ..pipeline.remap import BrevoEvent, MappingRules, Rejected, Skipped, remap_event
+from ..pipeline.rows import row_decoder
+from ..retry import Backoff
+from ..state import DeadLetter, StateStore
+from .export_files import TruncatedMember, iter_lines, list_members, open_export
+
+log = get_logger("amplitude_export")
+
+HOUR = timedelta(hours=1)
+DEDUPE_PREFIX = "events:"
+CHUNK = 1000  # rows decoded between two awaits, and dedupe lookups per round trip
+
+
+def floor_hour(moment: datetime) -> datetime:
+    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+
+
+def latest_available_hour(now: datetime, lag_seconds: float) -> datetime:
+    """The newest hour H with now ≥ H + 1h + lag."""
+    return floor_hour(now - HOUR - timedelta(seconds=lag_seconds))
+
+
+@dataclass(slots=True)
+class QueuedEvent:
+    """An event on its way to Brevo, with what it must acknowledge when it gets there."""
+
+    event: BrevoEvent
+    hour: datetime
+    source: ExportSource
+
+
+@dataclass
+class ExportStats:
+    rows: int = 0
+    mapped: int = 0
+    deduplicated: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    dead_lettered: int = 0
+    windows: int = 0
+    bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "rows_read": self.rows, "mapped": self.mapped, "deduplicated": self.deduplicated,
+            "skipped": dict(self.skipped), "dead_lettered": self.dead_lettered,
+            "windows": self.windows, "bytes": self.bytes,
+        }
+
+
+class ExportSource:
+    """Tails (or, with `end`, backfills) export hours into the `brevo_events` queue."""
+
+    role = "producer"
+
+    def __init__(
+        self,
+        *,
+        cfg: Config,
+        state: StateStore,
+        client: AmplitudeClient,
+        queue: BatchQueue[QueuedEvent],
+        stopping: asyncio.Event,
+        checkpoint_name: str = "export.next_hour",
+        start: datetime | None = None,
+        end: datetime | None = None,
+        metrics: Any = None,
+        backoff: Backoff | None = None,
+        now: Any = None,
+        name: str = "amplitude_export",
+    ) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.rules = MappingRules.from_config(cfg)
+        self.state = state
+        self.client = client
+        self.queue = queue
+        self.stopping = stopping
+        self.checkpoint_name = checkpoint_name
+        self.start = start
+        self.end = end  # inclusive last hour for a backfill; None tails for ever
+        self.metrics = metrics
+        self.backoff = backoff or Backoff(base=1.0, cap=300.0)
+        self._now = now or (lambda: datetime.now(UTC))
+        self.stats = ExportStats()
+        self.tracker: HourTracker | None = None
+        self.inflight: set[str] = set()
+        self.finished = asyncio.Event()  # backfill: every hour through `end` delivered
+        self.read_cursor: datetime | None = None
+
+    def reload(self, cfg: Config) -> None:
+        amp = cfg.connectors.amplitude
+        self.client.reconfigure(api_url=amp.api_url, api_key=amp.api_key, secret_key=amp.secret_key)
+        self.cfg = cfg
+        self.rules = MappingRules.from_config(cfg)  # later rows use the new mapping
+
+    # -- acknowledgements, called by the sink --
+    def acknowledge(self, hour: datetime, count: int, keys: list[str]) -> str | None:
+        """Items of `hour` are delivered or dead-lettered; returns the new checkpoint value, if it moved."""
+        assert self.tracker is not None
+        self.tracker.done(hour, count)
+        self.inflight.difference_update(keys)
+        return self._advance()
+
+    def _advance(self) -> str | None:
+        assert self.tracker is not None
+        moved = self.tracker.advance()
+        if moved is not None:
+            self._lag_metric()
+            if self.end is not None and self.tracker.next_hour > self.end:
+                self.finished.set()
+        return moved
+
+    def _lag_metric(self) -> None:
+        if self.metrics and self.tracker:
+            lag = (self._now() - self.tracker.next_hour).total_seconds()
+            self.metrics.export_lag.set(max(0.0, lag))
+
+    async def _initial_hour(self) -> datetime:
+        stored = await self.state.get_checkpoint(self.checkpoint_name)
+        if stored:
+            return datetime.strptime(stored, "%Y%m%dT%H").replace(tzinfo=UTC)
+        if self.start is not None:
+            return floor_hour(self.start)
+        if self.cfg.export.start is not None:
+            return floor_hour(self.cfg.export.start)
+        return latest_available_hour(self._now(), self.cfg.export.lag)
+
+    # -- main loop --
+    async def run(self) -> None:
+        first = await self._initial_hour()
+        self.tracker = HourTracker(first)
+        self.read_cursor = first
+        window_hours = self._max_window_hours()
+        log.info("export.started", checkpoint=self.checkpoint_name, next_hour=hour_key(first),
+                 end=hour_key(self.end) if self.end else None)
+        if self.end is not None and first > self.end:
+            self.finished.set()
+        while not self.stopping.is_set():
+            if self.end is not None and self.read_cursor > self.end:
+                await self._wait_finished()
+                return
+            latest = latest_available_hour(self._now(), self.cfg.export.lag)
+            if self.end is not None:
+                latest = min(latest, self.end)
+            if self.read_cursor > latest:
+                await self._idle(self.read_cursor)
+                continue
+            window_hours = min(window_hours, self._max_window_hours())
+            end = min(self.read_cursor + (window_hours - 1) * HOUR, latest)
+            done = await self._fetch_window(self.read_cursor, end)
+            if done is None:
+                return  # stopping
+            if done is False:
+                window_hours = max(1, ((end - self.read_cursor) // HOUR + 1) // 2)
+                continue
+            self.read_cursor = end + HOUR
+            window_hours = self._max_window_hours()
+
+    def _max_window_hours(self) -> int:
+        return max(1, int(self.cfg.export.max_window // 3600))
+
+    async def _wait_finished(self) -> None:
+        waiter = asyncio.ensure_future(self.finished.wait())
+        stop = asyncio.ensure_future(self.stopping.wait())
+        try:
+            await asyncio.wait([waiter, stop], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            stop.cancel()
+        if self.finished.is_set():
+            log.info("export.backfill.done", checkpoint=self.checkpoint_name, **self.stats.as_dict())
+
+    async def _idle(self, waiting_for: datetime) -> None:
+        available_at = waiting_for + HOUR + timedelta(seconds=self.cfg.export.lag)
+        seconds = max(1.0, min(self.cfg.export.poll_interval, (available_at - self._now()).total_seconds()))
+        log.debug("export.idle", next_hour=hour_key(waiting_for), sleep_seconds=round(seconds, 1))
+        try:
+            await asyncio.wait_for(self.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def _fetch_window(self, start: datetime, end: datetime) -> bool | None:
+        """Fetch and queue hours start..end. True: done; False: too large, shrink; None: stopping."""
+        attempt = 0
+        hours = (end - start) // HOUR + 1
+        while not self.stopping.is_set():
+            attempt += 1
+            started = time.monotonic()
+            result = await self.client.download_export(start, end)
+            log_fields = {"start": hour_key(start), "end": hour_key(end), "hours": hours, "attempt": attempt}
+            if result.status is ExportStatus.OK:
+                assert result.path is not None
+                try:
+                    await self._read_window(result.path, start, end)
+                except _StopReading:
+                    # Hours of this window stay unsealed: the checkpoint cannot pass them.
+                    log.info("export.window.interrupted", **log_fields)
+                    return None
+                finally:
+                    result.path.unlink(missing_ok=True)
+                self.stats.windows += 1
+                self.stats.bytes += result.size
+                log.info("export.window.done", **log_fields, bytes=result.size,
+                         seconds=round(time.monotonic() - started, 3))
+                return True
+            if result.status is ExportStatus.EMPTY:
+                for hour in _hours(start, end):
+                    self.tracker.open(hour)  # type: ignore[union-attr]
+                    self.tracker.seal(hour)  # type: ignore[union-attr]
+                await self._commit_empty_progress()
+                log.info("export.window.empty", **log_fields)
+                return True
+            if result.status is ExportStatus.TOO_LARGE:
+                if hours > 1:
+                    log.warning("export.window.too_large", **log_fields, reason=result.reason)
+                    return False
+                # One hour the Export API cannot serve (over 4 GB): record it, loudly, and move on.
+                await self._dead_letter_hour(start, result.reason)
+                return True
+            if result.status is ExportStatus.FATAL:
+                log.error("export.window.failed", **log_fields, reason=result.reason,
+                          hint="check the Amplitude api_key/secret_key and connectors.amplitude.data_center")
+            else:
+                log.warning("export.window.retry", **log_fields, reason=result.reason)
+            if self.metrics:
+                self.metrics.errors.labels(component=self.name, kind=result.status.value).inc()
+            if not await self.backoff.sleep(attempt, stop=self.stopping):
+                return None
+        return None
+
+    async def _commit_empty_progress(self) -> None:
+        moved = self._advance()
+        if moved is not None:
+            await self.state.set_checkpoint(self.checkpoint_name, moved)
+
+    async def _dead_letter_hour(self, hour: datetime, reason: str) -> None:
+        assert self.tracker is not None
+        self.tracker.open(hour)
+        self.tracker.seal(hour)
+        moved = self._advance()
+        await self.state.add_dead_letters(
+            [DeadLetter(source="export", sink="brevo_events", item={"hour": hour_key(hour)},
+                        reason=f"export hour too large for the Export API: {reason}")],
+            checkpoint=(self.checkpoint_name, moved) if moved else None,
+        )
+        self.stats.dead_lettered += 1
+        log.error("export.hour.dead_lettered", hour=hour_key(hour), reason=reason)
+
+    async def _read_window(self, path: Any, start: datetime, end: datetime) -> None:
+        tracker = self.tracker
+        assert tracker is not None
+        for hour in _hours(start, end):
+            tracker.open(hour)
+        archive = await asyncio.to_thread(open_export, path)
+        with archive:
+            for member in list_members(archive):
+                hour = member.hour if member.hour and start <= member.hour <= end else None
+                await self._read_member(archive, member, hour or start)
+        for hour in _hours(start, end):
+            tracker.seal(hour)
+        await self._commit_empty_progress()
+
+    async def _read_member(self, archive: Any, member: Any, hour: datetime) -> None:
+        rules = self.rules
+        candidates: list[BrevoEvent] = []
+        letters: list[DeadLetter] = []
+        line_no = 0
+        lines = iter_lines(archive, member)
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except TruncatedMember as exc:
+                letters.append(DeadLetter(
+                    source="export", sink="brevo_events",
+                    item={"member": member.name, "hour": hour_key(hour), "lines_read": line_no},
+                    reason=f"truncated or corrupt gzip member after {line_no} lines: {exc}"))
+                log.error("export.member.truncated", member=member.name, lines_read=line_no, error=str(exc))
+                break
+            line_no += 1
+            self.stats.rows += 1
+            try:
+                row = row_decoder.decode(line)
+            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                letters.append(DeadLetter(
+                    source="export", sink="brevo_events",
+                    item={"member": member.name, "line": line_no, "text": line[:4096].decode("utf-8", "replace")},
+                    reason=f"malformed JSON line: {exc}"))
+                log.warning("export.line.malformed", member=member.name, line=line_no, error=str(exc))
+            else:
+                result = remap_event(row, rules)
+                if isinstance(result, BrevoEvent):
+                    candidates.append(result)
+                elif isinstance(result, Skipped):
+                    self.stats.skipped[result.reason] = self.stats.skipped.get(result.reason, 0) + 1
+                elif isinstance(result, Rejected):
+                    letters.append(DeadLetter(source="export", sink="brevo_events",
+                                              item={**result.item, "member": member.name}, reason=result.reason))
+                    log.warning("export.row.rejected", member=member.name, line=line_no, reason=result.reason)
+            if len(candidates) >= CHUNK or len(letters) >= CHUNK:
+                await self._flush(hour, candidates, letters)
+                candidates, letters = [], []
+        await self._flush(hour, candidates, letters)
+        if self.metrics:
+            self.metrics.items_in.labels(source="export").inc(line_no)
+
+    async def _flush(self, hour: datetime, candidates: list[BrevoEvent], letters: list[DeadLetter]) -> None:
+        if self.stopping.is_set():
+            raise _StopReading
+        if letters:
+            await self.state.add_dead_letters(letters)
+            self.stats.dead_lettered += len(letters)
+            if self.metrics:
+                self.metrics.items_out.labels(sink="brevo_events", outcome="dead_lettered").inc(len(letters))
+        if not candidates:
+            return
+        self.stats.mapped += len(candidates)
+        keys = [DEDUPE_PREFIX + c.dedupe_key for c in candidates]
+        unseen = await self.state.unseen(keys)
+        fresh: list[BrevoEvent] = []
+        for candidate, key in zip(candidates, keys, strict=True):
+            if key not in unseen or key in self.inflight:
+                self.stats.deduplicated += 1
+                continue
+            self.inflight.add(key)
+            fresh.append(candidate)
+        if self.metrics and len(fresh) < len(candidates):
+            self.metrics.items_out.labels(sink="brevo_events", outcome="deduplicated").inc(len(candidates) - len(fresh))
+        assert self.tracker is not None
+        self.tracker.add(hour, len(fresh))
+        for event in fresh:
+            await self.queue.put(QueuedEvent(event, hour, self))
+        await asyncio.sleep(0)  # let consumers and the admin server run between chunks
+
+
+class _StopReading(Exception):
+    """The daemon is stopping: leave the rest of the window for the next start."""
+
+
+def _hours(start: datetime, end: datetime) -> list[datetime]:
+    return [start + i * HOUR for i in range((end - start) // HOUR + 1)]

@@ -1,0 +1,70 @@
+"""Reading an Export API zip from disk: member by member, line by line, with isal's gzip."""
+
+from __future__ import annotations
+
+import re
+import zipfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from isal import igzip
+
+# `<app>/<app>_<YYYY-MM-DD>_<H>#<n>.json.gz` (reference/amplitude-api.md §1): H is not reliably padded.
+MEMBER_NAME = re.compile(r"(\d+)_(\d{4}-\d{2}-\d{2})_(\d{1,2})#(\d+)\.json\.gz$")
+_READ_SIZE = 1 << 20
+
+
+@dataclass(frozen=True)
+class Member:
+    name: str
+    hour: datetime | None  # the server-upload hour from the name, when it parses
+    partition: int
+
+
+class TruncatedMember(Exception):
+    """A gzip member ended early or is corrupt; the lines before the damage were still yielded."""
+
+
+def list_members(archive: zipfile.ZipFile) -> list[Member]:
+    """Every `.json.gz` entry, ordered by hour then partition; directories and marker files are ignored."""
+    members = []
+    for info in archive.infolist():
+        if info.is_dir() or not info.filename.endswith(".json.gz"):
+            continue
+        match = MEMBER_NAME.search(info.filename)
+        hour, partition = None, 0
+        if match:
+            day = datetime.strptime(match.group(2), "%Y-%m-%d").replace(tzinfo=UTC)
+            hour = day.replace(hour=int(match.group(3)))
+            partition = int(match.group(4))
+        members.append(Member(info.filename, hour, partition))
+    far = datetime.max.replace(tzinfo=UTC)
+    members.sort(key=lambda m: (m.hour or far, m.partition, m.name))
+    return members
+
+
+def iter_lines(archive: zipfile.ZipFile, member: Member) -> Iterator[bytes]:
+    """The non-empty lines of one member. Raises TruncatedMember after the last good line on damage."""
+    try:
+        with archive.open(member.name) as raw, igzip.IGzipFile(fileobj=raw, mode="rb") as gz:
+            pending = b""
+            while True:
+                chunk = gz.read(_READ_SIZE)
+                if not chunk:
+                    break
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                for line in lines:
+                    if line.strip():
+                        yield line
+            if pending.strip():
+                yield pending
+    except (EOFError, OSError, zlib.error, zipfile.BadZipFile) as exc:
+        raise TruncatedMember(f"{member.name}: {type(exc).__name__}: {exc}") from exc
+
+
+def open_export(path: str | Path) -> zipfile.ZipFile:
+    return zipfile.ZipFile(path)

@@ -1,0 +1,74 @@
+"""The batching queue: batch sizes, the max_wait timer, backpressure, drain on close, reconfigure."""
+
+import asyncio
+
+import pytest
+
+from amplitude_brevo.pipeline.queue import BatchQueue, QueueClosed
+
+
+async def test_full_batch_is_released_without_waiting():
+    q = BatchQueue("s", max_items=3, max_wait=60, capacity=10)
+    for i in range(7):
+        await q.put(i)
+    assert await asyncio.wait_for(q.next_batch(), 1) == [0, 1, 2]
+    assert await asyncio.wait_for(q.next_batch(), 1) == [3, 4, 5]
+
+
+async def test_partial_batch_is_released_after_max_wait():
+    q = BatchQueue("s", max_items=100, max_wait=0.05, capacity=1000)
+    await q.put("a")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await asyncio.wait_for(q.next_batch(), 1) == ["a"]
+    assert loop.time() - started >= 0.04
+
+
+async def test_items_arriving_during_wait_join_the_batch():
+    q = BatchQueue("s", max_items=3, max_wait=5, capacity=10)
+    await q.put(1)
+    consumer = asyncio.create_task(q.next_batch())
+    await asyncio.sleep(0)
+    await q.put(2)
+    await q.put(3)
+    assert await asyncio.wait_for(consumer, 1) == [1, 2, 3]
+
+
+async def test_producers_block_when_full_and_resume_after_a_batch():
+    q = BatchQueue("s", max_items=2, max_wait=0, capacity=2)
+    await q.put(1)
+    await q.put(2)
+    blocked = asyncio.create_task(q.put(3))
+    await asyncio.sleep(0.01)
+    assert not blocked.done(), "put() must wait while the queue is full"
+    assert await q.next_batch() == [1, 2]
+    await asyncio.wait_for(blocked, 1)
+    assert len(q) == 1
+
+
+async def test_close_drains_then_returns_none_and_refuses_new_items():
+    q = BatchQueue("s", max_items=10, max_wait=60, capacity=100)
+    await q.put_many(range(3))
+    await q.close()
+    assert await asyncio.wait_for(q.next_batch(), 1) == [0, 1, 2]
+    assert await q.next_batch() is None
+    with pytest.raises(QueueClosed):
+        await q.put(9)
+
+
+async def test_close_wakes_a_blocked_producer():
+    q = BatchQueue("s", max_items=1, max_wait=0, capacity=1)
+    await q.put(1)
+    blocked = asyncio.create_task(q.put(2))
+    await asyncio.sleep(0)
+    await q.close()
+    with pytest.raises(QueueClosed):
+        await asyncio.wait_for(blocked, 1)
+
+
+async def test_reconfigure_keeps_queued_items():
+    q = BatchQueue("s", max_items=10, max_wait=60, capacity=100)
+    await q.put_many(range(5))
+    await q.reconfigure(max_items=2, max_wait=0, capacity=3)
+    assert await q.next_batch() == [0, 1]
+    assert len(q) == 3

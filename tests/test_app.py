@@ -1,0 +1,170 @@
+"""Daemon lifecycle in-process: drain within the deadline, second stop signal, crash handling, reload swap."""
+
+import asyncio
+
+import yaml
+
+from amplitude_brevo.app import Daemon
+from amplitude_brevo.config import parse_config
+
+from .e2e.conftest import SECRETS, base_config
+
+
+def make_cfg(tmp_path, **overrides):
+    return parse_config(base_config(tmp_path, **overrides), env=SECRETS)
+
+
+class Producer:
+    """Puts numbers into the `demo` queue until asked to stop."""
+
+    role = "producer"
+
+    def __init__(self, rt, name="producer"):
+        self.rt, self.name, self.sent = rt, name, 0
+
+    async def run(self):
+        q = self.rt.queue("demo")
+        while not self.rt.stopping.is_set():
+            await q.put(self.sent)
+            self.sent += 1
+            await asyncio.sleep(0.001)
+
+    def reload(self, cfg):
+        pass
+
+
+class Consumer:
+    role = "consumer"
+    name = "consumer"
+
+    def __init__(self, rt, delay=0.0):
+        self.rt, self.delay, self.got = rt, delay, []
+
+    async def run(self):
+        q = self.rt.queue("demo")
+        while (batch := await q.next_batch()) is not None:
+            await asyncio.sleep(self.delay)
+            self.got.extend(batch)
+
+    def reload(self, cfg):
+        pass
+
+
+async def test_stop_drains_everything_produced(tmp_path):
+    made = {}
+
+    def factory(rt):
+        made["p"], made["c"] = Producer(rt), Consumer(rt)
+        return [made["p"], made["c"]]
+
+    daemon = Daemon(make_cfg(tmp_path, batching={"max_items": 10, "max_wait": "10ms"}), components=factory,
+                    install_signal_handlers=False)
+    task = asyncio.create_task(daemon.serve())
+    await asyncio.sleep(0.2)
+    daemon.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0
+    assert made["p"].sent > 0
+    assert made["c"].got == list(range(made["p"].sent)), "every produced item is consumed, in order"
+
+
+async def test_second_stop_signal_exits_at_once(tmp_path):
+    def factory(rt):
+        return [Producer(rt), Consumer(rt, delay=30)]
+
+    daemon = Daemon(make_cfg(tmp_path, shutdown_timeout="60s", batching={"max_items": 10, "max_wait": "1ms"}),
+                    components=factory, install_signal_handlers=False)
+    task = asyncio.create_task(daemon.serve())
+    await asyncio.sleep(0.1)
+    daemon.request_stop()
+    await asyncio.sleep(0.1)
+    assert not task.done(), "first signal waits for the slow consumer to drain"
+    daemon.request_stop()
+    assert await asyncio.wait_for(task, 5) == 1
+
+
+async def test_shutdown_deadline_cancels_stragglers(tmp_path):
+    def factory(rt):
+        return [Producer(rt), Consumer(rt, delay=30)]
+
+    daemon = Daemon(make_cfg(tmp_path, shutdown_timeout="1s", batching={"max_items": 10, "max_wait": "1ms"}),
+                    components=factory, install_signal_handlers=False)
+    task = asyncio.create_task(daemon.serve())
+    await asyncio.sleep(0.1)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    daemon.request_stop()
+    assert await asyncio.wait_for(task, 5) == 0
+    assert loop.time() - started < 2
+
+
+async def test_component_crash_stops_daemon_with_exit_1(tmp_path):
+    class Broken:
+        name, role = "broken", "producer"
+
+        async def run(self):
+            raise RuntimeError("boom")
+
+        def reload(self, cfg):
+            pass
+
+    daemon = Daemon(make_cfg(tmp_path), components=lambda rt: [Broken()], install_signal_handlers=False)
+    assert await asyncio.wait_for(daemon.serve(), 10) == 1
+
+
+async def test_reload_swaps_config_and_keeps_queued_items(tmp_path, monkeypatch):
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    reloaded = []
+
+    class Watcher:
+        name, role = "watcher", "consumer"
+
+        async def run(self):
+            await asyncio.Event().wait()
+
+        def reload(self, cfg):
+            reloaded.append(cfg)
+
+    daemon = Daemon(make_cfg(tmp_path), config_path=path, components=lambda rt: [Watcher()],
+                    install_signal_handlers=False)
+    await daemon.startup()
+    try:
+        q = daemon.runtime.queue("demo")
+        await q.put_many(range(5))
+        new = base_config(tmp_path, batching={"max_items": 3, "max_wait": "0s", "queue_capacity": 10},
+                          rate_limits={"brevo_events": {"requests": 3, "per": "1s"}},
+                          state={"path": str(tmp_path / "other.db")})
+        path.write_text(yaml.safe_dump(new))
+        assert await daemon.reload() is True
+        assert reloaded and reloaded[0].batching.max_items == 3
+        assert daemon.runtime.budgets["brevo_events"].rate.requests == 3
+        assert daemon.cfg.state.path == str(tmp_path / "state.db"), "state.path needs a restart"
+        assert len(q) == 5 and await q.next_batch() == [0, 1, 2]
+
+        path.write_text("connectors: [")
+        assert await daemon.reload() is False
+        assert daemon.cfg.batching.max_items == 3
+    finally:
+        daemon.request_stop()
+        await daemon.shutdown()
+
+
+async def test_admin_endpoints(tmp_path):
+    import aiohttp
+
+    daemon = Daemon(make_cfg(tmp_path), install_signal_handlers=False)
+    await daemon.startup()
+    try:
+        base = f"http://127.0.0.1:{daemon.admin_port}"
+        async with aiohttp.ClientSession() as s:
+            async with s.get(base + "/healthz") as r:
+                assert r.status == 200
+            async with s.get(base + "/readyz") as r:
+                assert r.status == 200
+            async with s.get(base + "/metrics") as r:
+                text = await r.text()
+                assert r.status == 200 and "amplitude_brevo_config_reloads_total" in text
+    finally:
+        await daemon.shutdown()
