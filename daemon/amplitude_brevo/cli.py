@@ -39,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon in the foreground (systemd runs this)")
     _add_config(run)
+    run.add_argument("--dry-run", action="store_true", help="send nothing to Brevo; log what would be sent")
+
+    backfill = sub.add_parser("backfill", help="send one range of export hours through the pipeline, then exit")
+    _add_config(backfill)
+    backfill.add_argument("--start", required=True, type=_hour, help="first hour, YYYYMMDDTHH or YYYY-MM-DDTHH (UTC)")
+    backfill.add_argument("--end", required=True, type=_hour, help="last hour, inclusive")
+    backfill.add_argument("--dry-run", action="store_true", help="send nothing to Brevo; log what would be sent")
 
     check = sub.add_parser("check-config", help="validate the config and print it resolved, secrets masked")
     _add_config(check)
@@ -68,7 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     from .sandbox.server import add_sandbox_arguments
 
     add_sandbox_arguments(sandbox)
+
+    demo = sub.add_parser("demo", help="sandbox + daemon on sample data, then a summary of what reached Brevo")
+    from .demo import add_demo_arguments
+
+    add_demo_arguments(demo)
     return parser
+
+
+def _hour(text: str) -> datetime:
+    from .config import parse_hour
+
+    try:
+        return parse_hour(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an hour ({exc})") from exc
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "status": cmd_status,
         "dlq": cmd_dlq,
         "sandbox": cmd_sandbox,
+        "backfill": cmd_backfill,
+        "demo": cmd_demo,
     }[args.command]
     try:
         return handler(args)
@@ -113,7 +136,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     configure_logging(cfg.logging.level, cfg.logging.format, secret_values(cfg))
-    daemon = Daemon(cfg, config_path=args.config or default_config_path(), components=default_components)
+    if args.dry_run:
+        from functools import partial
+
+        factory = partial(default_components, dry_run=True)
+    else:
+        factory = default_components
+    daemon = Daemon(cfg, config_path=args.config or default_config_path(), components=factory)
     try:
         return asyncio.run(daemon.serve())
     except StartupError as exc:
@@ -203,6 +232,47 @@ def cmd_dlq(args: argparse.Namespace) -> int:
         raise AssertionError(args.dlq_command)
 
     return _with_state(args, action)
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    from .app import StartupError
+    from .backfill import run_backfill
+
+    if args.end < args.start:
+        print("amplitude-brevo: --end must not be before --start", file=sys.stderr)
+        return EXIT_USAGE
+    cfg = _load(args)
+    if cfg is None:
+        return EXIT_USAGE
+    configure_logging(cfg.logging.level, cfg.logging.format, secret_values(cfg))
+    try:
+        result = asyncio.run(run_backfill(cfg, start=args.start, end=args.end, dry_run=args.dry_run,
+                                          config_path=args.config or default_config_path()))
+    except StartupError as exc:
+        get_logger("daemon").error("daemon.startup_failed", error=str(exc))
+        return EXIT_RUNTIME
+    summary = {
+        "event": "backfill.summary",
+        "start": args.start.strftime("%Y%m%dT%H"), "end": args.end.strftime("%Y%m%dT%H"),
+        "complete": result.complete, "dry_run": args.dry_run, "seconds": round(result.seconds, 1),
+        **result.source, **result.sink, "rate_limited": result.rate_limited,
+    }
+    print(orjson.dumps(summary).decode(), file=sys.stderr if sys.stdout.isatty() else sys.stdout)
+    if sys.stdout.isatty():
+        print(f"backfill {'complete' if result.complete else 'INCOMPLETE (run it again to resume)'}: "
+              f"{result.source['rows_read']:,} rows read, {result.source['mapped']:,} mapped, "
+              f"{result.sink['delivered']:,} delivered, {result.source['deduplicated']:,} deduplicated, "
+              f"{result.source['dead_lettered'] + result.sink['dead_lettered']:,} dead-lettered "
+              f"in {result.seconds:.1f} s")
+    if result.exit_code:
+        return result.exit_code
+    return EXIT_OK if result.complete else EXIT_RUNTIME
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return asyncio.run(run_demo(args))
 
 
 def cmd_sandbox(args: argparse.Namespace) -> int:

@@ -54,10 +54,10 @@ def backfill_checkpoint(start: datetime, end: datetime) -> str:
     return f"backfill.{hour_key(start)}-{hour_key(end)}"
 
 
-def default_components(runtime: Runtime) -> Sequence[Component]:
+def default_components(runtime: Runtime, *, dry_run: bool = False) -> Sequence[Component]:
     """The components enabled by `runtime.cfg`."""
     cfg = runtime.cfg
     components: list[Component] = []
     if cfg.connectors.amplitude.enabled and cfg.sync.events and cfg.event_mapping:
-        components.extend(export_pipeline(runtime))
+        components.extend(export_pipeline(runtime, dry_run=dry_run))
     return components
