@@ -52,6 +52,7 @@ class ExportFaults:
     not_zip_once: set[str] = field(default_factory=set)  # 200 with a non-zip body, once per hour key
     truncate_member: set[str] = field(default_factory=set)  # last gzip member of the hour is cut mid-stream
     malformed_line: set[str] = field(default_factory=set)  # one non-JSON line in the hour's first member
+    oversize_event: set[str] = field(default_factory=set)  # one mapped event with ~60 KB of event_properties
     max_hours_per_request: int | None = None  # more hours -> 400 "file size too large" (the 4 GB limit)
     latency: float = 0.0  # seconds before answering
     _fired: set[str] = field(default_factory=set, repr=False)
@@ -66,7 +67,7 @@ class ExportFaults:
             if key == "status_for_hours":
                 value = {_check_key(k): int(v) for k, v in (value or {}).items()}
                 self._fired.clear()
-            elif key in ("not_zip_once", "truncate_member", "malformed_line"):
+            elif key in ("not_zip_once", "truncate_member", "malformed_line", "oversize_event"):
                 value = {_check_key(k) for k in (value or ())}
             elif key == "once":
                 value = bool(value)
@@ -89,6 +90,7 @@ class ExportFaults:
             "not_zip_once": sorted(self.not_zip_once),
             "truncate_member": sorted(self.truncate_member),
             "malformed_line": sorted(self.malformed_line),
+            "oversize_event": sorted(self.oversize_event),
             "max_hours_per_request": self.max_hours_per_request,
             "latency": self.latency,
         }
@@ -145,8 +147,20 @@ class _CutWriter:
             self.dst.write(data)
 
 
+def oversize_row(hour: datetime) -> dict[str, Any]:
+    """A well-formed, mapped "Purchase" whose event_properties exceed Brevo's 50 KB limit."""
+    ts = hour.strftime("%Y-%m-%d %H:05:00.000000")
+    return {
+        "uuid": f"sandbox-oversize-{hour_key(hour)}", "$insert_id": f"sandbox-oversize-{hour_key(hour)}",
+        "event_type": "Purchase", "user_id": "user-oversize", "device_id": "device-oversize",
+        "event_time": ts, "server_upload_time": ts, "client_event_time": ts,
+        "event_properties": {"notes": "x" * 60_000}, "user_properties": {},
+    }
+
+
 def _write_member(
-    dst: BinaryIO, rows: Iterator[dict[str, Any]], count: int, *, malformed: bool, truncate: bool
+    dst: BinaryIO, rows: Iterator[dict[str, Any]], count: int, *, malformed: bool, truncate: bool,
+    oversize: dict[str, Any] | None = None,
 ) -> int:
     """Write ``count`` rows as one gzip of NDJSON to ``dst``; returns the number of rows consumed."""
     out = _CutWriter(dst)
@@ -164,6 +178,9 @@ def _write_member(
             if malformed and written == 0:
                 buf += MALFORMED_LINE + b"\n"
                 malformed = False
+            if oversize is not None and written == 0:
+                buf += dumps(oversize) + b"\n"
+                oversize = None
             written += 1
         if not buf:
             break
@@ -220,6 +237,7 @@ def build_export_zip(
                         count,
                         malformed=faults is not None and j == 0 and key in faults.malformed_line,
                         truncate=faults is not None and j == len(parts) - 1 and key in faults.truncate_member,
+                        oversize=oversize_row(hour) if faults and j == 0 and key in faults.oversize_event else None,
                     )
                 members += 1
     return ExportStats(members=members, rows=rows_total, hours=len(data_hours))
@@ -362,7 +380,8 @@ async def _export(request: web.Request) -> web.StreamResponse:
     abort = threading.Event()
     pusher = _QueuePusher(loop, queue, abort)
     faults_snapshot = ExportFaults(
-        truncate_member=set(faults.truncate_member), malformed_line=set(faults.malformed_line)
+        truncate_member=set(faults.truncate_member), malformed_line=set(faults.malformed_line),
+        oversize_event=set(faults.oversize_event),
     )
 
     def produce() -> ExportStats | None:

@@ -53,6 +53,7 @@ class BrevoFaults:
     latency: float = 0.0  # seconds added to every /v3 response
     outage_until: float = 0.0  # time.monotonic() deadline: until then every /v3 request gets 503
     seed: int = 0  # faults are drawn from random.Random(seed) so runs are reproducible
+    reject_ext_ids: frozenset[str] = frozenset()  # events for these ext_ids fail validation (an item Brevo refuses)
 
 
 BUCKETS = ("events", "contacts", "orders", "other", "events_batch")
@@ -474,6 +475,10 @@ class BrevoState:
         if "seed" in body:
             self.faults.seed = body["seed"]
             self.rng = random.Random(body["seed"])
+        if "reject_ext_ids" in body:
+            if not isinstance(body["reject_ext_ids"], list) or not all(isinstance(x, str) for x in body["reject_ext_ids"]):
+                raise _bad("reject_ext_ids must be a list of strings")
+            self.faults.reject_ext_ids = frozenset(body["reject_ext_ids"])
 
     # ---- contacts ---------------------------------------------------------------------------------------------
 
@@ -1329,9 +1334,17 @@ def _apply_contact_properties(state: BrevoState, event: dict[str, Any]) -> None:
     state.apply_patch(contact, patch)
 
 
+def _refused(state: BrevoState, event: dict[str, Any]) -> str | None:
+    """The `reject_ext_ids` fault: a well-formed event Brevo still refuses (as for a blocked contact)."""
+    ext_id = (event.get("identifiers") or {}).get("ext_id")
+    if ext_id is not None and ext_id in state.faults.reject_ext_ids:
+        return f"contact {ext_id} cannot receive events"
+    return None
+
+
 async def create_event(request: web.Request) -> web.Response:
     state, body = _state(request), _body(request)
-    message = validate_event(body, batch_item=False)
+    message = validate_event(body, batch_item=False) or _refused(state, body)
     if message:
         raise _bad(message)
     state.events.append(body)
@@ -1351,7 +1364,7 @@ async def create_events_batch(request: web.Request) -> web.Response:
     errors: dict[str, list[int]] = {}
     accepted = []
     for index, event in enumerate(events):
-        message = validate_event(event, batch_item=True)
+        message = validate_event(event, batch_item=True) or _refused(state, event)
         if message:
             errors.setdefault(message, []).append(index)
         else:
@@ -1517,7 +1530,8 @@ async def _control_body(request: web.Request) -> dict[str, Any]:
 
 
 def _faults_json(state: BrevoState) -> dict[str, Any]:
-    return {**asdict(state.faults), "error_statuses": list(state.faults.error_statuses)}
+    return {**asdict(state.faults), "error_statuses": list(state.faults.error_statuses),
+            "reject_ext_ids": sorted(state.faults.reject_ext_ids)}
 
 
 async def sandbox_received(request: web.Request) -> web.Response:
