@@ -152,6 +152,7 @@ class Daemon:
         if self._install_signals:
             for signum, sig in ((signal.SIGTERM, Signal.STOP), (signal.SIGINT, Signal.STOP), (signal.SIGHUP, Signal.RELOAD)):
                 loop.add_signal_handler(signum, self._on_signal, sig)
+            loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         try:
             state = await StateStore.open(self.cfg.state.path)
         except Exception as exc:  # StateError and OS errors: a clear message, never a silent reset
@@ -361,7 +362,7 @@ class Daemon:
         self.notifier.close()
         if self._install_signals:
             loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
                 loop.remove_signal_handler(signum)
         log.info("daemon.stopped", exit_code=self.exit_code)
 
@@ -391,6 +392,13 @@ class Daemon:
         if self.runtime:
             await self.runtime.session.close()
             await self.runtime.state.close()
+
+
+def dump_tasks() -> None:
+    """SIGUSR1: log where every asyncio task is waiting (for "it is stuck" reports)."""
+    for task in asyncio.all_tasks():
+        frames = [f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack()]
+        log.warning("daemon.task", task=task.get_name(), stack=frames)
 
 
 def _keep_fields(new: Config, old: Config, fields: list[str]) -> Config:

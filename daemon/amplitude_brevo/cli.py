@@ -64,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_show = dlq_sub.add_parser("show", help="print one dead letter with its item")
     _add_config(dlq_show)
     dlq_show.add_argument("id", type=int)
+    dlq_replay = dlq_sub.add_parser("replay", help="re-send dead-lettered Brevo payloads")
+    _add_config(dlq_replay)
+    group = dlq_replay.add_mutually_exclusive_group(required=True)
+    group.add_argument("--id", type=int, action="append", dest="ids", help="a dead letter id (repeatable)")
+    group.add_argument("--source", help="every dead letter of this source")
+    group.add_argument("--all", action="store_true", help="every dead letter not yet replayed")
     dlq_purge = dlq_sub.add_parser("purge", help="delete dead letters")
     _add_config(dlq_purge)
     group = dlq_purge.add_mutually_exclusive_group(required=True)
@@ -225,6 +231,21 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             except orjson.JSONDecodeError:
                 print(dl.item.decode("utf-8", "replace"))
             return EXIT_OK
+        if args.dlq_command == "replay":
+            from .dlq import replay
+
+            configure_logging(cfg.logging.level, "json" if not sys.stderr.isatty() else "console",
+                              secret_values(cfg), stream=sys.stderr)
+            result = await replay(cfg, store, ids=args.ids, source=args.source)
+            for i in result.sent:
+                print(f"{i:>6}  sent")
+            for i, why in sorted(result.refused.items()):
+                print(f"{i:>6}  refused: {why}")
+            for i, why in sorted(result.not_replayable.items()):
+                print(f"{i:>6}  not replayable: {why}")
+            print(f"replayed {len(result.sent)}, refused {len(result.refused)}, "
+                  f"not replayable {len(result.not_replayable)}")
+            return EXIT_OK if not result.refused else EXIT_RUNTIME
         if args.dlq_command == "purge":
             count = await store.purge_dead_letters(ids=args.ids, source=args.source)
             print(f"purged {count} dead letters")

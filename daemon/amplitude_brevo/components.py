@@ -41,7 +41,7 @@ def export_pipeline(
     amp = amplitude_client(runtime)
     source = ExportSource(
         cfg=cfg, state=runtime.state, client=amp, queue=queue, stopping=runtime.stopping,
-        checkpoint_name=checkpoint_name, start=start, end=end, metrics=runtime.metrics,
+        checkpoint_name=checkpoint_name, start=start, end=end, metrics=runtime.metrics, dry_run=dry_run,
     )
     sink = BrevoEventsSink(
         queue=queue, client=brevo_client(runtime), state=runtime.state,

@@ -154,3 +154,127 @@ async def processes():
             await p.wait(10)
         except Exception:
             pass
+
+
+class SandboxProcess:
+    """`amplitude-brevo sandbox` as a child process on free loopback ports."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, info: dict) -> None:
+        self.proc = proc
+        self.info = info
+        self.amplitude_url: str = info["amplitude_url"]
+        self.brevo_url: str = info["brevo_url"]
+        self.control = self.brevo_url.removesuffix("/v3") + "/_sandbox/brevo"
+        self.amplitude_control = self.amplitude_url + "/_sandbox/amplitude"
+
+    @classmethod
+    async def start(cls, *, hours: int = 6, rows_per_hour: int = 2000, start: str = "2026-11-01T00") -> SandboxProcess:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "amplitude_brevo", "sandbox", "--amplitude-port", "0", "--brevo-port", "0",
+            "--hours", str(hours), "--rows-per-hour", str(rows_per_hour), "--start", start,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout
+        async with asyncio.timeout(20):
+            while True:
+                line = await proc.stdout.readline()
+                if not line:
+                    raise AssertionError("sandbox exited: " + (await proc.stderr.read()).decode())  # type: ignore[union-attr]
+                try:
+                    info = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    continue
+                if info.get("event") == "sandbox.started":
+                    return cls(proc, info)
+
+    async def post(self, url: str, body: dict) -> dict:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s, s.post(url, json=body) as r:
+            assert r.status == 200, await r.text()
+            return await r.json()
+
+    async def received(self) -> dict:
+        import aiohttp
+
+        async with aiohttp.ClientSession() as s, s.get(self.control + "/received") as r:
+            return await r.json()
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.terminate()
+            try:
+                async with asyncio.timeout(10):
+                    await self.proc.wait()
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+# /events/batch gets a bucket of its own in these tests, sized like the extended plan's "other" bucket, so
+# that a test's few hundred batch requests (retries included) never exhaust it; test_brevo_sim and the
+# demo cover the general plan's 100 requests/hour.
+BATCH_LIMIT = {"requests": 600, "per": 3600}
+
+
+@pytest.fixture
+async def sandbox():
+    sb = await SandboxProcess.start()
+    await sb.post(sb.control + "/limits", {"events_batch": BATCH_LIMIT})
+    yield sb
+    await sb.stop()
+
+
+def sandbox_config(tmp_path: Path, sb: SandboxProcess, **overrides: object) -> dict:
+    """base_config() pointed at a running sandbox, with the demo's mappings."""
+    from amplitude_brevo.demo import DEMO_MAPPING
+
+    overrides.setdefault("rate_limits", {"brevo_events_batch": {"requests": 600, "per": "1h"}})
+    cfg = base_config(tmp_path, **overrides)
+    cfg["connectors"]["amplitude"].update(api_url=sb.amplitude_url, ingest_url=sb.amplitude_url)
+    cfg["connectors"]["brevo"]["api_url"] = sb.brevo_url
+    if "event_mapping" not in overrides:
+        cfg["event_mapping"] = DEMO_MAPPING
+    cfg.setdefault("property_mapping", {"email": "email", "first_name": "FIRSTNAME", "plan_type": "PLAN",
+                                        "total_purchases": "ORDER_COUNT", "lifetime_revenue": "LTV"})
+    cfg["logging"] = {"level": "info", "format": "json"}
+    return cfg
+
+
+SANDBOX_ENV = {
+    "AMPLITUDE_API_KEY": "sandbox-amplitude-key",
+    "AMPLITUDE_SECRET_KEY": "sandbox-amplitude-secret",
+    "BREVO_API_KEY": "xkeysib-sandbox-key",
+}
+
+
+def expected_events(hours: int = 6, rows_per_hour: int = 2000, start: str = "2026-11-01T00",
+                    mapping: dict | None = None, property_mapping: dict | None = None,
+                    only_hour: int | None = None) -> dict[str, dict]:
+    """What Brevo should receive for the sandbox's sample data: insert id → Brevo event payload.
+
+    `only_hour` keeps the rows of that server-upload hour (0-based) only.
+    """
+    from datetime import timedelta
+
+    from amplitude_brevo.config import parse_hour
+    from amplitude_brevo.demo import DEMO_MAPPING
+    from amplitude_brevo.pipeline.remap import BrevoEvent, MappingRules, remap_event
+    from amplitude_brevo.pipeline.rows import row_decoder
+    from amplitude_brevo.sandbox.sample_data import DatasetSpec, rows_for_hour
+
+    spec = DatasetSpec(start=parse_hour(start), hours=hours, rows_per_hour=rows_per_hour)
+    rules = MappingRules(
+        mapping or DEMO_MAPPING,
+        property_mapping or {"email": "email", "first_name": "FIRSTNAME", "plan_type": "PLAN",
+                             "total_purchases": "ORDER_COUNT", "lifetime_revenue": "LTV"},
+    )
+    out: dict[str, dict] = {}
+    for h in range(hours):
+        if only_hour is not None and h != only_hour:
+            continue
+        for row in rows_for_hour(spec, spec.start + timedelta(hours=h)):
+            result = remap_event(row_decoder.decode(orjson.dumps(row)), rules)
+            if isinstance(result, BrevoEvent):
+                out[result.dedupe_key] = result.payload
+    return out

@@ -70,15 +70,24 @@ def brevo_key(key: str) -> str:
 
 
 def clean_properties(props: dict[str, Any]) -> dict[str, Any]:
-    """Rewrite keys (recursively) to Brevo's alphabet; a key that collides after rewriting gets a suffix."""
+    """Rewrite keys (recursively) to Brevo's alphabet.
+
+    A key that is already valid keeps its name; a rewritten key that would collide with another key gets
+    a numeric suffix (`utm.source` next to `utm_source` becomes `utm_source_2`), so no value is lost and
+    no valid key ends up holding another key's value.
+    """
+    names = {key: brevo_key(str(key)) for key in props}
+    taken = {new for key, new in names.items() if new == key}
     out: dict[str, Any] = {}
     for key, value in props.items():
-        new_key = brevo_key(str(key))
-        if new_key in out:
-            n = 2
-            while f"{new_key[:250]}_{n}" in out:
-                n += 1
-            new_key = f"{new_key[:250]}_{n}"
+        new_key = names[key]
+        if new_key != key:
+            if new_key in taken:
+                n = 2
+                while f"{new_key[:250]}_{n}" in taken or f"{new_key[:250]}_{n}" in names:
+                    n += 1
+                new_key = f"{new_key[:250]}_{n}"
+            taken.add(new_key)
         if isinstance(value, dict):
             value = clean_properties(value)
         elif isinstance(value, list):
@@ -88,30 +97,26 @@ def clean_properties(props: dict[str, Any]) -> dict[str, Any]:
 
 
 def iso_utc(timestamp: str | None) -> str | None:
-    """Amplitude's `2024-01-15 10:23:45.123000` (UTC, or with `T`/`Z`/offset) → `2024-01-15T10:23:45.123Z`."""
+    """Amplitude's `2024-01-15 10:23:45.123000` (UTC, or with `T`/`Z`/offset) → `2024-01-15T10:23:45.123Z`.
+
+    None when the text is not a valid date-time: every field is checked (`2024-13-45 99:00:00` is refused),
+    so a bad `event_time` is dead-lettered here rather than refused by Brevo as a whole batch.
+    """
     if not timestamp:
         return None
     text = timestamp.strip()
-    # Fast path: the export format, UTC without zone.
-    if len(text) >= 19 and text[4] == "-" and text[10] in " T" and text[-1] != "Z" and "+" not in text[19:]:
-        base, _, frac = text.partition(".")
-        if len(base) == 19 and text[19:20] in ("", "."):
-            millis = (frac + "000")[:3] if frac else "000"
-            if frac and not frac.isdigit():
-                return _iso_slow(text)
-            return f"{base[:10]}T{base[11:19]}.{millis}Z"
-    return _iso_slow(text)
-
-
-def _iso_slow(text: str) -> str | None:
     try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace(" ", "T", 1))
-    except ValueError:
+        # 3.11's fromisoformat reads the export format (space separator, no zone), `T`, `Z` and offsets.
+        parsed = datetime.fromisoformat(text)
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)  # export timestamps carry no zone and are UTC
+        parsed = parsed.astimezone(UTC)
+    except (ValueError, OverflowError):
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    parsed = parsed.astimezone(UTC)
-    return parsed.strftime("%Y-%m-%dT%H:%M:%S.") + f"{parsed.microsecond // 1000:03d}Z"
+    return (
+        f"{parsed.year:04d}-{parsed.month:02d}-{parsed.day:02d}T{parsed.hour:02d}:{parsed.minute:02d}:"
+        f"{parsed.second:02d}.{parsed.microsecond // 1000:03d}Z"
+    )
 
 
 def contact_value(value: Any) -> str | int | None:
@@ -127,7 +132,8 @@ def contact_value(value: Any) -> str | int | None:
     if isinstance(value, str):
         return value
     if isinstance(value, list):
-        return ",".join(str(v) for v in value)
+        # Lists are sent as text (SPEC §5), each element converted like a scalar: `["a", true, 2.5]` → `a,true,2.5`.
+        return ",".join(str(item) for v in value if (item := contact_value(v)) is not None)
     return orjson.dumps(value).decode()
 
 
@@ -160,6 +166,9 @@ def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
     user_props = decode_object(row.user_properties)
     identifiers = identifiers_for(row, user_props, rules)
     if identifiers is None:
+        if rules.anonymous == "use_device_id":
+            # Anonymous events were asked for, but this row cannot be attributed to anyone.
+            return Rejected("row has neither a user id nor a device_id", _row_summary(row))
         return Skipped("anonymous")
     event_date = iso_utc(row.event_time)
     if event_date is None:

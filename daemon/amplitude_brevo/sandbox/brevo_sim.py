@@ -1495,8 +1495,10 @@ def _injected(
     if kind == "outage":
         return _error_response(503, "service_unavailable", "Sandbox outage: service temporarily unavailable")
     if status == 429:
+        # An injected 429 is a momentary throttle, not a spent window: it asks for a 1-second wait, so that
+        # a fault on an hourly bucket does not read as "come back in an hour".
         window = state.windows[bucket]
-        headers = window.headers(0, window.reset_in(state.clock()))
+        headers = window.headers(0, min(1, window.reset_in(state.clock())))
         return _error_response(429, "too_many_requests", "Injected rate limit", headers)
     return _error_response(status, "internal_error", f"Injected failure {status}")
 

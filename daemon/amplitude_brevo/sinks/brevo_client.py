@@ -49,6 +49,14 @@ def validate_response(status: int) -> Outcome:
     return Outcome.FATAL
 
 
+class BudgetPaused(Exception):
+    """The budget is paused for longer than the caller is willing to wait (it may use another endpoint)."""
+
+    def __init__(self, budget: str, seconds: float) -> None:
+        super().__init__(f"{budget} paused for {seconds:.0f} s")
+        self.budget, self.seconds = budget, seconds
+
+
 class Stopping(Exception):
     """The daemon is stopping while a request waits to be retried; the caller leaves the batch unacked."""
 
@@ -99,6 +107,10 @@ class BrevoClient:
             raw = await resp.read()
             response_headers = {k.lower(): v for k, v in resp.headers.items()}
             status = resp.status
+        key = headers["api-key"].encode()
+        if key and key in raw:
+            # A proxy or error page echoing our request headers: the body goes to logs and dead letters.
+            raw = raw.replace(key, b"***")
         if self.metrics:
             self.metrics.http_responses.labels(api="brevo", status=str(status)).inc()
         delay = bucket.observe(status, response_headers)
@@ -114,11 +126,14 @@ class BrevoClient:
         return BrevoResponse(status, response_headers, body)
 
     async def call(
-        self, method: str, path: str, payload: Any = None, *, budget: str | None = None, context: dict[str, Any] | None = None
+        self, method: str, path: str, payload: Any = None, *, budget: str | None = None,
+        context: dict[str, Any] | None = None, max_pause: float | None = None,
     ) -> BrevoResponse:
         """Send until the answer is OK or FATAL; retriable failures back off with full jitter.
 
-        Raises `Stopping` if the daemon stops while waiting to retry, so the caller leaves its items
+        With `max_pause`, a 429 whose reset is further away than that raises `BudgetPaused` instead of
+        waiting (the events sink then uses `/events`). Raises `Stopping` if the daemon stops while waiting to
+        retry, so the caller leaves its items
         unacknowledged (they are read again after restart, and the dedupe record filters what did arrive).
         """
         attempt = 0
@@ -140,6 +155,8 @@ class BrevoClient:
                     return response
                 if response.status == 429:
                     floor = self.budgets[bucket_name].seconds_until_resume()
+                    if max_pause is not None and floor > max_pause:
+                        raise BudgetPaused(bucket_name, floor)
                 if response.status in (401, 403):
                     log.error("brevo.auth_failed", status=response.status, path=path,
                               hint="check connectors.brevo.api_key; a SIGHUP reload picks up a new key")

@@ -3,7 +3,8 @@
 A batch's life: taken from the queue (≤ `batching.max_items`) → split into requests (`/events/batch` chunks
 while that budget has room, single `/events` otherwise) → every item ends delivered or dead-lettered →
 the dead letters are stored, then the delivered keys and any checkpoint the batch completed are committed
-in one SQLite transaction.
+in one SQLite transaction. A batch interrupted by shutdown (cancelled at the drain deadline) still records
+the items Brevo already answered for, so a restart re-sends only the rest.
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ from typing import Any
 
 from ..logs import get_logger
 from ..state import DeadLetter, StateStore
-from .brevo_client import BrevoClient, Outcome, validate_response
+from .brevo_client import BrevoClient, BudgetPaused, Outcome, Stopping, validate_response
 
 log = get_logger("brevo_events")
 
 SINK = "brevo_events"
 BATCH_BUDGET = "brevo_events_batch"
+BATCH_MAX_PAUSE = 5.0  # seconds a batch may wait on its own budget before its events go to /events instead
 SINGLE_BUDGET = "brevo_events"
 
 
@@ -83,8 +85,12 @@ class BrevoEventsSink:
         await asyncio.gather(*(self._worker() for _ in range(self.workers)))
 
     async def _worker(self) -> None:
-        while (batch := await self.queue.next_batch()) is not None:
-            await self.deliver(batch)
+        try:
+            while (batch := await self.queue.next_batch()) is not None:
+                await self.deliver(batch)
+        except Stopping:
+            # The client gave up waiting to retry because the daemon stops: what is left is re-read on restart.
+            log.info("brevo.sink.stopped", sink=self.name, queued=len(self.queue))
 
     # -- one batch --
     async def deliver(self, items: list[Any]) -> None:
@@ -96,7 +102,12 @@ class BrevoEventsSink:
             self._acknowledge_dry(items)
             return
         rejected: dict[int, str] = {}
-        await self._send(items, list(range(len(items))), rejected)
+        settled: set[int] = set()  # indexes Brevo has answered for: accepted, or refused with a reason
+        try:
+            await self._send(items, list(range(len(items))), rejected, settled)
+        except (asyncio.CancelledError, Stopping):
+            await self._acknowledge_partial(items, rejected, settled)
+            raise
         letters = [
             DeadLetter(source="export", sink=self.name, item=items[i].event.payload, reason=reason)
             for i, reason in sorted(rejected.items())
@@ -112,34 +123,56 @@ class BrevoEventsSink:
         log.info("brevo.batch.sent", sink=self.name, count=len(items), dead_lettered=len(letters),
                  seconds=round(time.monotonic() - started, 3))
 
-    async def _send(self, items: list[Any], indexes: list[int], rejected: dict[int, str]) -> None:
+    async def _send(
+        self, items: list[Any], indexes: list[int], rejected: dict[int, str], settled: set[int]
+    ) -> None:
         """Deliver items[indexes]; item-level refusals land in `rejected` (index → Brevo's message)."""
         singles: list[int] = []
         chunks = [indexes[i:i + self.batch_size] for i in range(0, len(indexes), max(1, self.batch_size))]
         batch_tasks = []
+        budget = self.client.budgets[BATCH_BUDGET]
         for chunk in chunks:
-            if self._batch_endpoint and len(chunk) > 1 and self.client.budgets[BATCH_BUDGET].has_capacity():
-                batch_tasks.append(self._send_batch(items, chunk, rejected))
+            # Count the requests already planned: a chunk that would have to wait for the batch budget goes
+            # to /events now instead (its own budget), rather than queueing behind a nearly spent hourly one.
+            if self._batch_endpoint and len(chunk) > 1 and budget.has_capacity(len(batch_tasks) + 1):
+                batch_tasks.append(self._send_batch(items, chunk, rejected, settled))
             else:
                 singles.extend(chunk)
-        results = await asyncio.gather(*batch_tasks)
+        results = await _gather(batch_tasks)
         for leftover in results:
             singles.extend(leftover)
-        await asyncio.gather(*(self._send_single(items, i, rejected) for i in singles))
+        await _gather([self._send_single(items, i, rejected, settled) for i in singles])
 
-    async def _send_batch(self, items: list[Any], chunk: list[int], rejected: dict[int, str]) -> list[int]:
+    async def _send_batch(
+        self, items: list[Any], chunk: list[int], rejected: dict[int, str], settled: set[int]
+    ) -> list[int]:
         """One `/events/batch` request; returns indexes still to send one by one."""
         payload = {"events": [items[i].event.payload for i in chunk]}
         self.stats.batch_requests += 1
-        response = await self.client.call("POST", "/events/batch", payload, budget=BATCH_BUDGET,
-                                          context={"sink": self.name, "count": len(chunk)})
+        try:
+            response = await self.client.call("POST", "/events/batch", payload, budget=BATCH_BUDGET,
+                                              context={"sink": self.name, "count": len(chunk)},
+                                              max_pause=BATCH_MAX_PAUSE)
+        except BudgetPaused as exc:
+            # The batch bucket is spent for a long while (e.g. 100 requests/hour): single events meanwhile.
+            log.info("brevo.events_batch.paused", sink=self.name, seconds=round(exc.seconds), fallback="/events")
+            return list(chunk)
         if response.status in (200, 201, 202, 204):
+            settled.update(chunk)
             return []
         if response.status in (207, 400):
             failed = _failed_indexes(response.body, len(chunk))
             if failed:
                 for position, message in failed.items():
                     rejected[chunk[position]] = f"Brevo refused the event: {message}"
+                settled.update(chunk)
+                return []
+            if response.status == 207:
+                # Some events were accepted but the body does not say which failed: sending the chunk again
+                # would duplicate the accepted ones in Brevo, so count it delivered and say so.
+                log.warning("brevo.events_batch.partial_without_detail", sink=self.name, count=len(chunk),
+                            body=str(response.body)[:500])
+                settled.update(chunk)
                 return []
         if response.status in (404, 405, 501):
             # This account or proxy has no batch endpoint: fall back to single events from now on.
@@ -149,18 +182,19 @@ class BrevoEventsSink:
         if validate_response(response.status) is Outcome.FATAL and len(chunk) > 1:
             # The whole request was refused without item detail (e.g. 413): split to isolate the cause.
             half = len(chunk) // 2
-            left = await self._send_batch(items, chunk[:half], rejected)
-            right = await self._send_batch(items, chunk[half:], rejected)
+            left = await self._send_batch(items, chunk[:half], rejected, settled)
+            right = await self._send_batch(items, chunk[half:], rejected, settled)
             return left + right
         return list(chunk)  # a single item refused as a whole: let /events say why
 
-    async def _send_single(self, items: list[Any], index: int, rejected: dict[int, str]) -> None:
+    async def _send_single(self, items: list[Any], index: int, rejected: dict[int, str], settled: set[int]) -> None:
         async with self._single_slots:
             self.stats.single_requests += 1
             response = await self.client.call("POST", "/events", items[index].event.payload, budget=SINGLE_BUDGET,
                                               context={"sink": self.name})
         if validate_response(response.status) is Outcome.FATAL:
             rejected[index] = f"Brevo refused the event: HTTP {response.status} {response.message}"
+        settled.add(index)
 
     # -- acknowledgements --
     async def _acknowledge(self, items: list[Any], letters: list[DeadLetter]) -> None:
@@ -181,10 +215,37 @@ class BrevoEventsSink:
                 checkpoint=(source.checkpoint_name, checkpoint) if checkpoint else None,
             )
 
+    async def _acknowledge_partial(self, items: list[Any], rejected: dict[int, str], settled: set[int]) -> None:
+        """The batch is interrupted: acknowledge only the items Brevo answered for; the rest stay outstanding."""
+        done = sorted(settled)
+        log.info("brevo.batch.interrupted", sink=self.name, count=len(items), acknowledged=len(done))
+        if not done:
+            return
+        letters = [
+            DeadLetter(source="export", sink=self.name, item=items[i].event.payload, reason=rejected[i])
+            for i in done if i in rejected
+        ]
+        await self._acknowledge([items[i] for i in done], letters)
+        self.stats.delivered += len(done) - len(letters)
+        self.stats.dead_lettered += len(letters)
+
     def _acknowledge_dry(self, items: list[Any]) -> None:
         # A dry run moves the in-memory cursor only: nothing is recorded, the next real run sends it all.
         for item in items:
             item.source.acknowledge(item.hour, 1, ["events:" + item.event.dedupe_key])
+
+
+async def _gather(coros: list[Any]) -> list[Any]:
+    """`asyncio.gather`, except that when one fails the others are cancelled before the error propagates,
+    so no request is left running (and mutating the batch's bookkeeping) after the batch gave up."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _failed_indexes(body: Any, size: int) -> dict[int, str]:

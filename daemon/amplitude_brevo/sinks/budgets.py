@@ -66,6 +66,9 @@ class Budget:
         while (delay := self._resume_at - time.monotonic()) > 0:
             await asyncio.sleep(delay)
         await self._limiter.acquire()
+        # The server may have said "window spent" while we waited for a token: honour it before sending.
+        while (delay := self._resume_at - time.monotonic()) > 0:
+            await asyncio.sleep(delay)
         waited = time.monotonic() - started
         self.wait_seconds_total += waited
         self.acquired_total += 1
@@ -73,9 +76,9 @@ class Budget:
             self._on_wait(self.name, waited)
         return waited
 
-    def has_capacity(self) -> bool:
-        """True when a request could go out now without waiting."""
-        return self.seconds_until_resume() == 0 and self._limiter.has_capacity()
+    def has_capacity(self, amount: int = 1) -> bool:
+        """True when `amount` requests could go out now without waiting."""
+        return self.seconds_until_resume() == 0 and self._limiter.has_capacity(amount)
 
     def seconds_until_resume(self) -> float:
         return max(0.0, self._resume_at - time.monotonic())

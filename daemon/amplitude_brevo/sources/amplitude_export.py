@@ -2,7 +2,8 @@
 
 The cursor is the server-upload hour (reference/amplitude-api.md §1). Hour H is requested once
 now ≥ H + 1h + `export.lag`. While behind, one request spans up to `export.max_window` hours; a 400 or
-504 halves the window, down to a single hour. Each window is streamed to a temporary file and read
+504 halves the window, down to a single hour (a single hour answered 400 is dead-lettered, one answered 504
+is retried), and each window read grows the next one back by doubling. Each window is streamed to a temporary file and read
 member by member, line by line, decoding only the fields the pipeline uses.
 
 Delivery: every queued event carries its hour. The HourTracker counts what is outstanding per hour and
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zipfile
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -95,6 +97,7 @@ class ExportSource:
         backoff: Backoff | None = None,
         now: Any = None,
         name: str = "amplitude_export",
+        dry_run: bool = False,
     ) -> None:
         self.name = name
         self.cfg = cfg
@@ -114,6 +117,8 @@ class ExportSource:
         self.inflight: set[str] = set()
         self.finished = asyncio.Event()  # backfill: every hour through `end` delivered
         self.read_cursor: datetime | None = None
+        # A dry run reads and maps everything but records nothing: no checkpoint, no dead letters.
+        self.dry_run = dry_run
 
     def reload(self, cfg: Config) -> None:
         amp = cfg.connectors.amplitude
@@ -182,7 +187,9 @@ class ExportSource:
                 window_hours = max(1, ((end - self.read_cursor) // HOUR + 1) // 2)
                 continue
             self.read_cursor = end + HOUR
-            window_hours = self._max_window_hours()
+            # Grow back gradually: hours that were too large are usually followed by more of the same, and
+            # jumping straight back to max_window would pay the whole halving sequence again for each window.
+            window_hours = min(self._max_window_hours(), window_hours * 2)
 
     def _max_window_hours(self) -> int:
         return max(1, int(self.cfg.export.max_window // 3600))
@@ -224,13 +231,17 @@ class ExportSource:
                     # Hours of this window stay unsealed: the checkpoint cannot pass them.
                     log.info("export.window.interrupted", **log_fields)
                     return None
+                except _BadArchive as exc:
+                    # Starts like a zip but is not one (cut short, corrupt): nothing was queued, fetch it again.
+                    result.status, result.reason = ExportStatus.RETRY, str(exc)
+                else:
+                    self.stats.windows += 1
+                    self.stats.bytes += result.size
+                    log.info("export.window.done", **log_fields, bytes=result.size,
+                             seconds=round(time.monotonic() - started, 3))
+                    return True
                 finally:
                     result.path.unlink(missing_ok=True)
-                self.stats.windows += 1
-                self.stats.bytes += result.size
-                log.info("export.window.done", **log_fields, bytes=result.size,
-                         seconds=round(time.monotonic() - started, 3))
-                return True
             if result.status is ExportStatus.EMPTY:
                 for hour in _hours(start, end):
                     self.tracker.open(hour)  # type: ignore[union-attr]
@@ -242,9 +253,11 @@ class ExportSource:
                 if hours > 1:
                     log.warning("export.window.too_large", **log_fields, reason=result.reason)
                     return False
-                # One hour the Export API cannot serve (over 4 GB): record it, loudly, and move on.
-                await self._dead_letter_hour(start, result.reason)
-                return True
+                if result.http_status == 400:
+                    # One hour the Export API cannot serve (over 4 GB): record it, loudly, and move on.
+                    await self._dead_letter_hour(start, result.reason)
+                    return True
+                # A 504 for a single hour is a timeout, not a verdict on the hour: retry it like a 5xx.
             if result.status is ExportStatus.FATAL:
                 log.error("export.window.failed", **log_fields, reason=result.reason,
                           hint="check the Amplitude api_key/secret_key and connectors.amplitude.data_center")
@@ -258,7 +271,7 @@ class ExportSource:
 
     async def _commit_empty_progress(self) -> None:
         moved = self._advance()
-        if moved is not None:
+        if moved is not None and not self.dry_run:
             await self.state.set_checkpoint(self.checkpoint_name, moved)
 
     async def _dead_letter_hour(self, hour: datetime, reason: str) -> None:
@@ -266,25 +279,39 @@ class ExportSource:
         self.tracker.open(hour)
         self.tracker.seal(hour)
         moved = self._advance()
-        await self.state.add_dead_letters(
-            [DeadLetter(source="export", sink="brevo_events", item={"hour": hour_key(hour)},
-                        reason=f"export hour too large for the Export API: {reason}")],
-            checkpoint=(self.checkpoint_name, moved) if moved else None,
-        )
+        if not self.dry_run:
+            await self.state.add_dead_letters(
+                [DeadLetter(source="export", sink="brevo_events", item={"hour": hour_key(hour)},
+                            reason=f"export hour too large for the Export API: {reason}")],
+                checkpoint=(self.checkpoint_name, moved) if moved else None,
+            )
         self.stats.dead_lettered += 1
         log.error("export.hour.dead_lettered", hour=hour_key(hour), reason=reason)
 
     async def _read_window(self, path: Any, start: datetime, end: datetime) -> None:
         tracker = self.tracker
         assert tracker is not None
+        try:
+            archive = await asyncio.to_thread(open_export, path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise _BadArchive(f"HTTP 200 but the zip cannot be opened: {type(exc).__name__}: {exc}") from exc
         for hour in _hours(start, end):
             tracker.open(hour)
-        archive = await asyncio.to_thread(open_export, path)
+        unsealed = start  # the first hour of the window still being read
         with archive:
             for member in list_members(archive):
-                hour = member.hour if member.hour and start <= member.hour <= end else None
-                await self._read_member(archive, member, hour or start)
-        for hour in _hours(start, end):
+                # A member whose name gives no hour in this window is listed last: count it in the last hour,
+                # which stays open until the whole archive is read (an earlier hour may be complete already).
+                hour = member.hour if member.hour and start <= member.hour <= end else end
+                if hour > unsealed:
+                    # Members come in hour order, so every hour before this member's is read in full: seal
+                    # them now, so the checkpoint can move hour by hour inside a long (backfill) window.
+                    while unsealed < hour:
+                        tracker.seal(unsealed)
+                        unsealed += HOUR
+                    await self._commit_empty_progress()
+                await self._read_member(archive, member, hour)
+        for hour in _hours(unsealed, end):
             tracker.seal(hour)
         await self._commit_empty_progress()
 
@@ -337,7 +364,8 @@ class ExportSource:
         if self.stopping.is_set():
             raise _StopReading
         if letters:
-            await self.state.add_dead_letters(letters)
+            if not self.dry_run:
+                await self.state.add_dead_letters(letters)
             self.stats.dead_lettered += len(letters)
             if self.metrics:
                 self.metrics.items_out.labels(sink="brevo_events", outcome="dead_lettered").inc(len(letters))
@@ -364,6 +392,10 @@ class ExportSource:
 
 class _StopReading(Exception):
     """The daemon is stopping: leave the rest of the window for the next start."""
+
+
+class _BadArchive(Exception):
+    """A downloaded window is not a readable zip although it looked like one."""
 
 
 def _hours(start: datetime, end: datetime) -> list[datetime]:

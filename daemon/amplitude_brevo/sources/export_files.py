@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from isal import igzip
+from isal import isal_zlib
 
 # `<app>/<app>_<YYYY-MM-DD>_<H>#<n>.json.gz` (reference/amplitude-api.md §1): H is not reliably padded.
 MEMBER_NAME = re.compile(r"(\d+)_(\d{4}-\d{2}-\d{2})_(\d{1,2})#(\d+)\.json\.gz$")
 _READ_SIZE = 1 << 20
+_GZIP_WBITS = 16 + 15  # a gzip container around a deflate stream
 
 
 @dataclass(frozen=True)
@@ -47,22 +48,45 @@ def list_members(archive: zipfile.ZipFile) -> list[Member]:
 
 
 def iter_lines(archive: zipfile.ZipFile, member: Member) -> Iterator[bytes]:
-    """The non-empty lines of one member. Raises TruncatedMember after the last good line on damage."""
+    """The non-empty lines of one member. Raises TruncatedMember after the last good line on damage.
+
+    Decompressed with a streaming decompressor, not `IGzipFile`: isal's gzip reader raises EOFError on a
+    truncated stream without handing over the data it decoded before the damage, so every good line of
+    the member would be lost with it. Output per step is bounded (`_READ_SIZE`) whatever the ratio, and
+    concatenated gzip members inside one entry are read one after another.
+    """
     try:
-        with archive.open(member.name) as raw, igzip.IGzipFile(fileobj=raw, mode="rb") as gz:
+        with archive.open(member.name) as raw:
+            decompressor = isal_zlib.decompressobj(_GZIP_WBITS)
+            fed = False  # the current gzip stream has received input
             pending = b""
             while True:
-                chunk = gz.read(_READ_SIZE)
-                if not chunk:
+                data = raw.read(_READ_SIZE)
+                if not data:
                     break
-                lines = (pending + chunk).split(b"\n")
-                pending = lines.pop()
-                for line in lines:
-                    if line.strip():
-                        yield line
+                while data:
+                    fed = True
+                    chunk = decompressor.decompress(data, _READ_SIZE)
+                    if decompressor.eof:
+                        # One gzip stream ended; whatever follows is the next one (or trailing padding).
+                        data = decompressor.unused_data
+                        decompressor = isal_zlib.decompressobj(_GZIP_WBITS)
+                        fed = False
+                        if data and not data.strip(b"\x00"):
+                            data = b""
+                    else:
+                        data = decompressor.unconsumed_tail
+                    if chunk:
+                        lines = (pending + chunk).split(b"\n")
+                        pending = lines.pop()
+                        for line in lines:
+                            if line.strip():
+                                yield line
+            if fed:
+                raise EOFError("compressed stream ended before its end-of-stream marker")
             if pending.strip():
                 yield pending
-    except (EOFError, OSError, zlib.error, zipfile.BadZipFile) as exc:
+    except (EOFError, OSError, zlib.error, isal_zlib.error, zipfile.BadZipFile) as exc:
         raise TruncatedMember(f"{member.name}: {type(exc).__name__}: {exc}") from exc
 
 

@@ -1,0 +1,533 @@
+"""Export throughput benchmark: the real export path against the single-core gzip + orjson limit, and peak RSS.
+
+What it does (`python bench/export_throughput.py [--rows N] [--big]`):
+
+1. Builds an export zip of `--rows` realistic rows (~1.9 KB each, `sandbox.build_export_zip`) once, in a
+   subprocess, and caches it under /tmp/amplitude-brevo-bench/ keyed by layout and seed.
+2. Serves that file on 127.0.0.1 as `GET /api/2/export` with the simulator's Basic auth (a static route:
+   the simulator's on-the-fly generation is slower than the reader and would be what we measure).
+3. Baseline, in a fresh subprocess: for every member, stdlib `gzip` decompression + `orjson.loads` of every
+   line — the single-core limit the issue compares against; isal + orjson is printed for reference.
+4. Stages, in a fresh subprocess (reference only): `iter_lines`, then + `row_decoder`, then + `remap_event`.
+5. Pipeline, in a fresh subprocess: the real `ExportSource` for one window (download with
+   `AmplitudeClient.download_export` to a temp file, read, decode, remap, dedupe against a real
+   `StateStore`, `BatchQueue` with the configured capacity) drained by the real `BrevoEventsSink` whose
+   Brevo client discards every request; the sink acknowledges and commits the dedupe keys as in production.
+   Peak RSS is the pipeline process's own high-water mark (VmHWM), so the generator never counts.
+
+`--hold` makes the sink wait while the queue is below capacity (a slow Brevo): peak RSS then includes a full
+queue of `--queue-capacity` events. `--profile` runs the pipeline under cProfile. `--check` exits 1 when a
+target (ratio ≥ 0.7, peak RSS ≤ 150 MB) is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import gc
+import hmac
+import json
+import math
+import os
+import resource
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "daemon"))  # runnable without an installed package too
+
+CACHE = Path(tempfile.gettempdir()) / "amplitude-brevo-bench"
+CACHE_VERSION = 1  # bump when the generated data changes shape
+START = datetime(2024, 1, 15, 0, tzinfo=UTC)
+ROWS_PER_HOUR = 25_000  # per export hour; a window holds at most 24 hours (export.max_window default)
+API_KEY = "bench-amplitude-key"
+SECRET_KEY = "bench-amplitude-secret"
+RATIO_TARGET = 0.7
+RSS_TARGET_MB = 150.0
+DEFAULT_ROWS = 300_000
+BIG_ROWS = 600_000  # ≈ 1.1 GB uncompressed
+MIB = 1024 * 1024
+
+
+# ---------------------------------------------------------------------------------------------------------
+# helpers shared by every process
+
+
+def layout(rows: int) -> tuple[int, int]:
+    """(hours, rows_per_hour) of an export of at least `rows` rows that fits in one 24-hour window."""
+    hours = max(1, min(24, math.ceil(rows / ROWS_PER_HOUR)))
+    return hours, math.ceil(rows / hours)
+
+
+def peak_rss_mib() -> tuple[float, float]:
+    """(VmHWM of this address space, ru_maxrss) in MiB; VmHWM is not inherited from the parent."""
+    hwm = 0.0
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                hwm = int(line.split()[1]) / 1024
+    return hwm, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
+def emit(result: dict[str, Any]) -> None:
+    """A child's result: one JSON line, the last line on stdout."""
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# phase: build the zip (child)
+
+
+def phase_build(args: argparse.Namespace) -> None:
+    from amplitude_brevo.sandbox.amplitude_sim import build_export_zip
+    from amplitude_brevo.sandbox.sample_data import DatasetSpec
+
+    spec = DatasetSpec(seed=args.seed, start=START, hours=args.hours, rows_per_hour=args.rows_per_hour)
+    out = Path(args.zip)
+    partial = out.with_suffix(".partial")
+    started = time.perf_counter()
+    with open(partial, "wb") as fp:
+        stats = build_export_zip(spec, spec.start, spec.end - timedelta(hours=1), fp,
+                                 members_per_hour=args.members_per_hour)
+    os.replace(partial, out)
+    meta = {"rows": stats.rows, "members": stats.members, "hours": stats.hours,
+            "compressed_bytes": out.stat().st_size, "build_seconds": time.perf_counter() - started}
+    out.with_suffix(".json").write_text(json.dumps(meta))
+    emit(meta)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# phase: baseline, gzip (or isal) + orjson.loads of every line (child)
+
+
+def phase_baseline(args: argparse.Namespace) -> None:
+    import gzip
+    import zipfile
+
+    import orjson
+    from isal import igzip
+
+    opener = gzip.GzipFile if args.codec == "gzip" else igzip.IGzipFile
+    loads = orjson.loads
+    rows = uncompressed = 0
+    started = time.perf_counter()
+    with zipfile.ZipFile(args.zip) as archive:
+        for info in archive.infolist():
+            if not info.filename.endswith(".json.gz"):
+                continue
+            with archive.open(info) as raw, opener(fileobj=raw, mode="rb") as gz:
+                pending = b""
+                while chunk := gz.read(MIB):
+                    uncompressed += len(chunk)
+                    lines = (pending + chunk).split(b"\n")
+                    pending = lines.pop()
+                    for line in lines:
+                        if line:
+                            loads(line)
+                            rows += 1
+                if pending:
+                    loads(pending)
+                    rows += 1
+    seconds = time.perf_counter() - started
+    hwm, maxrss = peak_rss_mib()
+    emit({"codec": args.codec, "rows": rows, "uncompressed_bytes": uncompressed, "seconds": seconds,
+          "rows_per_s": rows / seconds, "peak_rss_mib": hwm, "ru_maxrss_mib": maxrss})
+
+
+# ---------------------------------------------------------------------------------------------------------
+# phase: the reader's stages without I/O or queueing, for reference (child)
+
+
+def phase_stages(args: argparse.Namespace) -> None:
+    from amplitude_brevo.config import parse_config
+    from amplitude_brevo.pipeline.remap import MappingRules, remap_event
+    from amplitude_brevo.pipeline.rows import row_decoder
+    from amplitude_brevo.sources.export_files import iter_lines, list_members, open_export
+
+    cfg = parse_config(bench_config("http://127.0.0.1:9", "/nonexistent", 50_000), env=bench_env())
+    rules = MappingRules.from_config(cfg)
+    decode = row_decoder.decode
+    out: dict[str, Any] = {}
+    for stage in ("lines", "decode", "remap"):
+        rows = 0
+        started = time.perf_counter()
+        with open_export(args.zip) as archive:
+            for member in list_members(archive):
+                for line in iter_lines(archive, member):
+                    rows += 1
+                    if stage == "lines":
+                        continue
+                    row = decode(line)
+                    if stage == "remap":
+                        remap_event(row, rules)
+        seconds = time.perf_counter() - started
+        out[stage] = {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
+    emit(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# phase: the real export path (child)
+
+
+def bench_env() -> dict[str, str]:
+    return {"AMPLITUDE_API_KEY": API_KEY, "AMPLITUDE_SECRET_KEY": SECRET_KEY, "BREVO_API_KEY": "xkeysib-bench"}
+
+
+def bench_config(url: str, state_dir: str, queue_capacity: int, max_wait: float = 2.0) -> dict[str, Any]:
+    """The demo's mapping (demo.py) against the benchmark's server; batching as the defaults but `max_wait`."""
+    from amplitude_brevo.demo import DEMO_MAPPING
+
+    return {
+        "connectors": {
+            "amplitude": {"api_key": "${AMPLITUDE_API_KEY}", "secret_key": "${AMPLITUDE_SECRET_KEY}",
+                          "api_url": url, "ingest_url": url},
+            "brevo": {"api_key": "${BREVO_API_KEY}", "api_url": "http://127.0.0.1:9/v3"},
+        },
+        "event_mapping": dict(DEMO_MAPPING),
+        "property_mapping": {"email": "email", "first_name": "FIRSTNAME", "last_name": "LASTNAME",
+                             "plan_type": "PLAN", "total_purchases": "ORDER_COUNT", "lifetime_revenue": "LTV"},
+        "ingest": {"enabled": False},
+        "state": {"path": str(Path(state_dir) / "state.db")},
+        "batching": {"queue_capacity": queue_capacity, "max_wait": max_wait},
+        "logging": {"level": "warning", "format": "json"},
+    }
+
+
+class _Accepted:
+    status = 202
+    headers: dict[str, str] = {}
+    body = None
+    message = "accepted"
+
+
+class _Unlimited:
+    def has_capacity(self, *_: Any) -> bool:
+        return True
+
+
+class DiscardingBrevo:
+    """Stands in for BrevoClient: every request is accepted at once and its payload dropped."""
+
+    def __init__(self) -> None:
+        self.budgets = {"brevo_events_batch": _Unlimited(), "brevo_events": _Unlimited()}
+        self.requests = 0
+
+    def reconfigure(self, **_: Any) -> None:
+        pass
+
+    async def call(self, method: str, path: str, payload: Any = None, **_: Any) -> _Accepted:
+        self.requests += 1
+        return _Accepted()
+
+
+class _Timed:
+    """Wraps an instance's coroutine method, summing the seconds its callers waited on it."""
+
+    def __init__(self, owner: Any, name: str) -> None:
+        self.inner = getattr(owner, name)
+        self.calls = 0
+        self.seconds = 0.0
+        setattr(owner, name, self)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await self.inner(*args, **kwargs)
+        finally:
+            self.calls += 1
+            self.seconds += time.perf_counter() - started
+
+
+async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    from amplitude_brevo.clients.amplitude import AmplitudeClient
+    from amplitude_brevo.clients.http import make_session
+    from amplitude_brevo.config import parse_config
+    from amplitude_brevo.logs import configure_logging
+    from amplitude_brevo.metrics import Metrics
+    from amplitude_brevo.pipeline.queue import BatchQueue
+    from amplitude_brevo.sinks.brevo_events import BrevoEventsSink
+    from amplitude_brevo.sources.amplitude_export import ExportSource
+    from amplitude_brevo.state import StateStore
+
+    configure_logging("warning", "json", stream=sys.stderr)
+    work = tempfile.mkdtemp(prefix="amplitude-brevo-bench-")
+    cfg = parse_config(bench_config(args.url, work, args.queue_capacity, args.max_wait), env=bench_env())
+    amp, b = cfg.connectors.amplitude, cfg.batching
+    state = await StateStore.open(cfg.state.path)
+    session = make_session()
+    metrics = Metrics()
+    client = AmplitudeClient(session, api_url=amp.api_url, api_key=amp.api_key, secret_key=amp.secret_key,
+                             metrics=metrics, temp_dir=work)
+    queue: BatchQueue[Any] = BatchQueue("brevo_events", max_items=b.max_items, max_wait=b.max_wait,
+                                        capacity=b.queue_capacity)
+    start = START
+    end = START + timedelta(hours=args.hours - 1)
+    far_future = datetime(2100, 1, 1, tzinfo=UTC)
+    source = ExportSource(cfg=cfg, state=state, client=client, queue=queue, stopping=asyncio.Event(),
+                          checkpoint_name="bench", start=start, end=end, metrics=metrics,
+                          now=lambda: far_future)
+    brevo = DiscardingBrevo()
+    sink = BrevoEventsSink(queue=queue, client=brevo, state=state,  # type: ignore[arg-type]
+                           batch_size=cfg.connectors.brevo.events_batch_size, metrics=metrics)
+    if args.no_commit:
+        async def acknowledge_only(items: list[Any], letters: list[Any]) -> None:
+            sink._acknowledge_dry(items)  # diagnosis: acknowledge in memory, record nothing in SQLite
+
+        sink._acknowledge = acknowledge_only  # type: ignore[method-assign]
+    download = _Timed(client, "download_export")
+    reading = _Timed(source, "_read_window")
+    unseen = _Timed(state, "unseen")
+    commit = _Timed(state, "commit_delivery")
+    if args.hold:
+        take = queue.next_batch
+
+        async def held_next_batch() -> Any:
+            # A slow Brevo: take a batch only once the producer is blocked on a full queue (or done reading).
+            while len(queue) < queue.capacity and not (source.read_cursor and source.read_cursor > end):
+                await asyncio.sleep(0.002)
+            return await take()
+
+        queue.next_batch = held_next_batch  # type: ignore[method-assign]
+
+    samples = {"rss_max": 0.0, "queue_max": 0, "queue_at_rss_max": 0}
+
+    async def sample() -> None:
+        while True:
+            rss, depth = current_rss_mib(), len(queue)
+            if rss > samples["rss_max"]:
+                samples["rss_max"], samples["queue_at_rss_max"] = rss, depth
+            samples["queue_max"] = max(samples["queue_max"], depth)
+            await asyncio.sleep(0.02)
+
+    gc_time = {"seconds": 0.0, "collections": [0, 0, 0], "started": 0.0}
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_time["started"] = time.perf_counter()
+        else:
+            gc_time["seconds"] += time.perf_counter() - gc_time["started"]
+            gc_time["collections"][info["generation"]] += 1
+
+    gc.callbacks.append(on_gc)
+    rss_start = current_rss_mib()
+    sampler = asyncio.create_task(sample())
+    started = time.perf_counter()
+    sink_task = asyncio.create_task(sink.run())
+    source_task = asyncio.create_task(source.run())
+    await asyncio.wait([source_task, sink_task], return_when=asyncio.FIRST_COMPLETED)
+    if not source_task.done():
+        source_task.cancel()
+        sink_task.result()  # raises the sink's error
+        raise RuntimeError("the sink stopped before the source finished")
+    source_task.result()
+    await queue.close()
+    await sink_task
+    seconds = time.perf_counter() - started
+    sampler.cancel()
+    await session.close()
+    await state.close()
+    hwm, maxrss = peak_rss_mib()
+    s = source.stats
+    return {
+        "rows": s.rows, "mapped": s.mapped, "deduplicated": s.deduplicated, "skipped": s.skipped,
+        "dead_lettered": s.dead_lettered + sink.stats.dead_lettered, "delivered": sink.stats.delivered,
+        "windows": s.windows, "bytes": s.bytes, "brevo_requests": brevo.requests,
+        "seconds": seconds, "rows_per_s": s.rows / seconds,
+        "download_seconds": download.seconds, "download_calls": download.calls, "read_seconds": reading.seconds,
+        "unseen_seconds": unseen.seconds, "unseen_calls": unseen.calls,
+        "commit_seconds": commit.seconds, "commit_calls": commit.calls,
+        "gc_seconds": gc_time["seconds"], "gc_collections": gc_time["collections"],
+        "rss_start_mib": rss_start, "peak_rss_mib": hwm, "ru_maxrss_mib": maxrss,
+        "queue_capacity": queue.capacity, "queue_max": samples["queue_max"],
+        "queue_at_rss_max": samples["queue_at_rss_max"], "hold": args.hold, "no_commit": args.no_commit,
+    }
+
+
+def phase_pipeline(args: argparse.Namespace) -> None:
+    if not args.profile:
+        emit(asyncio.run(run_pipeline(args)))
+        return
+    import cProfile
+    import pstats
+
+    profile_path = CACHE / "pipeline.prof"
+    profiler = cProfile.Profile()
+    result = profiler.runcall(asyncio.run, run_pipeline(args))
+    profiler.dump_stats(profile_path)
+    stats = pstats.Stats(profiler, stream=sys.stderr)
+    stats.sort_stats("tottime").print_stats(30)
+    print(f"profile written to {profile_path}", file=sys.stderr)
+    emit(result)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# orchestration (parent): cache, server, children, report
+
+
+def make_static_export_app(zip_path: Path, start: datetime, end: datetime) -> Any:
+    """`GET /api/2/export` answering the prebuilt zip for exactly start..end, with the simulator's auth."""
+    from aiohttp import web
+
+    from amplitude_brevo.sandbox.sample_data import parse_hour_key
+
+    expected = "Basic " + base64.b64encode(f"{API_KEY}:{SECRET_KEY}".encode()).decode()
+
+    async def export(request: web.Request) -> web.StreamResponse:
+        if not hmac.compare_digest(request.headers.get("Authorization", "").encode(), expected.encode()):
+            return web.Response(status=401, text="Invalid API key or secret key")
+        try:
+            asked = parse_hour_key(request.query.get("start", "")), parse_hour_key(request.query.get("end", ""))
+        except ValueError:
+            return web.Response(status=400, text="Invalid or missing start/end (expected YYYYMMDDTHH)")
+        if asked != (start, end):
+            return web.Response(status=404, text=f"bench serves only {start:%Y%m%dT%H}..{end:%Y%m%dT%H}")
+        return web.FileResponse(zip_path, headers={"Content-Type": "application/zip"})
+
+    app = web.Application()
+    app.router.add_get("/api/2/export", export)
+    return app
+
+
+async def child(phase: str, *extra: str) -> dict[str, Any]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, str(Path(__file__).resolve()), "--phase", phase, *extra, stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise SystemExit(f"bench phase {phase!r} failed with exit code {proc.returncode}")
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+async def ensure_zip(rows: int, seed: int, members_per_hour: int) -> tuple[Path, dict[str, Any]]:
+    hours, per_hour = layout(rows)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    path = CACHE / f"export-v{CACHE_VERSION}-{hours}h-{per_hour}r-seed{seed}-m{members_per_hour}.zip"
+    meta_path = path.with_suffix(".json")
+    if path.exists() and meta_path.exists():
+        return path, json.loads(meta_path.read_text())
+    print(f"building {hours} h x {per_hour:,} rows into {path} (cached for later runs) ...", flush=True)
+    meta = await child("build", "--zip", str(path), "--hours", str(hours), "--rows-per-hour", str(per_hour),
+                       "--seed", str(seed), "--members-per-hour", str(members_per_hour))
+    print(f"  built in {meta['build_seconds']:.1f} s", flush=True)
+    return path, meta
+
+
+async def orchestrate(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    rows = args.rows or (BIG_ROWS if args.big else DEFAULT_ROWS)
+    zip_path, meta = await ensure_zip(rows, args.seed, args.members_per_hour)
+    hours = meta["hours"]
+    start, end = START, START + timedelta(hours=hours - 1)
+    runner = web.AppRunner(make_static_export_app(zip_path, start, end), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        common = ["--zip", str(zip_path)]
+        gz = await child("baseline", *common, "--codec", "gzip")
+        isal = await child("baseline", *common, "--codec", "isal")
+        stages = None if args.no_stages else await child("stages", *common)
+        pipe_args = ["--url", f"http://127.0.0.1:{port}", "--hours", str(hours),
+                     "--queue-capacity", str(args.queue_capacity), "--max-wait", str(args.max_wait)]
+        pipe_args += ["--hold"] if args.hold else []
+        pipe_args += ["--no-commit"] if args.no_commit else []
+        pipe_args += ["--profile"] if args.profile else []
+        pipe = await child("pipeline", *pipe_args)
+    finally:
+        await runner.cleanup()
+    return report(args, zip_path, meta, gz, isal, stages, pipe)
+
+
+def report(args: argparse.Namespace, zip_path: Path, meta: dict[str, Any], gz: dict[str, Any],
+           isal: dict[str, Any], stages: dict[str, Any] | None, pipe: dict[str, Any]) -> int:
+    rows = meta["rows"]
+    ratio = pipe["rows_per_s"] / gz["rows_per_s"]
+    mb = lambda n: f"{n / 1e6:,.1f} MB"  # noqa: E731
+    print()
+    print(f"export          {zip_path}")
+    print(f"                {rows:,} rows in {meta['members']} members over {meta['hours']} h; "
+          f"{mb(meta['compressed_bytes'])} zip, {mb(gz['uncompressed_bytes'])} uncompressed "
+          f"({gz['uncompressed_bytes'] / rows:,.0f} B/row)")
+    print(f"baseline        stdlib gzip + orjson.loads: {gz['rows_per_s']:>10,.0f} rows/s  ({gz['seconds']:.2f} s, "
+          f"peak RSS {gz['peak_rss_mib']:.0f} MiB)")
+    print(f"  reference     isal igzip + orjson.loads:  {isal['rows_per_s']:>10,.0f} rows/s  ({isal['seconds']:.2f} s)")
+    if stages:
+        for name, label in (("lines", "iter_lines"), ("decode", "+ row_decoder"), ("remap", "+ remap_event")):
+            st = stages[name]
+            print(f"  stage         {label:<28}{st['rows_per_s']:>10,.0f} rows/s  ({st['seconds']:.2f} s)")
+    print(f"pipeline        download + ExportSource + BatchQueue + discarding sink:"
+          f" {pipe['rows_per_s']:,.0f} rows/s  ({pipe['seconds']:.2f} s)")
+    print(f"                download {pipe['download_seconds']:.2f} s ({mb(pipe['bytes'])}); read + queue "
+          f"{pipe['read_seconds']:.2f} s; last deliveries {pipe['seconds'] - pipe['download_seconds'] - pipe['read_seconds']:.2f} s")
+    print(f"                dedupe lookups "
+          f"{pipe['unseen_seconds']:.2f} s awaited over {pipe['unseen_calls']} calls; sink commits "
+          f"{pipe['commit_seconds']:.2f} s over {pipe['commit_calls']} calls; garbage collector "
+          f"{pipe['gc_seconds']:.2f} s (collections by generation {pipe['gc_collections']})")
+    print(f"                rows {pipe['rows']:,}  mapped {pipe['mapped']:,}  delivered {pipe['delivered']:,}  "
+          f"deduplicated {pipe['deduplicated']:,}  skipped {pipe['skipped']}  dead-lettered {pipe['dead_lettered']}")
+    print(f"                queue capacity {pipe['queue_capacity']:,} ({'held full: slow sink' if pipe['hold'] else 'drained as fast as possible'}),"
+          f" max depth seen {pipe['queue_max']:,}")
+    print(f"ratio           {ratio:.2f}   (target ≥ {RATIO_TARGET})")
+    print(f"peak RSS        {pipe['peak_rss_mib']:.1f} MiB pipeline process (VmHWM; ru_maxrss {pipe['ru_maxrss_mib']:.1f} MiB;"
+          f" {pipe['rss_start_mib']:.1f} MiB before the run; queue depth {pipe['queue_at_rss_max']:,} at the peak)"
+          f"   (target ≤ {RSS_TARGET_MB:.0f} MB)")
+    problems = []
+    if pipe["rows"] != rows or pipe["delivered"] != pipe["mapped"] - pipe["deduplicated"]:
+        problems.append("the pipeline did not read and deliver every row")
+    if ratio < RATIO_TARGET:
+        problems.append(f"ratio {ratio:.2f} < {RATIO_TARGET}")
+    if pipe["peak_rss_mib"] * MIB / 1e6 > RSS_TARGET_MB:
+        problems.append(f"peak RSS {pipe['peak_rss_mib'] * MIB / 1e6:.0f} MB > {RSS_TARGET_MB:.0f} MB")
+    if args.big and gz["uncompressed_bytes"] < 1e9:
+        problems.append("--big export is under 1 GB uncompressed")
+    print("result          " + ("all targets met" if not problems else "; ".join(problems)))
+    return 1 if problems and args.check else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=None, help=f"export rows (default {DEFAULT_ROWS:,}; "
+                        f"--big: {BIG_ROWS:,}, over 1 GB uncompressed)")
+    parser.add_argument("--big", action="store_true", help="a ≥ 1 GB uncompressed export")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--members-per-hour", type=int, default=2)
+    parser.add_argument("--queue-capacity", type=int, default=50_000, help="batching.queue_capacity (default 50000)")
+    parser.add_argument("--max-wait", type=float, default=0.1,
+                        help="batching.max_wait in seconds (default 0.1, not the daemon's 2 s: with one window, the "
+                        "last partial batch would wait that long once, which is latency, not throughput)")
+    parser.add_argument("--hold", action="store_true", help="slow sink: keep the queue full (worst-case memory)")
+    parser.add_argument("--no-commit", action="store_true",
+                        help="diagnosis: the sink acknowledges without committing dedupe keys to SQLite")
+    parser.add_argument("--profile", action="store_true", help="run the pipeline under cProfile (slower)")
+    parser.add_argument("--no-stages", action="store_true", help="skip the per-stage reference timings")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    # internal: one phase in a child process
+    parser.add_argument("--phase", choices=("build", "baseline", "stages", "pipeline"), help=argparse.SUPPRESS)
+    parser.add_argument("--zip", help=argparse.SUPPRESS)
+    parser.add_argument("--codec", choices=("gzip", "isal"), help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    parser.add_argument("--hours", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--rows-per-hour", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    phases = {"build": phase_build, "baseline": phase_baseline, "stages": phase_stages, "pipeline": phase_pipeline}
+    if args.phase:
+        phases[args.phase](args)
+        return 0
+    return asyncio.run(orchestrate(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,243 @@
+"""Export tail → Brevo events, end to end: sandbox and daemon as separate processes (issue 3 acceptance)."""
+
+import asyncio
+import collections
+import random
+import signal
+import sqlite3
+import time
+
+import orjson
+
+from .conftest import (
+    SANDBOX_ENV,
+    DaemonProcess,
+    SandboxProcess,
+    expected_events,
+    sandbox_config,
+    write_config,
+)
+
+
+def _ids(events: list[dict]) -> collections.Counter:
+    return collections.Counter(e["event_properties"]["amplitude_insert_id"] for e in events)
+
+
+def _ts(line):
+    from datetime import datetime
+
+    return datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def _checkpoint(db, name="export.next_hour"):
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT value FROM checkpoints WHERE name = ?", (name,)).fetchone()
+    return row[0] if row else None
+
+
+async def _backfill(cfg_path, *extra, timeout=120):
+    proc = await DaemonProcess.start("backfill", "-c", str(cfg_path), "--start", "2026-11-01T00",
+                                     "--end", "2026-11-01T05", *extra, env=SANDBOX_ENV)
+    code = await proc.wait(timeout)
+    return proc, code
+
+
+async def test_backfill_delivers_every_mapped_row_once_and_a_rerun_sends_nothing(tmp_path, sandbox):
+    expected = expected_events()
+    cfg_path = write_config(tmp_path / "config.yaml", sandbox_config(tmp_path, sandbox))
+
+    proc, code = await _backfill(cfg_path, "--start", "20261101T00")  # both hour formats accepted
+    assert code == 0, proc.all_output()[-3000:]
+    summary = proc.events("backfill.summary")[-1]
+    assert summary["complete"] is True and summary["rows_read"] == 12000
+
+    received = await sandbox.received()
+    counts = _ids(received["events"])
+    assert set(counts) == set(expected), "every mapped row with a user id arrives"
+    assert max(counts.values()) == 1, "and arrives once"
+    by_id = {e["event_properties"]["amplitude_insert_id"]: e for e in received["events"]}
+    for key, payload in expected.items():
+        got = by_id[key]
+        assert got["event_name"] == payload["event_name"]
+        assert got["event_date"] == payload["event_date"] and got["event_date"].endswith("Z")
+        assert got["identifiers"] == payload["identifiers"]
+        assert got["event_properties"] == payload["event_properties"]
+        assert got.get("contact_properties") == payload.get("contact_properties")
+
+    # The same backfill again: resumes from its finished checkpoint and sends nothing.
+    proc, code = await _backfill(cfg_path)
+    assert code == 0
+    again = await sandbox.received()
+    assert len(again["events"]) == len(received["events"])
+
+    # Even with the checkpoint gone, the dedupe record stops every re-read row.
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        conn.execute("DELETE FROM checkpoints")
+    proc, code = await _backfill(cfg_path)
+    assert code == 0
+    summary = proc.events("backfill.summary")[-1]
+    assert summary["deduplicated"] == len(expected) and summary["delivered"] == 0
+    assert len((await sandbox.received())["events"]) == len(received["events"])
+
+
+async def test_sustained_throughput_under_a_10_rps_events_budget(tmp_path):
+    sb = await SandboxProcess.start(hours=1, rows_per_hour=260)
+    try:
+        await sb.post(sb.control + "/limits", {"events": {"requests": 10, "per": 1}})
+        expected = expected_events(hours=1, rows_per_hour=260)
+        cfg = sandbox_config(tmp_path, sb, rate_limits={"brevo_events": {"requests": 10, "per": "1s"}})
+        cfg["connectors"]["brevo"]["events_batch_size"] = 1  # every event through POST /events
+        cfg_path = write_config(tmp_path / "config.yaml", cfg)
+        proc = await DaemonProcess.start("backfill", "-c", str(cfg_path), "--start", "2026-11-01T00",
+                                         "--end", "2026-11-01T00", env=SANDBOX_ENV)
+        assert await proc.wait(120) == 0, proc.all_output()[-2000:]
+        received = await sb.received()
+    finally:
+        await sb.stop()
+    assert set(_ids(received["events"])) == set(expected)
+    sent = [line for line in proc.lines if line.get("event") == "brevo.batch.sent"]
+    assert sent
+    requests = received["requests"]["events"]
+    rate_limited = received["rate_limited"]
+    assert rate_limited <= 0.01 * requests, f"{rate_limited} 429s for {requests} requests"
+    # Throughput over the sending period: from the export window being queued to the last batch acknowledged.
+    queued = _ts(proc.events("export.window.done")[0])
+    last = _ts(sent[-1])
+    per_second = len(expected) / (last - queued)
+    print(f"throughput {per_second:.2f} events/s, {rate_limited} 429s in {requests} requests")
+    assert per_second >= 9.0, f"{per_second:.2f} events/s against a budget of 10/s"
+
+
+async def test_faults_and_an_outage_lose_nothing(tmp_path, sandbox):
+    expected = expected_events()
+    await sandbox.post(sandbox.control + "/faults", {"error_rate": 0.2, "error_statuses": [500, 502, 503, 429],
+                                                      "reset_rate": 0.05, "seed": 7, "latency": 0.3})
+    cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s", "poll_interval": "1s"})
+    cfg["connectors"]["brevo"]["events_batch_size"] = 100
+    cfg_path = write_config(tmp_path / "config.yaml", cfg)
+    daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+    try:
+        await daemon.wait_for_log("brevo.batch.sent", timeout=30)
+        await sandbox.post(sandbox.control + "/faults", {"outage_seconds": 20})
+        await daemon.wait_for_log("brevo.retry", timeout=30)
+        async with asyncio.timeout(150):
+            while len((await sandbox.received())["events"]) < len(expected):
+                assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
+                await asyncio.sleep(1)
+        assert daemon.proc.returncode is None, "the daemon is still running"
+        counts = _ids((await sandbox.received())["events"])
+        assert set(counts) == set(expected) and max(counts.values()) == 1
+        dump = await sandbox.received()
+        assert dump["injected"] > 0 and dump["resets"] > 0
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert await daemon.wait(30) == 0
+
+
+async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, sandbox):
+    expected = expected_events()
+    await sandbox.post(sandbox.control + "/faults", {"latency": 0.3})
+    cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s", "max_window": "2h"})
+    cfg["connectors"]["brevo"]["events_batch_size"] = 100
+    cfg_path = write_config(tmp_path / "config.yaml", cfg)
+    rng = random.Random(1234)
+    for _ in range(3):
+        daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+        await daemon.wait_for_log("daemon.started")
+        await asyncio.sleep(rng.uniform(0.5, 3.0))
+        daemon.proc.send_signal(signal.SIGKILL)
+        await daemon.wait(10)
+    assert len((await sandbox.received())["events"]) < len(expected), "the kills happened mid-backlog"
+    daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+    try:
+        async with asyncio.timeout(150):
+            while _checkpoint(tmp_path / "state.db") is None or _checkpoint(tmp_path / "state.db") < "20261101T06":
+                await asyncio.sleep(0.5)
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert await daemon.wait(30) == 0
+    counts = _ids((await sandbox.received())["events"])
+    assert set(counts) == set(expected), "nothing is missing"
+    duplicated = {k: n for k, n in counts.items() if n > 1}
+    assert not duplicated, f"{len(duplicated)} events reached Brevo twice"
+
+
+async def test_bad_data_is_dead_lettered_and_everything_else_arrives(tmp_path, sandbox):
+    expected = expected_events()
+    blocked_user = "user-00007"
+    await sandbox.post(sandbox.amplitude_control + "/faults", {
+        "malformed_line": ["20261101T00"], "truncate_member": ["20261101T01"],
+        "not_zip_once": ["20261101T02"], "oversize_event": ["20261101T03"],
+    })
+    await sandbox.post(sandbox.control + "/faults", {"reject_ext_ids": [blocked_user]})
+    cfg = sandbox_config(tmp_path, sandbox, export={"max_window": "1h"})
+    cfg_path = write_config(tmp_path / "config.yaml", cfg)
+
+    proc, code = await _backfill(cfg_path)
+    assert code == 0, proc.all_output()[-3000:]
+    counts = _ids((await sandbox.received())["events"])
+    assert max(counts.values()) == 1
+    blocked = {k for k, p in expected.items() if p["identifiers"]["ext_id"] == blocked_user}
+    assert blocked, "the blocked user has events in the sample"
+    assert not (set(counts) & blocked)
+    assert set(counts) <= set(expected)
+    missing = set(expected) - set(counts) - blocked
+    # Only rows after the cut in hour 01's truncated (last) member may be missing.
+    truncated_hour = set(expected_events(only_hour=1))
+    assert missing <= truncated_hour
+    assert len(missing) < 1000
+
+    listing = await DaemonProcess.start("dlq", "list", "-c", str(cfg_path), env=SANDBOX_ENV)
+    assert await listing.wait(30) == 0
+    text = "".join(listing.raw)
+    assert "malformed JSON line" in text
+    assert "truncated or corrupt gzip member" in text
+    assert "over Brevo's 50 KB limit" in text
+    assert f"contact {blocked_user} cannot receive events" in text
+    # Every refused event is listed once (those cut off with hour 01's truncated member were never read).
+    assert len(blocked - truncated_hour) <= text.count("cannot receive events") <= len(blocked)
+    assert proc.events("export.window.retry"), "the non-zip 200 was retried"
+
+
+async def test_reload_renames_later_events_and_sigterm_resumes_without_loss(tmp_path, sandbox):
+    expected = expected_events()
+    await sandbox.post(sandbox.control + "/faults", {"latency": 0.2})
+    cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s", "max_window": "1h"},
+                         shutdown_timeout="5s")
+    cfg["connectors"]["brevo"]["events_batch_size"] = 50
+    cfg["batching"] = {"max_items": 100, "max_wait": "100ms", "queue_capacity": 200}
+    cfg_path = write_config(tmp_path / "config.yaml", cfg)
+    daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+    await daemon.wait_for_log("brevo.batch.sent", timeout=30)
+
+    renamed = {**cfg["event_mapping"], "Page View": "page_viewed_v2"}
+    write_config(cfg_path, {**cfg, "event_mapping": renamed})
+    daemon.proc.send_signal(signal.SIGHUP)
+    await daemon.wait_for_log("config.reloaded")
+    async with asyncio.timeout(60):
+        while not any(e["event_name"] == "page_viewed_v2" for e in (await sandbox.received())["events"]):
+            await asyncio.sleep(0.3)
+
+    before = len((await sandbox.received())["events"])
+    assert before < len(expected), "still mid-backlog"
+    started = time.monotonic()
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert await daemon.wait(15) == 0
+    assert time.monotonic() - started < 5 + 1
+
+    daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+    try:
+        async with asyncio.timeout(150):
+            while (_checkpoint(tmp_path / "state.db") or "") < "20261101T06":
+                await asyncio.sleep(0.5)
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert await daemon.wait(30) == 0
+    events = (await sandbox.received())["events"]
+    counts = _ids(events)
+    assert set(counts) == set(expected) and max(counts.values()) == 1
+    names = collections.Counter(e["event_name"] for e in events)
+    assert names["page_viewed_v2"] > 0 and names["page_viewed"] > 0
+    first_v2 = next(i for i, e in enumerate(events) if e["event_name"] == "page_viewed_v2")
+    assert all(e["event_name"] != "page_viewed" for e in events[first_v2 + 200:]), "later events use the new name"
+    assert orjson.dumps(events)  # the dump is plain JSON

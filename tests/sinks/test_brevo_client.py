@@ -1,0 +1,188 @@
+"""BrevoClient: validate_response(), retries, and an API key that never shows in reprs, logs or errors."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from structlog.testing import capture_logs
+
+from amplitude_brevo.retry import Backoff
+from amplitude_brevo.sandbox.brevo_sim import BREVO_STATE, BrevoFaults, make_brevo_app
+from amplitude_brevo.secrets import Secret
+from amplitude_brevo.sinks.brevo_client import (
+    BrevoClient,
+    BrevoResponse,
+    Outcome,
+    Stopping,
+    validate_response,
+)
+from amplitude_brevo.sinks.budgets import Budgets
+
+KEY = "xkeysib-0123456789abcdef-client-test"
+EVENT = {"event_name": "order_completed", "identifiers": {"ext_id": "user-1"}}
+
+
+@dataclass
+class Limit:
+    requests: int
+    per: float
+
+
+def budgets() -> Budgets:
+    names = ("brevo_events", "brevo_events_batch", "brevo_contacts", "brevo_orders", "brevo_other")
+    return Budgets({name: Limit(1000, 1) for name in names})
+
+
+@asynccontextmanager
+async def client_for(app: web.Application | None, *, key: str = KEY, backoff: Backoff | None = None,
+                     stop: asyncio.Event | None = None) -> AsyncIterator[BrevoClient]:
+    async with aiohttp.ClientSession() as session:
+        if app is None:
+            with socket.socket() as s:  # a port nobody listens on
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            yield BrevoClient(session, base_url=f"http://127.0.0.1:{port}/v3", api_key=Secret(key), budgets=budgets(),
+                              backoff=backoff or Backoff(base=0.001, cap=0.002, max_attempts=3), stop=stop)
+            return
+        async with TestServer(app) as server:
+            yield BrevoClient(session, base_url=str(server.make_url("/v3")), api_key=Secret(key), budgets=budgets(),
+                              backoff=backoff or Backoff(base=0.001, cap=0.002, max_attempts=3), stop=stop)
+
+
+@pytest.mark.parametrize(
+    ("status", "outcome"),
+    [
+        (200, Outcome.OK), (201, Outcome.OK), (202, Outcome.OK), (204, Outcome.OK), (207, Outcome.OK),
+        (400, Outcome.FATAL), (402, Outcome.FATAL), (404, Outcome.FATAL), (405, Outcome.FATAL),
+        (406, Outcome.FATAL), (409, Outcome.FATAL), (413, Outcome.FATAL), (422, Outcome.FATAL),
+        (401, Outcome.RETRY), (403, Outcome.RETRY),  # a key or IP fix is a reload away: hold, don't drop
+        (408, Outcome.RETRY), (425, Outcome.RETRY), (429, Outcome.RETRY),
+        (500, Outcome.RETRY), (502, Outcome.RETRY), (503, Outcome.RETRY), (504, Outcome.RETRY),
+    ],
+)
+def test_validate_response(status, outcome):
+    assert validate_response(status) is outcome
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"code": "invalid_parameter", "message": "event_name is invalid"}, "invalid_parameter: event_name is invalid"),
+        ({"message": "Events queued"}, "Events queued"),
+        ("<html>bad gateway</html>", "<html>bad gateway</html>"),
+        (None, "HTTP 502"),
+    ],
+)
+def test_response_message(body, message):
+    assert BrevoResponse(502, {}, body).message == message
+
+
+def test_repr_hides_the_key():
+    client = BrevoClient(None, base_url="https://api.brevo.com/v3/", api_key=Secret(KEY), budgets=budgets())  # type: ignore[arg-type]
+    assert KEY not in repr(client) and "***" in repr(client)
+    assert client.base_url == "https://api.brevo.com/v3"
+    assert KEY not in repr(vars(client))
+
+
+def echo_app() -> web.Application:
+    """A misbehaving proxy: its 502 page prints the request headers, key included."""
+
+    async def echo(request: web.Request) -> web.Response:
+        return web.Response(status=502, text=f"upstream failed for request with headers {dict(request.headers)}")
+
+    app = web.Application()
+    app.router.add_post("/v3/events", echo)
+    return app
+
+
+def wrong_key_app() -> web.Application:
+    return make_brevo_app(api_key="xkeysib-the-right-one")
+
+
+def outage_app() -> web.Application:
+    return make_brevo_app(api_key=KEY, faults=BrevoFaults(outage_until=float("inf")))
+
+
+@pytest.mark.parametrize("make_app", [wrong_key_app, outage_app, echo_app, None],
+                         ids=["401", "503", "echoing-proxy", "connection-refused"])
+async def test_the_key_never_reaches_logs_or_errors_of_a_failing_request(make_app):
+    async with client_for(make_app() if make_app else None) as client:
+        with capture_logs() as logs:
+            with pytest.raises(RuntimeError, match="giving up on POST /events after 3 attempts") as failed:
+                await client.call("POST", "/events", EVENT)
+    assert len([e for e in logs if e["event"] == "brevo.retry"]) == 2
+    assert KEY not in repr(logs) and KEY not in str(logs)
+    assert KEY not in str(failed.value) and KEY not in repr(failed.value)
+    assert KEY not in repr(client)
+
+
+async def test_an_echoed_key_is_masked_in_the_response_body():
+    async with client_for(echo_app()) as client:
+        response = await client.send_once("POST", "/events", EVENT)
+    assert response.status == 502
+    assert KEY not in str(response.body) and "***" in response.body
+
+
+async def test_a_fatal_answer_is_returned_at_once():
+    app = make_brevo_app(api_key=KEY)
+    async with client_for(app) as client:
+        response = await client.call("POST", "/events", {"event_name": "bad name", "identifiers": {"ext_id": "u"}})
+    assert response.status == 400
+    assert response.body == {"code": "invalid_parameter", "message": "event_name is invalid"}
+    assert app[BREVO_STATE].requests["events"] == 1
+
+
+async def test_retriable_answers_are_retried_until_ok():
+    app = make_brevo_app(api_key=KEY, faults=BrevoFaults(error_rate=0.6, error_statuses=(500, 503, 429), seed=5))
+    async with client_for(app, backoff=Backoff(base=0.001, cap=0.002)) as client:
+        for _ in range(5):
+            response = await client.call("POST", "/events", EVENT)
+            assert response.status == 204
+    state = app[BREVO_STATE]
+    assert state.injected > 0 and len(state.events) == 5
+
+
+async def test_response_headers_are_lowercased_and_the_budget_reads_them():
+    app = make_brevo_app(api_key=KEY)
+    async with client_for(app) as client:
+        response = await client.send_once("POST", "/events", EVENT)
+    assert response.status == 204 and response.body is None
+    assert {"x-sib-ratelimit-limit", "x-sib-ratelimit-remaining", "x-sib-ratelimit-reset"} <= set(response.headers)
+
+
+async def test_stopping_while_waiting_to_retry_raises_stopping():
+    stop = asyncio.Event()
+    app = make_brevo_app(api_key=KEY, faults=BrevoFaults(outage_until=float("inf")))
+    async with client_for(app, backoff=Backoff(base=5, cap=5), stop=stop) as client:
+        task = asyncio.create_task(client.call("POST", "/events", EVENT))
+        async with asyncio.timeout(5):
+            while app[BREVO_STATE].injected == 0:
+                await asyncio.sleep(0.005)
+        stop.set()
+        with pytest.raises(Stopping, match="503"):
+            await asyncio.wait_for(task, 2)
+
+
+async def test_the_api_key_is_sent_as_the_api_key_header():
+    seen: dict[str, Any] = {}
+
+    async def handler(request: web.Request) -> web.Response:
+        seen.update((k.lower(), v) for k, v in request.headers.items())
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get("/v3/account", handler)
+    async with client_for(app) as client:
+        response = await client.call("GET", "/account")
+    assert response.body == {"ok": True}
+    assert seen["api-key"] == KEY and seen["accept"] == "application/json"
+    assert "content-type" not in seen, "no body, no content type"
