@@ -198,6 +198,34 @@ async def test_bad_data_is_dead_lettered_and_everything_else_arrives(tmp_path, s
     assert len(blocked - truncated_hour) <= text.count("cannot receive events") <= len(blocked)
     assert proc.events("export.window.retry"), "the non-zip 200 was retried"
 
+    # Once Brevo accepts the contact again, `dlq replay` delivers its events; bad source data stays listed.
+    await sandbox.post(sandbox.control + "/faults", {"reject_ext_ids": []})
+    replay = await DaemonProcess.start("dlq", "replay", "--all", "-c", str(cfg_path), env=SANDBOX_ENV)
+    assert await replay.wait(60) == 0, replay.all_output()[-2000:]
+    out = "".join(replay.raw)
+    assert "not replayable" in out and "refused" not in out.split("replayed ")[-1].split(",")[0]
+    counts = _ids((await sandbox.received())["events"])
+    replayed = blocked & set(counts)
+    assert replayed and max(counts.values()) == 1
+    assert len(replayed) == text.count("cannot receive events")
+    again = await DaemonProcess.start("dlq", "list", "-c", str(cfg_path), env=SANDBOX_ENV)
+    assert await again.wait(30) == 0
+    assert "cannot receive events" not in "".join(again.raw), "replayed letters leave the default listing"
+
+
+async def test_dry_run_sends_nothing_and_records_nothing(tmp_path, sandbox):
+    cfg_path = write_config(tmp_path / "config.yaml", sandbox_config(tmp_path, sandbox))
+    proc = await DaemonProcess.start("backfill", "-c", str(cfg_path), "--start", "2026-11-01T00",
+                                     "--end", "2026-11-01T00", "--dry-run", env=SANDBOX_ENV)
+    assert await proc.wait(60) == 0, proc.all_output()[-2000:]
+    would = proc.events("brevo.dry_run.event")
+    assert len(would) == len(expected_events(only_hour=0))
+    assert would[0]["would_send"]["event_name"]
+    assert (await sandbox.received())["events"] == []
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        assert conn.execute("SELECT count(*) FROM dedupe").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0] == 0
+
 
 async def test_reload_renames_later_events_and_sigterm_resumes_without_loss(tmp_path, sandbox):
     expected = expected_events()
