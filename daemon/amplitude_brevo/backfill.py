@@ -88,10 +88,11 @@ async def run_backfill(
     finally:
         if bar_task:
             bar_task.cancel()
-            bar.draw()
-            sys.stderr.write("\n")
         rate_limited = parts["sink"].client.rate_limited_total if parts else 0
         await daemon.shutdown()
+        if bar_task:
+            bar.draw()  # the final figures, after the last acknowledgements
+            sys.stderr.write("\n")
     source: ExportSource = parts["source"]
     return BackfillResult(
         exit_code=daemon.exit_code,

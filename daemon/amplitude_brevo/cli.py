@@ -162,6 +162,7 @@ def _with_state(args: argparse.Namespace, action):  # type: ignore[no-untyped-de
     cfg = _load(args)
     if cfg is None:
         return EXIT_USAGE
+    configure_logging("warning", "auto", secret_values(cfg), stream=sys.stderr)
     if not Path(cfg.state.path).exists():
         print(f"amplitude-brevo: no state file at {cfg.state.path} (the daemon has not run yet)", file=sys.stderr)
         return EXIT_RUNTIME
@@ -193,6 +194,11 @@ def cmd_status(args: argparse.Namespace) -> int:
             "spool_depth": await store.spool_depth(),
             "dead_letters": await store.dead_letter_counts(),
         }
+        tail = report["checkpoints"].get("export.next_hour")
+        if tail:
+            next_hour = datetime.strptime(tail, "%Y%m%dT%H").replace(tzinfo=UTC)
+            # Everything before next_hour is delivered: the lag is how far that point is behind now.
+            report["export_lag_seconds"] = max(0, int((datetime.now(UTC) - next_hour).total_seconds()))
         if args.json:
             print(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
             return EXIT_OK
@@ -200,6 +206,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("checkpoints")
         for name, value in sorted(report["checkpoints"].items()) or [("(none)", "")]:
             print(f"  {name:<28} {value}")
+        if "export_lag_seconds" in report:
+            print(f"export lag      {report['export_lag_seconds'] / 3600:.1f} h behind now "
+                  f"(includes export.lag; queue depth and rates are on /metrics)")
         print(f"ingest spool    {report['spool_depth']} waiting")
         print("dead letters")
         for source, count in sorted(report["dead_letters"].items()) or [("(none)", 0)]:
