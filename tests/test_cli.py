@@ -1,0 +1,89 @@
+"""The command line in-process: exit codes, check-config, status and dlq against a real state file."""
+
+import asyncio
+
+import orjson
+import pytest
+import yaml
+
+from amplitude_brevo.cli import main
+from amplitude_brevo.state import DeadLetter, StateStore
+
+from .e2e.conftest import SECRETS, base_config
+
+
+@pytest.fixture
+def cfg_file(tmp_path, monkeypatch):
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    return path
+
+
+def test_check_config_prints_masked_config(cfg_file, capsys):
+    assert main(["check-config", "-c", str(cfg_file)]) == 0
+    out = capsys.readouterr().out
+    assert "api_key: '***'" in out and "event_mapping:" in out
+    assert all(secret not in out for secret in SECRETS.values())
+
+
+def test_check_config_reports_errors_with_exit_2(tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text("connectors: {brevo: {api_key: xkeysib-abc-LEAK}}\nbatchng: {}\n")
+    assert main(["check-config", "-c", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "batchng" in err and "did you mean 'batching'" in err and "xkeysib-abc-LEAK" not in err
+
+
+def test_config_path_defaults_to_environment(cfg_file, monkeypatch, capsys):
+    monkeypatch.setenv("AMPLITUDE_BREVO_CONFIG", str(cfg_file))
+    assert main(["check-config"]) == 0
+
+
+def test_status_without_state_file(cfg_file, capsys):
+    assert main(["status", "-c", str(cfg_file)]) == 1
+    assert "no state file" in capsys.readouterr().err
+
+
+def _seed_state(path):
+    async def go():
+        store = await StateStore.open(path)
+        try:
+            await store.set_checkpoint("export.next_hour", "20261101T06")
+            await store.add_dead_letters([
+                DeadLetter(source="export", sink="brevo_events", item={"event_name": "x"}, reason="refused: bad"),
+                DeadLetter(source="export", sink="brevo_events", item={"line": 3}, reason="malformed JSON line"),
+            ])
+        finally:
+            await store.close()
+
+    asyncio.run(go())
+
+
+def test_status_and_dlq_commands(cfg_file, tmp_path, capsys):
+    _seed_state(tmp_path / "state.db")
+    assert main(["status", "-c", str(cfg_file), "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["checkpoints"] == {"export.next_hour": "20261101T06"}
+    assert report["dead_letters"] == {"export": 2} and report["export_lag_seconds"] > 0
+
+    assert main(["dlq", "list", "-c", str(cfg_file)]) == 0
+    listing = capsys.readouterr().out
+    assert "refused: bad" in listing and "malformed JSON line" in listing
+
+    assert main(["dlq", "show", "1", "-c", str(cfg_file)]) == 0
+    assert '"event_name": "x"' in capsys.readouterr().out
+    assert main(["dlq", "show", "99", "-c", str(cfg_file)]) == 1
+
+    assert main(["dlq", "purge", "--id", "2", "-c", str(cfg_file)]) == 0
+    assert "purged 1" in capsys.readouterr().out
+    assert main(["dlq", "list", "-c", str(cfg_file)]) == 0
+    assert "malformed" not in capsys.readouterr().out
+
+
+def test_backfill_rejects_reversed_range(cfg_file, capsys):
+    assert main(["backfill", "-c", str(cfg_file), "--start", "2026-11-02T00", "--end", "2026-11-01T00"]) == 2
+    with pytest.raises(SystemExit) as exc:
+        main(["backfill", "-c", str(cfg_file), "--start", "yesterday", "--end", "2026-11-01T00"])
+    assert exc.value.code == 2
