@@ -18,7 +18,7 @@ class Backoff:
     """
 
     base: float = 0.5
-    cap: float = 60.0
+    cap: float = 30.0
     max_attempts: int | None = None
 
     def delay(self, attempt: int, floor: float = 0.0, rng: random.Random | None = None) -> float:
