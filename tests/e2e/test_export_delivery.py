@@ -50,6 +50,8 @@ async def test_backfill_delivers_every_mapped_row_once_and_a_rerun_sends_nothing
     assert code == 0, proc.all_output()[-3000:]
     summary = proc.events("backfill.summary")[-1]
     assert summary["complete"] is True and summary["rows_read"] == 12000
+    output = proc.all_output()
+    assert all(key not in output for key in SANDBOX_ENV.values()), "API keys never appear in logs"
 
     received = await sandbox.received()
     counts = _ids(received["events"])
