@@ -230,6 +230,9 @@ class Daemon:
         # Runs on the event loop, so a stalled loop stops the pings and systemd restarts us.
         while True:
             self.notifier.watchdog()
+            if self.runtime and not self._stopping:
+                queued = sum(len(q) for q in self.runtime.queues.values())
+                self.notifier.status(f"running, {queued} items queued")  # shown by `systemctl status`
             await asyncio.sleep(interval)
 
     # -- main loop --
