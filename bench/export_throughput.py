@@ -319,6 +319,10 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
             gc_time["seconds"] += time.perf_counter() - gc_time["started"]
             gc_time["collections"][info["generation"]] += 1
 
+    if not args.no_tune:
+        from amplitude_brevo.pipeline.runtime import tune_runtime
+
+        tune_runtime()  # what the daemon does at startup
     gc.callbacks.append(on_gc)
     rss_start = current_rss_mib()
     sampler = asyncio.create_task(sample())
@@ -445,6 +449,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
         pipe_args += ["--hold"] if args.hold else []
         pipe_args += ["--no-commit"] if args.no_commit else []
         pipe_args += ["--profile"] if args.profile else []
+        pipe_args += ["--no-tune"] if args.no_tune else []
         pipe = await child("pipeline", *pipe_args)
     finally:
         await runner.cleanup()
@@ -512,6 +517,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-commit", action="store_true",
                         help="diagnosis: the sink acknowledges without committing dedupe keys to SQLite")
     parser.add_argument("--profile", action="store_true", help="run the pipeline under cProfile (slower)")
+    parser.add_argument("--no-tune", action="store_true",
+                        help="diagnosis: skip pipeline.runtime.tune_runtime() (switch interval, gc.freeze)")
     parser.add_argument("--no-stages", action="store_true", help="skip the per-stage reference timings")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     # internal: one phase in a child process

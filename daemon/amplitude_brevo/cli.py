@@ -15,6 +15,7 @@ import orjson
 from . import __version__
 from .config import Config, ConfigError, load_config, render_config, secret_values
 from .logs import configure_logging, get_logger
+from .pipeline.runtime import tune_runtime
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -149,6 +150,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         factory = default_components
     daemon = Daemon(cfg, config_path=args.config or default_config_path(), components=factory)
+    tune_runtime()
     try:
         return asyncio.run(daemon.serve())
     except StartupError as exc:
@@ -275,6 +277,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     configure_logging(cfg.logging.level, cfg.logging.format, secret_values(cfg))
+    tune_runtime()
     try:
         result = asyncio.run(run_backfill(cfg, start=args.start, end=args.end, dry_run=args.dry_run,
                                           config_path=args.config or default_config_path()))
@@ -302,6 +305,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    tune_runtime()
     return asyncio.run(run_demo(args))
 
 

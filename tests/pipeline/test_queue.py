@@ -72,3 +72,46 @@ async def test_reconfigure_keeps_queued_items():
     await q.reconfigure(max_items=2, max_wait=0, capacity=3)
     assert await q.next_batch() == [0, 1]
     assert len(q) == 3
+
+
+async def test_put_many_queues_in_order_and_waits_only_while_full():
+    q = BatchQueue("s", max_items=3, max_wait=0, capacity=4)
+    producer = asyncio.create_task(q.put_many(range(10)))
+    await asyncio.sleep(0.01)
+    assert not producer.done(), "put_many() must wait while the queue is full"
+    assert len(q) == 4, "it fills the queue up to capacity, no further"
+    taken = []
+    while len(taken) < 10:
+        batch = await asyncio.wait_for(q.next_batch(), 1)
+        assert batch and len(batch) <= 3
+        assert len(q) <= 4
+        taken.extend(batch)
+    await asyncio.wait_for(producer, 1)
+    assert taken == list(range(10))
+
+
+async def test_put_many_accepts_any_iterable_and_nothing():
+    q = BatchQueue("s", max_items=10, max_wait=0, capacity=100)
+    await q.put_many([])
+    await q.put_many(x for x in "abc")
+    await q.put_many(("d",))
+    assert await q.next_batch() == ["a", "b", "c", "d"]
+
+
+async def test_put_many_on_close_keeps_what_was_queued_and_raises():
+    q = BatchQueue("s", max_items=10, max_wait=0, capacity=2)
+    producer = asyncio.create_task(q.put_many([1, 2, 3, 4]))
+    await asyncio.sleep(0.01)
+    await q.close()
+    with pytest.raises(QueueClosed):
+        await asyncio.wait_for(producer, 1)
+    assert await q.next_batch() == [1, 2]
+    assert await q.next_batch() is None
+
+
+async def test_put_many_wakes_a_waiting_consumer():
+    q = BatchQueue("s", max_items=2, max_wait=5, capacity=10)
+    consumer = asyncio.create_task(q.next_batch())
+    await asyncio.sleep(0)
+    await q.put_many([1, 2, 3])
+    assert await asyncio.wait_for(consumer, 1) == [1, 2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import orjson
@@ -278,3 +279,66 @@ def test_contact_properties(user_properties, contact):
 )
 def test_contact_value(value, converted):
     assert contact_value(value) == converted
+
+
+# -- the encoded body -----------------------------------------------------------------------------------------
+
+def test_event_body_is_the_payload_as_compact_json_of_exact_size():
+    result = remap_event(row(event_properties={"order id": "A-1", "cart": {"item id": 1}},
+                             user_properties={"email": "a@b.co", "plan": "pro"}), RULES)
+    assert isinstance(result, BrevoEvent)
+    assert type(result.body) is bytes
+    assert result.body == orjson.dumps(result.payload), "compact JSON, keys in payload order"
+    assert list(result.payload) == ["event_name", "event_date", "identifiers", "contact_properties",
+                                    "event_properties"]
+    assert sys.getsizeof(result.body) < len(result.body) + 64, "not orjson's over-allocated buffer"
+
+
+def test_brevo_event_from_a_dict_equals_the_same_bytes():
+    payload = {"event_name": "x", "identifiers": {"ext_id": "u"}}
+    from_dict = BrevoEvent("k", payload)
+    assert from_dict.body == orjson.dumps(payload)
+    assert from_dict == BrevoEvent("k", orjson.dumps(payload))
+    assert from_dict != BrevoEvent("other", payload)
+    assert from_dict.payload == payload
+    assert sys.getsizeof(from_dict.body) < len(from_dict.body) + 64
+
+
+def test_repeated_people_with_equal_but_differently_typed_values_stay_apart():
+    # 1, 1.0 and true are equal in Python but convert differently: the memo must not mix them up.
+    rules = MappingRules(RULES.event_mapping, {"vip": "VIP", "ltv": "LTV"})
+    for value, contact in [(1, 1), (True, "true"), (1.0, 1), (1, 1), (False, "false"), (0.0, 0), (True, "true")]:
+        payload = event(remap_event(row(user_properties={"vip": value, "ltv": value}), rules))
+        assert payload["contact_properties"] == {"VIP": contact, "LTV": contact}, value
+
+
+def test_ext_id_from_an_unhashable_user_property():
+    rules = MappingRules(RULES.event_mapping, {}, ext_id_field="crm_id")
+    for _ in range(2):  # the second time from the memo
+        assert event(remap_event(row(user_properties={"crm_id": [1, 2]}), rules))["identifiers"] == {"ext_id": "[1, 2]"}
+        assert event(remap_event(row(user_properties={"crm_id": 1}), rules))["identifiers"] == {"ext_id": "1"}
+        assert event(remap_event(row(user_properties={"crm_id": True}), rules))["identifiers"] == {"ext_id": "True"}
+
+
+def test_memoized_key_cleaning_matches_clean_properties():
+    from amplitude_brevo.pipeline.remap import _cleaned
+
+    cases = [{"a b": 1, "a.b": 2, "a_b": 3}, {"x": {"y z": [{"p q": 1}, [{"r s": 2}]]}, "x y": 1},
+             {"ok": 1, "items": [{"sku id": "A"}, 3]}, {}]
+    for props in cases * 2:  # the second round from the memo
+        expected = clean_properties(props)
+        assert _cleaned(orjson.loads(orjson.dumps(props)), True) == expected
+        assert clean_properties(props) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2024-01-15 10:23:45.123456", "2024-01-15 10:23:45.123+01", "2024-01-15 10:23:45.12345Z",
+     "2024-01-15 10:23:45.12345 ", " 2024-01-15 10:23:45.12345", "2024-W03-1 10:23:45.123456",
+     "2024-01-15 10:23:45.1234567", "2024-02-29 23:59:59.999999", "2023-02-29 23:59:59.999999",
+     "2024-01-15 24:00:00.000000", "2024-01-15 10:23:45.12３456", "0001-01-01 00:00:00.000000"],
+)
+def test_iso_utc_fast_path_agrees_with_the_general_one(text):
+    from amplitude_brevo.pipeline.remap import _iso_utc
+
+    assert iso_utc(text) == _iso_utc(text)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -186,3 +187,20 @@ async def test_the_api_key_is_sent_as_the_api_key_header():
     assert response.body == {"ok": True}
     assert seen["api-key"] == KEY and seen["accept"] == "application/json"
     assert "content-type" not in seen, "no body, no content type"
+
+
+async def test_a_bytes_payload_is_sent_as_the_json_body_it_already_is():
+    received: list[tuple[bytes, str]] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        received.append((await request.read(), request.headers.get("content-type", "")))
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/v3/events", handler)
+    body = b'{"event_name":"x","identifiers":{"ext_id":"u"},"event_properties":{"n":1.50}}'
+    async with client_for(app) as client:
+        await client.call("POST", "/events", body)
+        await client.call("POST", "/events", EVENT)
+    assert received[0] == (body, "application/json"), "as is, not re-encoded (1.50 stays 1.50)"
+    assert received[1][0] == orjson.dumps(EVENT), "a dict is encoded"

@@ -44,11 +44,15 @@ class Source:
     expected: int
     checkpoint_name: str = "test.checkpoint"
     acked: list[str] = field(default_factory=list)
+    committed_keys: list[str] = field(default_factory=list)
 
     def acknowledge(self, hour: datetime, count: int, keys: list[str]) -> str | None:
         assert count == len(keys)
         self.acked.extend(keys)
         return "20261101T01" if len(self.acked) == self.expected else None
+
+    def committed(self, keys: list[str]) -> None:
+        self.committed_keys.extend(keys)
 
 
 @dataclass
@@ -318,3 +322,33 @@ async def test_a_batch_cancelled_mid_way_records_what_brevo_already_has(tmp_path
         assert await env.delivered_keys([f"key-{i}" for i in range(10)]) == arrived
         assert sorted(source.acked) == sorted("events:" + k for k in arrived)
         assert await env.state.get_checkpoint("test.checkpoint") is None, "two items are still outstanding"
+
+
+async def test_batch_and_single_bodies_are_the_events_bytes_joined_not_re_encoded(tmp_path):
+    sent: list[tuple[str, Any]] = []
+
+    class Capture:
+        budgets = {"brevo_events_batch": type("B", (), {"has_capacity": lambda self, n: True})()}
+
+        async def call(self, method: str, path: str, payload: Any = None, **_: Any) -> Any:
+            sent.append((path, payload))
+            return type("R", (), {"status": 202, "body": None, "message": ""})()
+
+    state = await StateStore.open(tmp_path / "state.db")
+    try:
+        batch = items(3)
+        # an event whose bytes differ from a re-encoding of its dict: sent as it is
+        batch.append(Item(BrevoEvent("key-3", b'{"event_name":"x","event_properties":{"n":1.50}}'), HOUR,
+                          batch[0].source))
+        batch[0].source.expected = 4
+        sink = BrevoEventsSink(queue=None, client=Capture(), state=state, batch_size=10)  # type: ignore[arg-type]
+        await sink.deliver(batch)
+        sink._batch_endpoint = False
+        await sink.deliver(items(1, Source(expected=1)))
+    finally:
+        await state.close()
+    (path, body), (single_path, single) = sent
+    assert path == "/events/batch"
+    assert body == b'{"events":[' + b",".join(i.event.body for i in batch) + b"]}"
+    assert orjson.loads(body)["events"][:3] == [payload(i) for i in range(3)]
+    assert (single_path, single) == ("/events", orjson.dumps(payload(0)))

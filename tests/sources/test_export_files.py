@@ -150,3 +150,20 @@ def test_an_empty_entry_has_no_lines(tmp_path):
         zf.writestr("1/1_2026-11-01_0#0.json.gz", b"")
     with open_export(path) as archive:
         assert all_lines(archive) == []
+
+
+def test_line_chunks_hold_the_same_lines_in_lists(tmp_path, monkeypatch):
+    import amplitude_brevo.sources.export_files as export_files
+
+    monkeypatch.setattr(export_files, "_READ_SIZE", 64)
+    lines = [orjson.dumps({"uuid": f"row-{i}", "pad": "x" * (i % 50)}) for i in range(200)]
+    text = b"\n".join(lines[:100]) + b"\n \t\r\n\n\x00\n" + b"\n".join(lines[100:])
+    path = tmp_path / "chunks.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("1/1_2026-11-01_0#0.json.gz", gzip.compress(text))
+    with open_export(path) as archive:
+        (member,) = list_members(archive)
+        chunks = list(export_files.iter_line_chunks(archive, member))
+    assert len(chunks) > 1 and all(isinstance(c, list) and c for c in chunks)
+    # whitespace-only lines are dropped, anything else (even a NUL) is passed on for the decoder to judge
+    assert [line for c in chunks for line in c] == lines[:100] + [b"\x00"] + lines[100:]

@@ -328,7 +328,17 @@ async def test_commit_delivery_is_atomic_when_checkpoint_write_fails(st: StateSt
     assert await st.unseen(["k3"]) == set()
 
 
-async def test_unseen_with_more_keys_than_one_in_list(st: StateStore) -> None:
+@pytest.fixture(params=["json_each", "per-key"])
+def key_statements(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with the one-statement JSON1 path, and again with the per-key fallback (SQLite without JSON1)."""
+    if request.param == "json_each":
+        assert store_module._JSON_EACH, "this SQLite has JSON1"
+    else:
+        monkeypatch.setattr(store_module, "_JSON_EACH", False)
+    return request.param
+
+
+async def test_unseen_with_more_keys_than_one_in_list(st: StateStore, key_statements: str) -> None:
     keys = [f"insert-{i}" for i in range(1234)]
     await st.commit_delivery(keys[::2], sink="brevo_events")
 
@@ -340,8 +350,27 @@ async def test_unseen_with_more_keys_than_one_in_list(st: StateStore) -> None:
         await st._run(lambda conn: conn.set_trace_callback(None))
     assert result == set(keys[1::2])
     selects = [s for s in statements if s.startswith("SELECT key FROM dedupe")]
-    assert len(selects) == 3  # 1234 distinct keys in slices of <= 500
+    # JSON1: one statement whatever the count; without: 1234 distinct keys in slices of <= 500
+    assert len(selects) == (1 if key_statements == "json_each" else 3)
     assert await st.unseen([]) == set()
+
+
+async def test_commit_delivery_of_many_keys_is_one_statement(st: StateStore, key_statements: str) -> None:
+    keys = [f"insert-{i}" for i in range(1234)] + ['quote"d', "back\\slash", "caf\u00e9", "insert-1"]
+    await st.commit_delivery(keys[:10], sink="brevo_events", now=50.0)
+    statements: list[str] = []
+    await st._run(lambda conn: conn.set_trace_callback(statements.append))
+    try:
+        await st.commit_delivery(keys, sink="brevo_events", checkpoint=("export", "h9"), now=100.0)
+    finally:
+        await st._run(lambda conn: conn.set_trace_callback(None))
+    inserts = [s for s in statements if s.startswith("INSERT INTO dedupe")]
+    assert len(inserts) == (1 if key_statements == "json_each" else len(keys))
+    assert await st.unseen(keys + ["other"]) == {"other"}
+    stored = await st._run(lambda conn: dict(conn.execute("SELECT key, delivered_at FROM dedupe")))
+    assert set(stored) == set(keys), "every key verbatim"
+    assert set(stored.values()) == {100.0}, "keys already present get delivered_at refreshed"
+    assert await st.get_checkpoint("export") == "h9"
 
 
 async def test_expire_dedupe(st: StateStore) -> None:

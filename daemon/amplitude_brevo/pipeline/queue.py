@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Iterable
+from itertools import islice
 from typing import Generic, TypeVar
 
 T = TypeVar("T")
@@ -54,8 +55,23 @@ class BatchQueue(Generic[T]):
             self._cond.notify_all()
 
     async def put_many(self, items: Iterable[T]) -> None:
-        for item in items:
-            await self.put(item)
+        """`put()` each item in order, in bulk: one wake-up per run of items that fits, waiting only while full.
+
+        Raises QueueClosed if the queue closes first; the items queued before that stay queued.
+        """
+        pending = items if isinstance(items, list | tuple) else list(items)
+        done, total = 0, len(pending)
+        if not total:
+            return
+        async with self._cond:
+            while done < total:
+                await self._cond.wait_for(lambda: self._closed or len(self._items) < self.capacity)
+                if self._closed:
+                    raise QueueClosed(self.name)
+                end = min(total, done + self.capacity - len(self._items))
+                self._items.extend(islice(pending, done, end))
+                done = end
+                self._cond.notify_all()
 
     async def close(self) -> None:
         async with self._cond:

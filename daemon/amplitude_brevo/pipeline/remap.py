@@ -1,30 +1,90 @@
-"""Pure functions turning Amplitude events into Brevo event payloads (SPEC §5); no I/O here."""
+"""Pure functions turning Amplitude events into Brevo event payloads (SPEC §5); no I/O here.
+
+Performance notes (this runs for every exported row, see bench/export_throughput.py):
+
+* A remapped event is carried as its encoded JSON body (`BrevoEvent.body`, exact-size `bytes`): the sink
+  joins bodies into `/events/batch` requests without re-encoding, and a full queue holds ~0.6 KiB per event
+  instead of a few KiB of dicts. `BrevoEvent.payload` decodes it on demand (logs, tests).
+* Everything that depends only on the rules (the JSON prefix per event name, the user properties to read,
+  the contact attributes) is computed once per `MappingRules`.
+* Key rewriting is planned once per key set (most rows share a handful of key sets).
+* The export timestamp format is validated by `datetime.fromisoformat` (C) and reformatted by slicing.
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import orjson
 
-from .rows import ExportRow, decode_object
+from .rows import ExportRow
+
+_decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 
 MAX_EVENT_PROPERTIES_BYTES = 50 * 1024
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+_IDENTITY_FIELDS = ("user_id", "device_id")
+_CACHE_LIMIT = 4096  # entries per memo below; cleared when full (pathological data then costs what it did)
+_PEOPLE_LIMIT = 16384  # people fragments per rules (~0.3 KiB each)
+_encode = msgspec.json.Encoder().encode
+
+
+class _UserPropsBase(msgspec.Struct):
+    """Base of the per-rules struct that decodes only the user properties remapping reads."""
 
 
 @dataclass(frozen=True)
 class MappingRules:
     """The parts of the config remapping needs, frozen so a reload swaps them atomically."""
 
-    event_mapping: dict[str, str]
-    property_mapping: dict[str, str]
+    event_mapping: Mapping[str, str]
+    property_mapping: Mapping[str, str]
     ext_id_field: str = "user_id"
     email_property: str = "email"
     anonymous: str = "skip"  # skip | use_device_id
+    # Derived once from the fields above (see __post_init__).
+    _user_decoder: msgspec.json.Decoder = field(init=False, repr=False, compare=False)
+    _email_attr: str = field(init=False, repr=False, compare=False)
+    _ext_id_attr: str | None = field(init=False, repr=False, compare=False)
+    _contact: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    _heads: dict[str, bytes] = field(init=False, repr=False, compare=False)
+    _people: dict[tuple[Any, bytes], bytes] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        wanted: dict[str, str] = {}  # user property name → struct attribute
+
+        def attr(name: str) -> str:
+            return wanted.setdefault(name, f"p{len(wanted)}")
+
+        email_attr = attr(self.email_property)
+        ext_id_attr = attr(self.ext_id_field) if self.ext_id_field not in _IDENTITY_FIELDS else None
+        contact = tuple(
+            (attr(amp_prop), attribute)
+            for amp_prop, attribute in self.property_mapping.items()
+            # identity, carried in `identifiers`
+            if amp_prop != self.email_property and attribute.lower() not in ("email", "ext_id")
+        )
+        struct = msgspec.defstruct(
+            "UserProperties", [(a, Any, None) for a in wanted.values()], bases=(_UserPropsBase,),
+            rename={a: name for name, a in wanted.items()},
+        )
+        setattr_ = object.__setattr__
+        setattr_(self, "_user_decoder", msgspec.json.Decoder(struct))
+        setattr_(self, "_email_attr", email_attr)
+        setattr_(self, "_ext_id_attr", ext_id_attr)
+        setattr_(self, "_contact", contact)
+        # `{"event_name":"…","event_date":"` per mapped type: the start of every body of that type.
+        setattr_(self, "_heads", {
+            event_type: b'{"event_name":' + orjson.dumps(name) + b',"event_date":"'
+            for event_type, name in self.event_mapping.items()
+        })
+        setattr_(self, "_people", {})  # see people()
 
     @classmethod
     def from_config(cls, cfg: Any) -> MappingRules:
@@ -36,13 +96,74 @@ class MappingRules:
             anonymous=cfg.identity.anonymous,
         )
 
+    def people(self, ext_id: Any, user: Any) -> bytes:
+        """`"identifiers":{…}[,"contact_properties":{…}]` for this person, as JSON, memoized: the same user
+        comes back event after event with the same properties. The memo key holds the properties as JSON,
+        so values that compare equal in Python but convert differently (`1`, `1.0`, `true`) stay apart."""
+        # A non-text ext_id can only come from a user property, so it is in the encoded properties already
+        # (and may be unhashable).
+        key = (ext_id if type(ext_id) is str else None, _encode(user))
+        try:
+            return self._people[key]
+        except KeyError:
+            pass
+        identifiers = {"ext_id": str(ext_id)}
+        email = email_id(getattr(user, self._email_attr))
+        if email is not None:
+            identifiers["email_id"] = email
+        part: dict[str, Any] = {"identifiers": identifiers}
+        contact = {}
+        for attr, attribute in self._contact:
+            value = contact_value(getattr(user, attr))
+            if value is not None:
+                contact[attribute] = value
+        if contact:
+            part["contact_properties"] = contact
+        fragment = orjson.dumps(part)[1:-1]
+        if len(self._people) >= _PEOPLE_LIMIT:
+            self._people.clear()
+        self._people[key] = fragment
+        return fragment
 
-@dataclass(frozen=True)
+    def user_properties(self, raw: Any) -> Any:
+        """The user properties remapping reads, as attributes (None when absent, or not an object)."""
+        try:
+            return self._user_decoder.decode(raw)
+        except msgspec.ValidationError:
+            return self._user_decoder.decode(b"{}")
+
+
 class BrevoEvent:
-    """A remapped event ready for `/events` or `/events/batch`, with the key that deduplicates it."""
+    """A remapped event ready for `/events` or `/events/batch`, with the key that deduplicates it.
+
+    `body` is the Brevo payload as compact JSON (exact-size bytes, what is sent and dead-lettered);
+    `payload` decodes it. Built from a dict, the dict is encoded once. Treat it as immutable.
+    """
+
+    __slots__ = ("dedupe_key", "body")
 
     dedupe_key: str
-    payload: dict[str, Any]
+    body: bytes
+
+    def __init__(self, dedupe_key: str, payload: bytes | Mapping[str, Any]) -> None:
+        self.dedupe_key = dedupe_key
+        self.body = payload if type(payload) is bytes else _exact(orjson.dumps(payload))
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The payload as a dict, decoded on demand."""
+        return orjson.loads(self.body)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BrevoEvent):
+            return NotImplemented
+        return self.dedupe_key == other.dedupe_key and self.body == other.body
+
+    def __hash__(self) -> int:
+        return hash((self.dedupe_key, self.body))
+
+    def __repr__(self) -> str:
+        return f"BrevoEvent(dedupe_key={self.dedupe_key!r}, payload={self.body.decode('utf-8', 'replace')})"
 
 
 @dataclass(frozen=True)
@@ -62,6 +183,15 @@ class Rejected:
 
 RemapResult = BrevoEvent | Skipped | Rejected
 
+SKIPPED_UNMAPPED = Skipped("unmapped")
+SKIPPED_ANONYMOUS = Skipped("anonymous")
+
+
+def _exact(data: bytes) -> bytes:
+    """A copy of `data` allocated at its size: orjson over-allocates its output (~4 KiB of RSS each), which
+    adds up when tens of thousands of bodies wait in a full queue."""
+    return data[:-1] + data[-1:]
+
 
 def brevo_key(key: str) -> str:
     """A property key in Brevo's alphabet `[A-Za-z0-9_-]{1,255}`: other characters become `_`."""
@@ -69,17 +199,14 @@ def brevo_key(key: str) -> str:
     return cleaned or "_"
 
 
-def clean_properties(props: dict[str, Any]) -> dict[str, Any]:
-    """Rewrite keys (recursively) to Brevo's alphabet.
-
-    A key that is already valid keeps its name; a rewritten key that would collide with another key gets
-    a numeric suffix (`utm.source` next to `utm_source` becomes `utm_source_2`), so no value is lost and
-    no valid key ends up holding another key's value.
-    """
-    names = {key: brevo_key(str(key)) for key in props}
+def _rename_plan(keys: tuple[Any, ...]) -> tuple[str, ...] | None:
+    """The new name of each key (see `clean_properties`), or None when every key keeps its name."""
+    names = {key: brevo_key(str(key)) for key in keys}
+    if all(new == key for key, new in names.items()):
+        return None
     taken = {new for key, new in names.items() if new == key}
-    out: dict[str, Any] = {}
-    for key, value in props.items():
+    plan = []
+    for key in keys:
         new_key = names[key]
         if new_key != key:
             if new_key in taken:
@@ -88,12 +215,55 @@ def clean_properties(props: dict[str, Any]) -> dict[str, Any]:
                     n += 1
                 new_key = f"{new_key[:250]}_{n}"
             taken.add(new_key)
+        plan.append(new_key)
+    return tuple(plan)
+
+
+_PLANS: dict[tuple[Any, ...], tuple[str, ...] | None] = {}
+
+
+def _cleaned(props: dict[str, Any], nested: bool) -> dict[str, Any]:
+    """`clean_properties` on a dict we own: returned as is when no key changes (values cleaned in place).
+    `nested` False promises that no value is a dict or a list holding one."""
+    keys = tuple(props)
+    try:
+        plan = _PLANS[keys]
+    except KeyError:
+        plan = _rename_plan(keys)
+        if len(_PLANS) >= _CACHE_LIMIT:
+            _PLANS.clear()
+        _PLANS[keys] = plan
+    if plan is not None:
+        props = dict(zip(plan, props.values(), strict=True))
+    if nested:
+        for key, value in props.items():
+            if type(value) is dict:
+                props[key] = _cleaned(value, True)
+            elif type(value) is list:
+                props[key] = [_cleaned(v, True) if type(v) is dict else v for v in value]
+    return props
+
+
+def clean_properties(props: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite keys (recursively) to Brevo's alphabet; returns a new dict, `props` is left as it was.
+
+    A key that is already valid keeps its name; a rewritten key that would collide with another key gets
+    a numeric suffix (`utm.source` next to `utm_source` becomes `utm_source_2`), so no value is lost and
+    no valid key ends up holding another key's value. (`remap_event` uses the memoized `_cleaned`, which
+    gives the same result on decoded JSON.)
+    """
+    plan = _rename_plan(tuple(props))
+    out: dict[str, Any] = {}
+    for new_key, value in zip(plan or props, props.values(), strict=True):
         if isinstance(value, dict):
             value = clean_properties(value)
         elif isinstance(value, list):
             value = [clean_properties(v) if isinstance(v, dict) else v for v in value]
         out[new_key] = value
     return out
+
+
+_fromisoformat = datetime.fromisoformat
 
 
 def iso_utc(timestamp: str | None) -> str | None:
@@ -104,10 +274,26 @@ def iso_utc(timestamp: str | None) -> str | None:
     """
     if not timestamp:
         return None
+    if (
+        len(timestamp) == 26 and timestamp[10] == " " and timestamp[19] == "." and timestamp[4] == "-"
+        and timestamp[7] == "-" and timestamp[13] == ":" and timestamp[16] == ":" and timestamp.isascii()
+    ):
+        # The export's own format, `YYYY-MM-DD HH:MM:SS.ffffff`: `fromisoformat` (C) validates every field
+        # and the text already holds the answer; anything else (zones, other shapes) takes the general path.
+        try:
+            naive = _fromisoformat(timestamp).tzinfo is None
+        except ValueError:
+            naive = False
+        if naive:
+            return f"{timestamp[:10]}T{timestamp[11:23]}Z"
+    return _iso_utc(timestamp)
+
+
+def _iso_utc(timestamp: str) -> str | None:
     text = timestamp.strip()
     try:
         # 3.11's fromisoformat reads the export format (space separator, no zone), `T`, `Z` and offsets.
-        parsed = datetime.fromisoformat(text)
+        parsed = _fromisoformat(text)
         if parsed.tzinfo is None:
             parsed = parsed.replace(tzinfo=UTC)  # export timestamps carry no zone and are UTC
         parsed = parsed.astimezone(UTC)
@@ -137,19 +323,41 @@ def contact_value(value: Any) -> str | int | None:
     return orjson.dumps(value).decode()
 
 
+_EMAILS: dict[str, str | None] = {}
+
+
+def email_id(value: Any) -> str | None:
+    """The lower-cased address when `value` is a valid email, else None (memoized: users recur)."""
+    if type(value) is not str:
+        return None
+    try:
+        return _EMAILS[value]
+    except KeyError:
+        pass
+    text = value.strip()
+    result = text.lower() if _EMAIL.match(text) else None
+    if len(_EMAILS) >= _CACHE_LIMIT:
+        _EMAILS.clear()
+    _EMAILS[value] = result
+    return result
+
+
 def identifiers_for(row: ExportRow, user_props: dict[str, Any], rules: MappingRules) -> dict[str, str] | None:
-    ext_id = getattr(row, rules.ext_id_field, None) if rules.ext_id_field in ("user_id", "device_id") else None
-    if ext_id is None and rules.ext_id_field not in ("user_id", "device_id"):
+    ext_id = getattr(row, rules.ext_id_field, None) if rules.ext_id_field in _IDENTITY_FIELDS else None
+    if ext_id is None and rules.ext_id_field not in _IDENTITY_FIELDS:
         ext_id = user_props.get(rules.ext_id_field)
     if not ext_id and rules.anonymous == "use_device_id":
         ext_id = row.device_id
     if not ext_id:
         return None
     identifiers = {"ext_id": str(ext_id)}
-    email = user_props.get(rules.email_property)
-    if isinstance(email, str) and _EMAIL.match(email.strip()):
-        identifiers["email_id"] = email.strip().lower()
+    email = email_id(user_props.get(rules.email_property))
+    if email is not None:
+        identifiers["email_id"] = email
     return identifiers
+
+
+_EVENT_PROPERTIES = b',"event_properties":'
 
 
 def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
@@ -157,43 +365,48 @@ def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
     event_type = row.event_type
     if event_type is None:
         return Rejected("row has no event_type", _row_summary(row))
-    name = rules.event_mapping.get(event_type)
-    if name is None:
-        return Skipped("unmapped")
-    key = row.dedupe_key
+    head = rules._heads.get(event_type)
+    if head is None:
+        return SKIPPED_UNMAPPED
+    key = row.insert_id or row.uuid
     if not key:
         return Rejected("row has neither $insert_id nor uuid", _row_summary(row))
-    user_props = decode_object(row.user_properties)
-    identifiers = identifiers_for(row, user_props, rules)
-    if identifiers is None:
+    user = rules.user_properties(row.user_properties)
+    # identifiers (SPEC §5): ext_id from the row or a user property, and a valid email, lower-cased
+    ext_id_attr = rules._ext_id_attr
+    ext_id = getattr(row, rules.ext_id_field) if ext_id_attr is None else getattr(user, ext_id_attr)
+    if not ext_id and rules.anonymous == "use_device_id":
+        ext_id = row.device_id
+    if not ext_id:
         if rules.anonymous == "use_device_id":
             # Anonymous events were asked for, but this row cannot be attributed to anyone.
             return Rejected("row has neither a user id nor a device_id", _row_summary(row))
-        return Skipped("anonymous")
+        return SKIPPED_ANONYMOUS
     event_date = iso_utc(row.event_time)
     if event_date is None:
         return Rejected(f"unparseable event_time {row.event_time!r}", _row_summary(row))
-    props = clean_properties(decode_object(row.event_properties))
+    raw = bytes(row.event_properties)
+    try:
+        props = _decode_dict(raw)
+    except msgspec.ValidationError:
+        props = {}  # `null`, or not an object
+    # Only a `{` past the first byte can open a nested object whose keys need rewriting too.
+    props = _cleaned(props, raw.find(b"{", 1) >= 0)
     props["amplitude_event_type"] = event_type
     props["amplitude_insert_id"] = key
-    size = len(orjson.dumps(props))
+    props_json = orjson.dumps(props)
+    size = len(props_json)
     if size > MAX_EVENT_PROPERTIES_BYTES:
         return Rejected(
             f"event_properties is {size} bytes, over Brevo's 50 KB limit",
             {**_row_summary(row), "event_properties_bytes": size},
         )
-    payload: dict[str, Any] = {"event_name": name, "event_date": event_date, "identifiers": identifiers}
-    contact = {}
-    for amp_prop, attribute in rules.property_mapping.items():
-        if amp_prop == rules.email_property or attribute.lower() in ("email", "ext_id"):
-            continue  # identity, carried in `identifiers`
-        value = contact_value(user_props.get(amp_prop))
-        if value is not None:
-            contact[attribute] = value
-    if contact:
-        payload["contact_properties"] = contact
-    payload["event_properties"] = props
-    return BrevoEvent(dedupe_key=key, payload=payload)
+    # {"event_name":…,"event_date":"…","identifiers":{…},"contact_properties":{…},"event_properties":{…}}
+    # as one exact-size bytes (a join allocates its result at size, unlike orjson's own output). The date
+    # is ASCII digits and separators: nothing to escape.
+    return BrevoEvent(key, b"".join(
+        (head, event_date.encode(), b'",', rules.people(ext_id, user), _EVENT_PROPERTIES, props_json, b"}")
+    ))
 
 
 def _row_summary(row: ExportRow) -> dict[str, Any]:

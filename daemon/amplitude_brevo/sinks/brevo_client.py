@@ -95,14 +95,18 @@ class BrevoClient:
         return f"BrevoClient(base_url={self.base_url!r}, api_key='***')"
 
     async def send_once(self, method: str, path: str, payload: Any = None, *, budget: str | None = None) -> BrevoResponse:
-        """One attempt: wait for the budget, send, read the rate-limit headers. Transport errors raise."""
+        """One attempt: wait for the budget, send, read the rate-limit headers. Transport errors raise.
+
+        `payload` is encoded as JSON, unless it is `bytes`: a JSON body encoded by the caller, sent as is.
+        """
         bucket = self.budgets[budget] if budget else self.budgets.for_request(method, path)
         await bucket.acquire()
         headers = {"api-key": self._api_key.reveal(), "accept": "application/json"}
         data = None
         if payload is not None:
             headers["content-type"] = "application/json"
-            data = orjson.dumps(payload)
+            # bytes are a body already encoded as JSON (the events sink joins its events' bodies): sent as is.
+            data = payload if isinstance(payload, bytes | bytearray) else orjson.dumps(payload)
         async with self.session.request(method, self.base_url + path, data=data, headers=headers) as resp:
             raw = await resp.read()
             response_headers = {k.lower(): v for k, v in resp.headers.items()}

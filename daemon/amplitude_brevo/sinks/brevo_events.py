@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,7 +108,7 @@ class BrevoEventsSink:
             await self._acknowledge_partial(items, rejected, settled)
             raise
         letters = [
-            DeadLetter(source="export", sink=self.name, item=items[i].event.payload, reason=reason)
+            DeadLetter(source="export", sink=self.name, item=items[i].event.body, reason=reason)
             for i, reason in sorted(rejected.items())
         ]
         await self._acknowledge(items, letters)
@@ -147,10 +146,11 @@ class BrevoEventsSink:
         self, items: list[Any], chunk: list[int], rejected: dict[int, str], settled: set[int]
     ) -> list[int]:
         """One `/events/batch` request; returns indexes still to send one by one."""
-        payload = {"events": [items[i].event.payload for i in chunk]}
+        # The events' bodies are JSON already: join them, no decoding or re-encoding.
+        body = b'{"events":[' + b",".join([items[i].event.body for i in chunk]) + b"]}"
         self.stats.batch_requests += 1
         try:
-            response = await self.client.call("POST", "/events/batch", payload, budget=BATCH_BUDGET,
+            response = await self.client.call("POST", "/events/batch", body, budget=BATCH_BUDGET,
                                               context={"sink": self.name, "count": len(chunk)},
                                               max_pause=BATCH_MAX_PAUSE)
         except BudgetPaused as exc:
@@ -190,7 +190,7 @@ class BrevoEventsSink:
     async def _send_single(self, items: list[Any], index: int, rejected: dict[int, str], settled: set[int]) -> None:
         async with self._single_slots:
             self.stats.single_requests += 1
-            response = await self.client.call("POST", "/events", items[index].event.payload, budget=SINGLE_BUDGET,
+            response = await self.client.call("POST", "/events", items[index].event.body, budget=SINGLE_BUDGET,
                                               context={"sink": self.name})
         if validate_response(response.status) is Outcome.FATAL:
             rejected[index] = f"Brevo refused the event: HTTP {response.status} {response.message}"
@@ -201,9 +201,15 @@ class BrevoEventsSink:
         if letters:
             # Dead letters first: if we die between the two writes, the batch is re-sent, never lost.
             await self.state.add_dead_letters(letters)
-        by_source: dict[Any, dict[Any, list[str]]] = defaultdict(lambda: defaultdict(list))
+        by_source: dict[Any, dict[Any, list[str]]] = {}
+        # Items come in runs of one source and hour: look the run's list up once per run, not per item.
+        run: tuple[Any, Any] = (None, None)
+        run_keys: list[str] = []
         for item in items:
-            by_source[item.source][item.hour].append("events:" + item.event.dedupe_key)
+            if (item.source, item.hour) != run:
+                run = (item.source, item.hour)
+                run_keys = by_source.setdefault(item.source, {}).setdefault(item.hour, [])
+            run_keys.append("events:" + item.event.dedupe_key)
         for source, hours in by_source.items():
             keys = [k for ks in hours.values() for k in ks]
             checkpoint = None
@@ -214,6 +220,7 @@ class BrevoEventsSink:
                 keys, sink=self.name,
                 checkpoint=(source.checkpoint_name, checkpoint) if checkpoint else None,
             )
+            source.committed(keys)
 
     async def _acknowledge_partial(self, items: list[Any], rejected: dict[int, str], settled: set[int]) -> None:
         """The batch is interrupted: acknowledge only the items Brevo answered for; the rest stay outstanding."""
@@ -222,7 +229,7 @@ class BrevoEventsSink:
         if not done:
             return
         letters = [
-            DeadLetter(source="export", sink=self.name, item=items[i].event.payload, reason=rejected[i])
+            DeadLetter(source="export", sink=self.name, item=items[i].event.body, reason=rejected[i])
             for i in done if i in rejected
         ]
         await self._acknowledge([items[i] for i in done], letters)
@@ -231,8 +238,13 @@ class BrevoEventsSink:
 
     def _acknowledge_dry(self, items: list[Any]) -> None:
         # A dry run moves the in-memory cursor only: nothing is recorded, the next real run sends it all.
+        by_source: dict[Any, dict[Any, list[str]]] = {}
         for item in items:
-            item.source.acknowledge(item.hour, 1, ["events:" + item.event.dedupe_key])
+            by_source.setdefault(item.source, {}).setdefault(item.hour, []).append("events:" + item.event.dedupe_key)
+        for source, hours in by_source.items():
+            for hour, keys in hours.items():
+                source.acknowledge(hour, len(keys), keys)
+                source.committed(keys)
 
 
 async def _gather(coros: list[Any]) -> list[Any]:

@@ -32,7 +32,7 @@ from ..pipeline.remap import BrevoEvent, MappingRules, Rejected, Skipped, remap_
 from ..pipeline.rows import row_decoder
 from ..retry import Backoff
 from ..state import DeadLetter, StateStore
-from .export_files import TruncatedMember, iter_lines, list_members, open_export
+from .export_files import TruncatedMember, iter_line_chunks, list_members, open_export
 
 log = get_logger("amplitude_export")
 
@@ -128,11 +128,18 @@ class ExportSource:
 
     # -- acknowledgements, called by the sink --
     def acknowledge(self, hour: datetime, count: int, keys: list[str]) -> str | None:
-        """Items of `hour` are delivered or dead-lettered; returns the new checkpoint value, if it moved."""
+        """Items of `hour` are delivered or dead-lettered; returns the new checkpoint value, if it moved.
+
+        The keys stay in `inflight` until `committed()`: a dedupe lookup submitted before the sink's commit
+        would not see them in SQLite, so until then only `inflight` stops a repeated row being sent twice.
+        """
         assert self.tracker is not None
         self.tracker.done(hour, count)
-        self.inflight.difference_update(keys)
         return self._advance()
+
+    def committed(self, keys: list[str]) -> None:
+        """The sink's commit of these keys is in SQLite; from now on dedupe lookups see them."""
+        self.inflight.difference_update(keys)
 
     def _advance(self) -> str | None:
         assert self.tracker is not None
@@ -317,13 +324,17 @@ class ExportSource:
 
     async def _read_member(self, archive: Any, member: Any, hour: datetime) -> None:
         rules = self.rules
+        decode = row_decoder.decode
+        remap = remap_event
+        stats = self.stats
+        skipped = stats.skipped
         candidates: list[BrevoEvent] = []
         letters: list[DeadLetter] = []
         line_no = 0
-        lines = iter_lines(archive, member)
+        chunks = iter_line_chunks(archive, member)
         while True:
             try:
-                line = next(lines)
+                lines = next(chunks)
             except StopIteration:
                 break
             except TruncatedMember as exc:
@@ -333,29 +344,36 @@ class ExportSource:
                     reason=f"truncated or corrupt gzip member after {line_no} lines: {exc}"))
                 log.error("export.member.truncated", member=member.name, lines_read=line_no, error=str(exc))
                 break
-            line_no += 1
-            self.stats.rows += 1
-            try:
-                row = row_decoder.decode(line)
-            except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                letters.append(DeadLetter(
-                    source="export", sink="brevo_events",
-                    item={"member": member.name, "line": line_no, "text": line[:4096].decode("utf-8", "replace")},
-                    reason=f"malformed JSON line: {exc}"))
-                log.warning("export.line.malformed", member=member.name, line=line_no, error=str(exc))
-            else:
-                result = remap_event(row, rules)
-                if isinstance(result, BrevoEvent):
-                    candidates.append(result)
-                elif isinstance(result, Skipped):
-                    self.stats.skipped[result.reason] = self.stats.skipped.get(result.reason, 0) + 1
-                elif isinstance(result, Rejected):
-                    letters.append(DeadLetter(source="export", sink="brevo_events",
-                                              item={**result.item, "member": member.name}, reason=result.reason))
-                    log.warning("export.row.rejected", member=member.name, line=line_no, reason=result.reason)
-            if len(candidates) >= CHUNK or len(letters) >= CHUNK:
-                await self._flush(hour, candidates, letters)
-                candidates, letters = [], []
+            first = line_no
+            for line in lines:
+                line_no += 1
+                try:
+                    row = decode(line)
+                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                    letters.append(DeadLetter(
+                        source="export", sink="brevo_events",
+                        item={"member": member.name, "line": line_no, "text": line[:4096].decode("utf-8", "replace")},
+                        reason=f"malformed JSON line: {exc}"))
+                    log.warning("export.line.malformed", member=member.name, line=line_no, error=str(exc))
+                else:
+                    result = remap(row, rules)
+                    kind = type(result)
+                    if kind is BrevoEvent:
+                        candidates.append(result)  # type: ignore[arg-type]
+                    elif kind is Skipped:
+                        reason = result.reason  # type: ignore[union-attr]
+                        skipped[reason] = skipped.get(reason, 0) + 1
+                    else:
+                        assert isinstance(result, Rejected)
+                        letters.append(DeadLetter(source="export", sink="brevo_events",
+                                                  item={**result.item, "member": member.name}, reason=result.reason))
+                        log.warning("export.row.rejected", member=member.name, line=line_no, reason=result.reason)
+                if len(candidates) >= CHUNK or len(letters) >= CHUNK:
+                    stats.rows += line_no - first
+                    first = line_no
+                    await self._flush(hour, candidates, letters)
+                    candidates, letters = [], []
+            stats.rows += line_no - first
         await self._flush(hour, candidates, letters)
         if self.metrics:
             self.metrics.items_in.labels(source="export").inc(line_no)
@@ -374,19 +392,21 @@ class ExportSource:
         self.stats.mapped += len(candidates)
         keys = [DEDUPE_PREFIX + c.dedupe_key for c in candidates]
         unseen = await self.state.unseen(keys)
-        fresh: list[BrevoEvent] = []
+        inflight = self.inflight
+        fresh: list[QueuedEvent] = []
         for candidate, key in zip(candidates, keys, strict=True):
-            if key not in unseen or key in self.inflight:
-                self.stats.deduplicated += 1
+            if key not in unseen or key in inflight:
                 continue
-            self.inflight.add(key)
-            fresh.append(candidate)
-        if self.metrics and len(fresh) < len(candidates):
-            self.metrics.items_out.labels(sink="brevo_events", outcome="deduplicated").inc(len(candidates) - len(fresh))
+            inflight.add(key)
+            fresh.append(QueuedEvent(candidate, hour, self))
+        deduplicated = len(candidates) - len(fresh)
+        if deduplicated:
+            self.stats.deduplicated += deduplicated
+            if self.metrics:
+                self.metrics.items_out.labels(sink="brevo_events", outcome="deduplicated").inc(deduplicated)
         assert self.tracker is not None
         self.tracker.add(hour, len(fresh))
-        for event in fresh:
-            await self.queue.put(QueuedEvent(event, hour, self))
+        await self.queue.put_many(fresh)
         await asyncio.sleep(0)  # let consumers and the admin server run between chunks
 
 

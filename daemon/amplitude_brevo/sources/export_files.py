@@ -48,7 +48,15 @@ def list_members(archive: zipfile.ZipFile) -> list[Member]:
 
 
 def iter_lines(archive: zipfile.ZipFile, member: Member) -> Iterator[bytes]:
-    """The non-empty lines of one member. Raises TruncatedMember after the last good line on damage.
+    """The non-empty lines of one member. Raises TruncatedMember after the last good line on damage."""
+    for lines in iter_line_chunks(archive, member):
+        yield from lines
+
+
+def iter_line_chunks(archive: zipfile.ZipFile, member: Member) -> Iterator[list[bytes]]:
+    """The non-empty lines of one member, in lists (one per decompressed step, about `_READ_SIZE` bytes of
+    text): iterating a list is cheaper than resuming a generator for every line. Blank (whitespace-only)
+    lines are dropped; others are passed as they are. Raises TruncatedMember after the last good line.
 
     Decompressed with a streaming decompressor, not `IGzipFile`: isal's gzip reader raises EOFError on a
     truncated stream without handing over the data it decoded before the damage, so every good line of
@@ -77,15 +85,15 @@ def iter_lines(archive: zipfile.ZipFile, member: Member) -> Iterator[bytes]:
                     else:
                         data = decompressor.unconsumed_tail
                     if chunk:
-                        lines = (pending + chunk).split(b"\n")
+                        lines = (pending + chunk if pending else chunk).split(b"\n")
                         pending = lines.pop()
-                        for line in lines:
-                            if line.strip():
-                                yield line
+                        lines = [line for line in lines if line and (line[0] > 32 or line.strip())]
+                        if lines:
+                            yield lines
             if fed:
                 raise EOFError("compressed stream ended before its end-of-stream marker")
             if pending.strip():
-                yield pending
+                yield [pending]
     except (EOFError, OSError, zlib.error, isal_zlib.error, zipfile.BadZipFile) as exc:
         raise TruncatedMember(f"{member.name}: {type(exc).__name__}: {exc}") from exc
 
