@@ -495,3 +495,33 @@ async def test_a_fatal_status_is_retried_until_stopped_and_never_advances(tmp_pa
     assert not source.finished.is_set()
     assert await state.checkpoints() == {}
     await state.close()
+
+
+class _LaggingState:
+    """A state whose dedupe lookups never see keys (as if answered before the sink's commit landed)."""
+
+    async def unseen(self, keys):
+        return set(keys)
+
+    async def add_dead_letters(self, letters, checkpoint=None):
+        return []
+
+
+async def test_a_repeated_row_is_not_queued_twice_while_its_commit_is_pending(tmp_path):
+    """Keys leave `inflight` only once committed: a lookup that missed the commit cannot let a repeat through."""
+    from amplitude_brevo.pipeline.acks import HourTracker
+
+    async with Sandbox(SandboxOptions()) as sb:
+        cfg = make_config(tmp_path, sb)
+        queue: BatchQueue[Any] = BatchQueue("brevo_events", max_items=10, max_wait=0, capacity=100)
+        source = ExportSource(cfg=cfg, state=_LaggingState(), client=None, queue=queue,  # type: ignore[arg-type]
+                              stopping=asyncio.Event())
+        source.tracker = HourTracker(hour(0))
+        event = BrevoEvent("insert-1", {"event_name": "x", "identifiers": {"ext_id": "u1"}})
+        await source._flush(hour(0), [event], [])
+        [queued] = await queue.next_batch()
+        source.acknowledge(hour(0), 1, ["events:insert-1"])  # delivered; the commit is still on its way
+        await source._flush(hour(0), [event], [])
+        assert len(queue) == 0 and source.stats.deduplicated == 1
+        source.committed(["events:insert-1"])
+        assert "events:insert-1" not in source.inflight
