@@ -107,10 +107,14 @@ class BrevoClient:
             headers["content-type"] = "application/json"
             # bytes are a body already encoded as JSON (the events sink joins its events' bodies): sent as is.
             data = payload if isinstance(payload, bytes | bytearray) else orjson.dumps(payload)
-        async with self.session.request(method, self.base_url + path, data=data, headers=headers) as resp:
-            raw = await resp.read()
-            response_headers = {k.lower(): v for k, v in resp.headers.items()}
-            status = resp.status
+        try:
+            async with self.session.request(method, self.base_url + path, data=data, headers=headers) as resp:
+                raw = await resp.read()
+                response_headers = {k.lower(): v for k, v in resp.headers.items()}
+                status = resp.status
+        except BaseException:
+            bucket.release()  # no answer: this request no longer counts as in flight
+            raise
         key = headers["api-key"].encode()
         if key and key in raw:
             # A proxy or error page echoing our request headers: the body goes to logs and dead letters.

@@ -51,6 +51,7 @@ class Budget:
         self.rate = rate
         self._limiter = AsyncLimiter(rate.requests, rate.per)
         self._resume_at = 0.0  # monotonic time before which nobody may send
+        self._in_flight = 0  # requests sent whose answer has not been observed yet
         self.wait_seconds_total = 0.0
         self.acquired_total = 0
 
@@ -69,6 +70,7 @@ class Budget:
         # The server may have said "window spent" while we waited for a token: honour it before sending.
         while (delay := self._resume_at - time.monotonic()) > 0:
             await asyncio.sleep(delay)
+        self._in_flight += 1
         waited = time.monotonic() - started
         self.wait_seconds_total += waited
         self.acquired_total += 1
@@ -87,15 +89,24 @@ class Budget:
         """Nobody sends on this budget for `seconds` (e.g. after a 429)."""
         self._resume_at = max(self._resume_at, time.monotonic() + max(0.0, seconds))
 
+    def release(self) -> None:
+        """A request got no answer (transport error): stop counting it as in flight."""
+        self._in_flight = max(0, self._in_flight - 1)
+
     def observe(self, status: int, headers: Mapping[str, str]) -> float | None:
-        """Read `x-sib-ratelimit-*` from a response; returns the reset delay applied, if any."""
+        """Read `x-sib-ratelimit-*` from a response; returns the reset delay applied, if any.
+
+        `remaining` counts what the server has seen; requests of ours still on their way will spend it
+        too, so the window is treated as spent once `remaining` does not exceed them.
+        """
+        self.release()
         reset = _number(headers.get("x-sib-ratelimit-reset"))
         remaining = _number(headers.get("x-sib-ratelimit-remaining"))
         if status == 429:
             delay = reset if reset is not None and reset > 0 else 1.0
             self.pause_for(delay)
             return delay
-        if remaining is not None and remaining <= 0 and reset is not None:
+        if remaining is not None and remaining <= self._in_flight and reset is not None:
             self.pause_for(reset)
             return reset
         return None
