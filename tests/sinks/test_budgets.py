@@ -74,3 +74,19 @@ def test_budgets_reconfigure_and_report_waits():
     assert budgets["brevo_events"] is old and old.rate == Rate(20, 1.0)
     asyncio.run(budgets.for_request("POST", "/contacts").acquire())
     assert waits == ["brevo_contacts"]
+
+
+async def test_requests_in_flight_count_against_the_servers_remaining():
+    budget = Budget("b", Rate(100, 1))
+    for _ in range(3):
+        await budget.acquire()
+    # The answer to the first says 2 left; the two still in flight will take them: the window is spent.
+    assert budget.observe(200, {"x-sib-ratelimit-remaining": "2", "x-sib-ratelimit-reset": "1"}) == 1
+    assert budget.seconds_until_resume() > 0.5
+
+    fresh = Budget("f", Rate(100, 1))
+    await fresh.acquire()
+    assert fresh.observe(200, {"x-sib-ratelimit-remaining": "2", "x-sib-ratelimit-reset": "1"}) is None
+    await fresh.acquire()
+    fresh.release()  # a transport error: no answer will come for it
+    assert fresh.observe(200, {"x-sib-ratelimit-remaining": "1", "x-sib-ratelimit-reset": "1"}) is None
