@@ -2,4 +2,5 @@
 
 from .cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # importing this module (e.g. by a spawned process) must not run the CLI
+    raise SystemExit(main())
