@@ -140,7 +140,7 @@ class Daemon:
     async def serve(self) -> int:
         await self.startup()
         try:
-            await self._main_loop()
+            await self.run_until_stopped()
         finally:
             await self.shutdown()
         return self.exit_code
@@ -236,7 +236,8 @@ class Daemon:
             await asyncio.sleep(interval)
 
     # -- main loop --
-    async def _main_loop(self) -> None:
+    async def run_until_stopped(self) -> None:
+        """Handle signals and component exits until a stop is requested (or, in burst mode, work is done)."""
         while True:
             get_signal = asyncio.ensure_future(self._signals.get())
             waiting: set[asyncio.Future[Any]] = {get_signal, *self._tasks}
@@ -288,13 +289,13 @@ class Daemon:
                 log.error("config.reload_failed", path=str(self.config_path), errors=exc.errors)
                 self.metrics.reloads.labels(result="failed").inc()
                 return False
-            self._apply(new)
+            await self._apply(new)
             self.metrics.reloads.labels(result="ok").inc()
             return True
         finally:
             self.notifier.ready(status="running")
 
-    def _apply(self, new: Config) -> None:
+    async def _apply(self, new: Config) -> None:
         old = self.cfg
         kept = [name for name in RESTART_REQUIRED if _dig(old, name) != _dig(new, name)]
         if kept:
@@ -309,7 +310,8 @@ class Daemon:
             rt.budgets.reconfigure(new.rate_limits)
             b = new.batching
             for queue in rt.queues.values():
-                queue.max_items, queue.max_wait, queue.capacity = b.max_items, b.max_wait, b.queue_capacity
+                # Through reconfigure(): a larger capacity must wake producers waiting on a full queue.
+                await queue.reconfigure(max_items=b.max_items, max_wait=b.max_wait, capacity=b.queue_capacity)
             for component in self.components:
                 component.reload(new)
         log.info("config.reloaded", path=str(self.config_path), changed=changed)

@@ -84,7 +84,7 @@ async def run_backfill(
         if show:
             bar = _Progress(parts["source"], parts["sink"], start, end, sys.stderr)
             bar_task = asyncio.create_task(bar.run())
-        await daemon._main_loop()
+        await daemon.run_until_stopped()
     finally:
         if bar_task:
             bar_task.cancel()

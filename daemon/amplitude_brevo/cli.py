@@ -31,6 +31,15 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_selection(parser: argparse.ArgumentParser, *, all_help: str) -> None:
+    """Which dead letters a `dlq replay`/`purge` acts on: ids, a source, or all."""
+    _add_config(parser)
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--id", type=int, action="append", dest="ids", help="a dead letter id (repeatable)")
+    group.add_argument("--source", help="every dead letter of this source")
+    group.add_argument("--all", action="store_true", help=all_help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amplitude-brevo", description="Amplitude product analytics into Brevo marketing automation."
@@ -65,18 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     dlq_show = dlq_sub.add_parser("show", help="print one dead letter with its item")
     _add_config(dlq_show)
     dlq_show.add_argument("id", type=int)
-    dlq_replay = dlq_sub.add_parser("replay", help="re-send dead-lettered Brevo payloads")
-    _add_config(dlq_replay)
-    group = dlq_replay.add_mutually_exclusive_group(required=True)
-    group.add_argument("--id", type=int, action="append", dest="ids", help="a dead letter id (repeatable)")
-    group.add_argument("--source", help="every dead letter of this source")
-    group.add_argument("--all", action="store_true", help="every dead letter not yet replayed")
-    dlq_purge = dlq_sub.add_parser("purge", help="delete dead letters")
-    _add_config(dlq_purge)
-    group = dlq_purge.add_mutually_exclusive_group(required=True)
-    group.add_argument("--id", type=int, action="append", dest="ids", help="a dead letter id (repeatable)")
-    group.add_argument("--source", help="every dead letter of this source")
-    group.add_argument("--all", action="store_true", help="every dead letter")
+    _add_selection(dlq_sub.add_parser("replay", help="re-send dead-lettered Brevo payloads"),
+                   all_help="every dead letter not yet replayed")
+    _add_selection(dlq_sub.add_parser("purge", help="delete dead letters"), all_help="every dead letter")
 
     sandbox = sub.add_parser("sandbox", help="run the loopback Amplitude and Brevo simulators")
     from .sandbox.server import add_sandbox_arguments

@@ -115,3 +115,14 @@ async def test_put_many_wakes_a_waiting_consumer():
     await asyncio.sleep(0)
     await q.put_many([1, 2, 3])
     assert await asyncio.wait_for(consumer, 1) == [1, 2]
+
+
+async def test_a_larger_capacity_wakes_a_blocked_producer():
+    q = BatchQueue("s", max_items=10, max_wait=60, capacity=1)
+    await q.put(1)
+    blocked = asyncio.create_task(q.put(2))
+    await asyncio.sleep(0.01)
+    assert not blocked.done()
+    await q.reconfigure(max_items=10, max_wait=60, capacity=5)
+    await asyncio.wait_for(blocked, 1)
+    assert len(q) == 2

@@ -342,21 +342,6 @@ def email_id(value: Any) -> str | None:
     return result
 
 
-def identifiers_for(row: ExportRow, user_props: dict[str, Any], rules: MappingRules) -> dict[str, str] | None:
-    ext_id = getattr(row, rules.ext_id_field, None) if rules.ext_id_field in _IDENTITY_FIELDS else None
-    if ext_id is None and rules.ext_id_field not in _IDENTITY_FIELDS:
-        ext_id = user_props.get(rules.ext_id_field)
-    if not ext_id and rules.anonymous == "use_device_id":
-        ext_id = row.device_id
-    if not ext_id:
-        return None
-    identifiers = {"ext_id": str(ext_id)}
-    email = email_id(user_props.get(rules.email_property))
-    if email is not None:
-        identifiers["email_id"] = email
-    return identifiers
-
-
 _EVENT_PROPERTIES = b',"event_properties":'
 
 

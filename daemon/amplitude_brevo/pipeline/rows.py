@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import msgspec
 
 
@@ -31,14 +29,3 @@ class ExportRow(msgspec.Struct, frozen=True, rename={"insert_id": "$insert_id"})
 
 
 row_decoder = msgspec.json.Decoder(ExportRow)
-_obj_decoder = msgspec.json.Decoder(dict[str, Any])
-
-
-def decode_object(raw: msgspec.Raw) -> dict[str, Any]:
-    """Decode a raw JSON object; `null` (or anything not an object) becomes `{}`."""
-    if not raw or bytes(raw) == b"null":
-        return {}
-    try:
-        return _obj_decoder.decode(raw)
-    except msgspec.ValidationError:
-        return {}
