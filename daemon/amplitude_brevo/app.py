@@ -205,13 +205,9 @@ class Daemon:
     @property
     def admin_port(self) -> int | None:
         """The admin listener's bound port (useful when configured with port 0)."""
-        if not self._admin:
+        if not self._admin or not self._admin.addresses:
             return None
-        for site in self._admin.sites:
-            server = getattr(site, "_server", None)
-            if server and server.sockets:
-                return server.sockets[0].getsockname()[1]
-        return None
+        return self._admin.addresses[0][1]
 
     async def _metrics_handler(self, request: web.Request) -> web.Response:
         if self.runtime:

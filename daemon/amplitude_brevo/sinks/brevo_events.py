@@ -76,7 +76,7 @@ class BrevoEventsSink:
     def reload(self, cfg: Any) -> None:
         brevo = cfg.connectors.brevo
         self.client.reconfigure(base_url=brevo.api_url, api_key=brevo.api_key)
-        size = getattr(brevo, "events_batch_size", self.batch_size)
+        size = brevo.events_batch_size
         self.batch_size = size
         self._batch_endpoint = size > 1
 
