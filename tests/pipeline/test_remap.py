@@ -342,3 +342,26 @@ def test_iso_utc_fast_path_agrees_with_the_general_one(text):
     from amplitude_brevo.pipeline.remap import _iso_utc
 
     assert iso_utc(text) == _iso_utc(text)
+
+
+# -- values the decoder skipped, which only re-encoding meets -----------------------------------------------
+
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (b'{"uuid":"u","event_type":"Purchase","user_id":"x","event_time":"2024-01-15 10:23:45.123000",'
+         b'"event_properties":{"note":"caf\xe9"}}', "event_properties cannot be re-encoded"),
+        (b'{"uuid":"u","event_type":"Purchase","user_id":"x","event_time":"2024-01-15 10:23:45.123000",'
+         b'"event_properties":{"n":123456789012345678901234567890}}', "event_properties cannot be re-encoded"),
+        (b'{"uuid":"u","event_type":"Purchase","user_id":"x","event_time":"2024-01-15 10:23:45.123000",'
+         b'"user_properties":{"email":"\xff@example.org"}}', "user_properties cannot be decoded"),
+        (b'{"uuid":"u","event_type":"Purchase","user_id":"x","event_time":"2024-01-15 10:23:45.123000",'
+         b'"user_properties":{"ltv":123456789012345678901234567890}}', "user_properties cannot be re-encoded"),
+    ],
+    ids=["props-not-utf8", "props-huge-int", "user-not-utf8", "user-huge-int"],
+)
+def test_values_that_cannot_be_re_encoded_are_rejected_not_raised(line, reason):
+    result = remap_event(row_decoder.decode(line), RULES)  # the row itself decodes: these are inner values
+    assert isinstance(result, Rejected), result
+    assert reason in result.reason
+    assert result.item["uuid"] == "u"

@@ -356,7 +356,10 @@ def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
     key = row.insert_id or row.uuid
     if not key:
         return Rejected("row has neither $insert_id nor uuid", _row_summary(row))
-    user = rules.user_properties(row.user_properties)
+    try:
+        user = rules.user_properties(row.user_properties)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # e.g. invalid UTF-8 in a text
+        return Rejected(f"user_properties cannot be decoded: {exc}", _row_summary(row))
     # identifiers (SPEC §5): ext_id from the row or a user property, and a valid email, lower-cased
     ext_id_attr = rules._ext_id_attr
     ext_id = getattr(row, rules.ext_id_field) if ext_id_attr is None else getattr(user, ext_id_attr)
@@ -370,16 +373,11 @@ def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
     event_date = iso_utc(row.event_time)
     if event_date is None:
         return Rejected(f"unparseable event_time {row.event_time!r}", _row_summary(row))
-    raw = bytes(row.event_properties)
     try:
-        props = _decode_dict(raw)
-    except msgspec.ValidationError:
-        props = {}  # `null`, or not an object
-    # Only a `{` past the first byte can open a nested object whose keys need rewriting too.
-    props = _cleaned(props, raw.find(b"{", 1) >= 0)
-    props["amplitude_event_type"] = event_type
-    props["amplitude_insert_id"] = key
-    props_json = orjson.dumps(props)
+        props_json = _encoded_properties(bytes(row.event_properties), event_type, key)
+    except (msgspec.DecodeError, TypeError, ValueError) as exc:
+        # Invalid UTF-8 inside a value, integers beyond 64 bits, … : Brevo could not take them either.
+        return Rejected(f"event_properties cannot be re-encoded: {exc}", _row_summary(row))
     size = len(props_json)
     if size > MAX_EVENT_PROPERTIES_BYTES:
         return Rejected(
@@ -389,9 +387,27 @@ def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
     # {"event_name":…,"event_date":"…","identifiers":{…},"contact_properties":{…},"event_properties":{…}}
     # as one exact-size bytes (a join allocates its result at size, unlike orjson's own output). The date
     # is ASCII digits and separators: nothing to escape.
+    try:
+        people = rules.people(ext_id, user)
+    except (TypeError, ValueError) as exc:  # e.g. an integer beyond 64 bits
+        return Rejected(f"user_properties cannot be re-encoded: {exc}", _row_summary(row))
     return BrevoEvent(key, b"".join(
-        (head, event_date.encode(), b'",', rules.people(ext_id, user), _EVENT_PROPERTIES, props_json, b"}")
+        (head, event_date.encode(), b'",', people, _EVENT_PROPERTIES, props_json, b"}")
     ))
+
+
+def _encoded_properties(raw: bytes, event_type: str, key: str) -> bytes:
+    """event_properties (+ the amplitude_* keys) as JSON, decoded, cleaned and re-encoded."""
+    try:
+        props = _decode_dict(raw)
+    except msgspec.ValidationError:
+        props = {}  # `null`, or not an object
+    # Only a `{` past the first byte can open a nested object whose keys need rewriting too.
+    nested = raw.find(b"{", 1) >= 0
+    props = _cleaned(props, nested)
+    props["amplitude_event_type"] = event_type
+    props["amplitude_insert_id"] = key
+    return orjson.dumps(props)
 
 
 def _row_summary(row: ExportRow) -> dict[str, Any]:
