@@ -519,9 +519,64 @@ async def test_a_repeated_row_is_not_queued_twice_while_its_commit_is_pending(tm
         source.tracker = HourTracker(hour(0))
         event = BrevoEvent("insert-1", {"event_name": "x", "identifiers": {"ext_id": "u1"}})
         await source._flush(hour(0), [event], [])
+        await source._queue_pending()
         [queued] = await queue.next_batch()
         source.acknowledge(hour(0), 1, ["events:insert-1"])  # delivered; the commit is still on its way
         await source._flush(hour(0), [event], [])
+        await source._queue_pending()
         assert len(queue) == 0 and source.stats.deduplicated == 1
         source.committed(["events:insert-1"])
         assert "events:insert-1" not in source.inflight
+
+
+async def test_a_commit_landing_while_a_lookup_waits_stops_the_repeat(tmp_path):
+    """A chunk waits for its lookup while the next one is read: a key committed (and so gone from `inflight`)
+    after the lookup answered must still count as delivered when the chunk is queued."""
+    from amplitude_brevo.pipeline.acks import HourTracker
+
+    async with Sandbox(SandboxOptions()) as sb:
+        cfg = make_config(tmp_path, sb)
+        queue: BatchQueue[Any] = BatchQueue("brevo_events", max_items=10, max_wait=0, capacity=100)
+        source = ExportSource(cfg=cfg, state=_LaggingState(), client=None, queue=queue,  # type: ignore[arg-type]
+                              stopping=asyncio.Event())
+        source.tracker = HourTracker(hour(0))
+        event = BrevoEvent("insert-1", {"event_name": "x", "identifiers": {"ext_id": "u1"}})
+        other = BrevoEvent("insert-2", {"event_name": "x", "identifiers": {"ext_id": "u2"}})
+        await source._flush(hour(0), [event], [])
+        await source._queue_pending()
+        [queued] = await queue.next_batch()
+        source.acknowledge(hour(0), 1, ["events:insert-1"])
+        await source._flush(hour(0), [event, other], [])  # the repeat's lookup answers "unseen" (too early)
+        await asyncio.sleep(0.01)
+        source.committed(["events:insert-1"])  # the commit lands before the chunk is queued
+        assert "events:insert-1" not in source.inflight
+        await source._queue_pending()
+        assert [item.event.dedupe_key for item in await queue.next_batch()] == ["insert-2"]
+        assert source.stats.deduplicated == 1
+        assert source._committed_meanwhile == [], "nothing left watching once the chunk is queued"
+
+
+async def test_a_row_remapping_fails_on_is_dead_lettered_and_the_rest_arrives(tmp_path, monkeypatch):
+    """Whatever remapping raises on one row (a case it does not know) costs that line, not the daemon."""
+    spec = dataset(hours=2)
+    expected = expected_events(spec)
+    victim = sorted(expected)[len(expected) // 2]
+    real = export_module.remap_event
+
+    def failing(row, rules):
+        if (row.insert_id or row.uuid) == victim:
+            raise RuntimeError("surprise")
+        return real(row, rules)
+
+    monkeypatch.setattr(export_module, "remap_event", failing)
+    async with sandbox(spec) as sb:
+        cfg = make_config(tmp_path, sb)
+        result = await backfill(cfg, 0, 1)
+        assert result.complete
+        counts = received_ids(sb.brevo_app[BREVO_STATE].events)
+        assert set(counts) == set(expected) - {victim} and max(counts.values()) == 1
+        checkpoint, letters = await stored(cfg, 0, 1)
+        assert checkpoint == hour_key(hour(2))
+        [letter] = letters
+        assert letter.reason == "cannot map the line: RuntimeError: surprise"
+        assert victim in orjson.loads(letter.item)["text"]

@@ -32,7 +32,7 @@ from ..pipeline.remap import BrevoEvent, MappingRules, Rejected, Skipped, remap_
 from ..pipeline.rows import row_decoder
 from ..retry import Backoff
 from ..state import DeadLetter, StateStore
-from .export_files import TruncatedMember, iter_line_chunks, list_members, open_export
+from .export_files import ReadAhead, TruncatedMember, iter_line_chunks, list_members, open_export
 
 log = get_logger("amplitude_export")
 
@@ -115,6 +115,10 @@ class ExportSource:
         self.stats = ExportStats()
         self.tracker: HourTracker | None = None
         self.inflight: set[str] = set()
+        # The last chunk read, waiting for its dedupe lookup (see _flush), and for each lookup in flight the
+        # keys committed meanwhile (its answer may predate them).
+        self._pending: _PendingChunk | None = None
+        self._committed_meanwhile: list[set[str]] = []
         self.finished = asyncio.Event()  # backfill: every hour through `end` delivered
         self.read_cursor: datetime | None = None
         # A dry run reads and maps everything but records nothing: no checkpoint, no dead letters.
@@ -140,6 +144,8 @@ class ExportSource:
     def committed(self, keys: list[str]) -> None:
         """The sink's commit of these keys is in SQLite; from now on dedupe lookups see them."""
         self.inflight.difference_update(keys)
+        for keys_seen in self._committed_meanwhile:
+            keys_seen.update(keys)
 
     def _advance(self) -> str | None:
         assert self.tracker is not None
@@ -305,24 +311,38 @@ class ExportSource:
         for hour in _hours(start, end):
             tracker.open(hour)
         unsealed = start  # the first hour of the window still being read
-        with archive:
-            for member in list_members(archive):
-                # A member whose name gives no hour in this window is listed last: count it in the last hour,
-                # which stays open until the whole archive is read (an earlier hour may be complete already).
-                hour = member.hour if member.hour and start <= member.hour <= end else end
-                if hour > unsealed:
-                    # Members come in hour order, so every hour before this member's is read in full: seal
-                    # them now, so the checkpoint can move hour by hour inside a long (backfill) window.
-                    while unsealed < hour:
-                        tracker.seal(unsealed)
-                        unsealed += HOUR
-                    await self._commit_empty_progress()
-                await self._read_member(archive, member, hour)
+        try:
+            with archive:
+                for member in list_members(archive):
+                    # A member whose name gives no hour in this window is listed last: count it in the last
+                    # hour, which stays open until the whole archive is read (an earlier hour may be
+                    # complete already).
+                    hour = member.hour if member.hour and start <= member.hour <= end else end
+                    if hour > unsealed:
+                        # Members come in hour order, so every hour before this member's is read in full:
+                        # seal them now, so the checkpoint can move hour by hour inside a long (backfill)
+                        # window. The chunk still waiting for its lookup is queued first: it counts.
+                        await self._queue_pending()
+                        while unsealed < hour:
+                            tracker.seal(unsealed)
+                            unsealed += HOUR
+                        await self._commit_empty_progress()
+                    await self._read_member(archive, member, hour)
+                await self._queue_pending()
+        finally:
+            self._discard_pending()  # stopping or failing: those rows were not queued, their hour stays open
         for hour in _hours(unsealed, end):
             tracker.seal(hour)
         await self._commit_empty_progress()
 
     async def _read_member(self, archive: Any, member: Any, hour: datetime) -> None:
+        chunks = ReadAhead(iter_line_chunks(archive, member))
+        try:
+            await self._map_chunks(chunks, member, hour)
+        finally:
+            await chunks.close()
+
+    async def _map_chunks(self, chunks: ReadAhead[list[bytes]], member: Any, hour: datetime) -> None:
         rules = self.rules
         decode = row_decoder.decode
         remap = remap_event
@@ -331,12 +351,11 @@ class ExportSource:
         candidates: list[BrevoEvent] = []
         letters: list[DeadLetter] = []
         line_no = 0
-        chunks = iter_line_chunks(archive, member)
         while True:
             try:
-                lines = next(chunks)
-            except StopIteration:
-                break
+                lines = await chunks.next()
+                if lines is None:
+                    break
             except TruncatedMember as exc:
                 letters.append(DeadLetter(
                     source="export", sink="brevo_events",
@@ -348,15 +367,15 @@ class ExportSource:
             for line in lines:
                 line_no += 1
                 try:
-                    row = decode(line)
-                except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                    letters.append(DeadLetter(
-                        source="export", sink="brevo_events",
-                        item={"member": member.name, "line": line_no, "text": line[:4096].decode("utf-8", "replace")},
-                        reason=f"malformed JSON line: {exc}"))
+                    result = remap(decode(line), rules)
+                except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                    letters.append(self._bad_line(member.name, line_no, line, f"malformed JSON line: {exc}"))
                     log.warning("export.line.malformed", member=member.name, line=line_no, error=str(exc))
+                except Exception as exc:  # a bug or a case remapping does not know: that line only
+                    letters.append(self._bad_line(member.name, line_no, line,
+                                                  f"cannot map the line: {type(exc).__name__}: {exc}"))
+                    log.error("export.line.failed", member=member.name, line=line_no, error=repr(exc))
                 else:
-                    result = remap(row, rules)
                     kind = type(result)
                     if kind is BrevoEvent:
                         candidates.append(result)  # type: ignore[arg-type]
@@ -378,7 +397,17 @@ class ExportSource:
         if self.metrics:
             self.metrics.items_in.labels(source="export").inc(line_no)
 
+    @staticmethod
+    def _bad_line(member: str, line_no: int, line: bytes, reason: str) -> DeadLetter:
+        return DeadLetter(source="export", sink="brevo_events",
+                          item={"member": member, "line": line_no, "text": line[:4096].decode("utf-8", "replace")},
+                          reason=reason)
+
     async def _flush(self, hour: datetime, candidates: list[BrevoEvent], letters: list[DeadLetter]) -> None:
+        """Dead-letter `letters`; start the dedupe lookup of `candidates` and queue the previous chunk.
+
+        The lookup runs on the state thread while the next chunk is decoded (the event loop thread is what
+        limits reading), and the chunk is queued at the next flush (`_queue_pending`)."""
         if self.stopping.is_set():
             raise _StopReading
         if letters:
@@ -391,23 +420,70 @@ class ExportSource:
             return
         self.stats.mapped += len(candidates)
         keys = [DEDUPE_PREFIX + c.dedupe_key for c in candidates]
-        unseen = await self.state.unseen(keys)
+        committed_meanwhile: set[str] = set()
+        self._committed_meanwhile.append(committed_meanwhile)
+        lookup = asyncio.ensure_future(self.state.unseen(keys))
+        lookup.add_done_callback(_retrieve)
+        chunk = _PendingChunk(hour, candidates, keys, lookup, committed_meanwhile)
+        await self._queue_pending()
+        self._pending = chunk
+        await asyncio.sleep(0)  # let consumers and the admin server run between chunks
+
+    async def _queue_pending(self) -> None:
+        """Queue the events of the chunk waiting for its dedupe lookup that are new: not in the dedupe record,
+        not committed since the lookup started, not on their way already."""
+        chunk, self._pending = self._pending, None
+        if chunk is None:
+            return
+        try:
+            unseen = await chunk.lookup
+        finally:
+            self._stop_watching(chunk)
+        unseen.difference_update(chunk.committed_meanwhile)
         inflight = self.inflight
         fresh: list[QueuedEvent] = []
-        for candidate, key in zip(candidates, keys, strict=True):
+        for candidate, key in zip(chunk.candidates, chunk.keys, strict=True):
             if key not in unseen or key in inflight:
                 continue
             inflight.add(key)
-            fresh.append(QueuedEvent(candidate, hour, self))
-        deduplicated = len(candidates) - len(fresh)
+            fresh.append(QueuedEvent(candidate, chunk.hour, self))
+        deduplicated = len(chunk.candidates) - len(fresh)
         if deduplicated:
             self.stats.deduplicated += deduplicated
             if self.metrics:
                 self.metrics.items_out.labels(sink="brevo_events", outcome="deduplicated").inc(deduplicated)
         assert self.tracker is not None
-        self.tracker.add(hour, len(fresh))
+        self.tracker.add(chunk.hour, len(fresh))
         await self.queue.put_many(fresh)
-        await asyncio.sleep(0)  # let consumers and the admin server run between chunks
+
+    def _discard_pending(self) -> None:
+        chunk, self._pending = self._pending, None
+        if chunk is not None:
+            chunk.lookup.cancel()
+            self._stop_watching(chunk)
+
+    def _stop_watching(self, chunk: _PendingChunk) -> None:
+        # By identity: two of these sets may be equal (both empty) yet belong to different chunks.
+        watched = self._committed_meanwhile
+        for i, keys_seen in enumerate(watched):
+            if keys_seen is chunk.committed_meanwhile:
+                del watched[i]
+                return
+
+
+@dataclass(slots=True)
+class _PendingChunk:
+    hour: datetime
+    candidates: list[BrevoEvent]
+    keys: list[str]
+    lookup: asyncio.Future[set[str]]
+    committed_meanwhile: set[str]
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a lookup's exception as seen when its chunk is discarded (it is raised where it is awaited)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _StopReading(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import zipfile
 import zlib
@@ -9,8 +10,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Generic, TypeVar
 
 from isal import isal_zlib
+
+T = TypeVar("T")
+_END = object()
 
 # `<app>/<app>_<YYYY-MM-DD>_<H>#<n>.json.gz` (reference/amplitude-api.md §1): H is not reliably padded.
 MEMBER_NAME = re.compile(r"(\d+)_(\d{4}-\d{2}-\d{2})_(\d{1,2})#(\d+)\.json\.gz$")
@@ -100,3 +105,45 @@ def iter_line_chunks(archive: zipfile.ZipFile, member: Member) -> Iterator[list[
 
 def open_export(path: str | Path) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
+
+
+class ReadAhead(Generic[T]):
+    """Steps a blocking iterator (a member's `iter_line_chunks`) in a worker thread, one item ahead.
+
+    isal releases the GIL while it inflates, so the next megabyte is decompressed on another core while
+    the event loop thread decodes and maps the current one. `close()` (always call it) waits for a step
+    still running, then closes the iterator; on cancellation the iterator is closed once that step ends.
+    """
+
+    def __init__(self, items: Iterator[T]) -> None:
+        self._items = items
+        self._step: asyncio.Future[object] | None = None
+
+    def _start(self) -> asyncio.Future[object]:
+        step = asyncio.get_running_loop().run_in_executor(None, next, self._items, _END)
+        step.add_done_callback(_retrieve)
+        return step
+
+    async def next(self) -> T | None:
+        """The next item (computing the one after it meanwhile), or None at the end."""
+        step = self._step or self._start()
+        self._step = None
+        item = await step
+        if item is _END:
+            return None
+        self._step = self._start()
+        return item  # type: ignore[return-value]
+
+    async def close(self) -> None:
+        step, self._step = self._step, None
+        if step is None or step.done():
+            self._items.close()  # type: ignore[attr-defined]
+            return
+        step.add_done_callback(lambda _: self._items.close())  # type: ignore[attr-defined]
+        await asyncio.wait([step])
+
+
+def _retrieve(step: asyncio.Future[object]) -> None:
+    """Mark a step's exception as seen: one abandoned by `close()` is not worth a warning."""
+    if not step.cancelled():
+        step.exception()
