@@ -507,16 +507,22 @@ class _LaggingState:
         return []
 
 
-async def test_a_repeated_row_is_not_queued_twice_while_its_commit_is_pending(tmp_path):
-    """Keys leave `inflight` only once committed: a lookup that missed the commit cannot let a repeat through."""
+@asynccontextmanager
+async def lagging_source(tmp_path) -> AsyncIterator[tuple[ExportSource, BatchQueue[Any]]]:
+    """A source reading hour 0 whose dedupe lookups never see a key, and its queue."""
     from amplitude_brevo.pipeline.acks import HourTracker
 
     async with Sandbox(SandboxOptions()) as sb:
-        cfg = make_config(tmp_path, sb)
         queue: BatchQueue[Any] = BatchQueue("brevo_events", max_items=10, max_wait=0, capacity=100)
-        source = ExportSource(cfg=cfg, state=_LaggingState(), client=None, queue=queue,  # type: ignore[arg-type]
-                              stopping=asyncio.Event())
+        source = ExportSource(cfg=make_config(tmp_path, sb), state=_LaggingState(), client=None,  # type: ignore[arg-type]
+                              queue=queue, stopping=asyncio.Event())
         source.tracker = HourTracker(hour(0))
+        yield source, queue
+
+
+async def test_a_repeated_row_is_not_queued_twice_while_its_commit_is_pending(tmp_path):
+    """Keys leave `inflight` only once committed: a lookup that missed the commit cannot let a repeat through."""
+    async with lagging_source(tmp_path) as (source, queue):
         event = BrevoEvent("insert-1", {"event_name": "x", "identifiers": {"ext_id": "u1"}})
         await source._flush(hour(0), [event], [])
         await source._queue_pending()
@@ -532,14 +538,7 @@ async def test_a_repeated_row_is_not_queued_twice_while_its_commit_is_pending(tm
 async def test_a_commit_landing_while_a_lookup_waits_stops_the_repeat(tmp_path):
     """A chunk waits for its lookup while the next one is read: a key committed (and so gone from `inflight`)
     after the lookup answered must still count as delivered when the chunk is queued."""
-    from amplitude_brevo.pipeline.acks import HourTracker
-
-    async with Sandbox(SandboxOptions()) as sb:
-        cfg = make_config(tmp_path, sb)
-        queue: BatchQueue[Any] = BatchQueue("brevo_events", max_items=10, max_wait=0, capacity=100)
-        source = ExportSource(cfg=cfg, state=_LaggingState(), client=None, queue=queue,  # type: ignore[arg-type]
-                              stopping=asyncio.Event())
-        source.tracker = HourTracker(hour(0))
+    async with lagging_source(tmp_path) as (source, queue):
         event = BrevoEvent("insert-1", {"event_name": "x", "identifiers": {"ext_id": "u1"}})
         other = BrevoEvent("insert-2", {"event_name": "x", "identifiers": {"ext_id": "u2"}})
         await source._flush(hour(0), [event], [])
