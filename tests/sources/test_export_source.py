@@ -552,7 +552,7 @@ async def test_a_commit_landing_while_a_lookup_waits_stops_the_repeat(tmp_path):
         await source._queue_pending()
         assert [item.event.dedupe_key for item in await queue.next_batch()] == ["insert-2"]
         assert source.stats.deduplicated == 1
-        assert source._committed_meanwhile == [], "nothing left watching once the chunk is queued"
+        assert source._looking_up == [], "nothing left watching once the chunk is queued"
 
 
 async def test_a_row_remapping_fails_on_is_dead_lettered_and_the_rest_arrives(tmp_path, monkeypatch):

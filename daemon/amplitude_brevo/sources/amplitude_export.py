@@ -32,7 +32,14 @@ from ..pipeline.remap import BrevoEvent, MappingRules, Rejected, Skipped, remap_
 from ..pipeline.rows import row_decoder
 from ..retry import Backoff
 from ..state import DeadLetter, StateStore
-from .export_files import ReadAhead, TruncatedMember, iter_line_chunks, list_members, open_export
+from .export_files import (
+    ReadAhead,
+    TruncatedMember,
+    ignore_exception,
+    iter_line_chunks,
+    list_members,
+    open_export,
+)
 
 log = get_logger("amplitude_export")
 
@@ -115,10 +122,10 @@ class ExportSource:
         self.stats = ExportStats()
         self.tracker: HourTracker | None = None
         self.inflight: set[str] = set()
-        # The last chunk read, waiting for its dedupe lookup (see _flush), and for each lookup in flight the
-        # keys committed meanwhile (its answer may predate them).
+        # The last chunk read, waiting for its dedupe lookup (see _flush), and every chunk whose lookup is in
+        # flight: each collects the keys committed meanwhile (its lookup's answer may predate them).
         self._pending: _PendingChunk | None = None
-        self._committed_meanwhile: list[set[str]] = []
+        self._looking_up: list[_PendingChunk] = []
         self.finished = asyncio.Event()  # backfill: every hour through `end` delivered
         self.read_cursor: datetime | None = None
         # A dry run reads and maps everything but records nothing: no checkpoint, no dead letters.
@@ -144,8 +151,8 @@ class ExportSource:
     def committed(self, keys: list[str]) -> None:
         """The sink's commit of these keys is in SQLite; from now on dedupe lookups see them."""
         self.inflight.difference_update(keys)
-        for keys_seen in self._committed_meanwhile:
-            keys_seen.update(keys)
+        for chunk in self._looking_up:
+            chunk.committed_meanwhile.update(keys)
 
     def _advance(self) -> str | None:
         assert self.tracker is not None
@@ -420,11 +427,10 @@ class ExportSource:
             return
         self.stats.mapped += len(candidates)
         keys = [DEDUPE_PREFIX + c.dedupe_key for c in candidates]
-        committed_meanwhile: set[str] = set()
-        self._committed_meanwhile.append(committed_meanwhile)
         lookup = asyncio.ensure_future(self.state.unseen(keys))
-        lookup.add_done_callback(_retrieve)
-        chunk = _PendingChunk(hour, candidates, keys, lookup, committed_meanwhile)
+        lookup.add_done_callback(ignore_exception)
+        chunk = _PendingChunk(hour, candidates, keys, lookup)
+        self._looking_up.append(chunk)
         await self._queue_pending()
         self._pending = chunk
         await asyncio.sleep(0)  # let consumers and the admin server run between chunks
@@ -438,7 +444,7 @@ class ExportSource:
         try:
             unseen = await chunk.lookup
         finally:
-            self._stop_watching(chunk)
+            self._looking_up.remove(chunk)
         unseen.difference_update(chunk.committed_meanwhile)
         inflight = self.inflight
         fresh: list[QueuedEvent] = []
@@ -460,30 +466,16 @@ class ExportSource:
         chunk, self._pending = self._pending, None
         if chunk is not None:
             chunk.lookup.cancel()
-            self._stop_watching(chunk)
-
-    def _stop_watching(self, chunk: _PendingChunk) -> None:
-        # By identity: two of these sets may be equal (both empty) yet belong to different chunks.
-        watched = self._committed_meanwhile
-        for i, keys_seen in enumerate(watched):
-            if keys_seen is chunk.committed_meanwhile:
-                del watched[i]
-                return
+            self._looking_up.remove(chunk)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared by identity (list.remove)
 class _PendingChunk:
     hour: datetime
     candidates: list[BrevoEvent]
     keys: list[str]
     lookup: asyncio.Future[set[str]]
-    committed_meanwhile: set[str]
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a lookup's exception as seen when its chunk is discarded (it is raised where it is awaited)."""
-    if not future.cancelled():
-        future.exception()
+    committed_meanwhile: set[str] = field(default_factory=set)
 
 
 class _StopReading(Exception):

@@ -6,11 +6,11 @@ import asyncio
 import re
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from isal import isal_zlib
 
@@ -108,20 +108,20 @@ def open_export(path: str | Path) -> zipfile.ZipFile:
 
 
 class ReadAhead(Generic[T]):
-    """Steps a blocking iterator (a member's `iter_line_chunks`) in a worker thread, one item ahead.
+    """Steps a blocking generator (a member's `iter_line_chunks`) in a worker thread, one item ahead.
 
     isal releases the GIL while it inflates, so the next megabyte is decompressed on another core while
     the event loop thread decodes and maps the current one. `close()` (always call it) waits for a step
-    still running, then closes the iterator; on cancellation the iterator is closed once that step ends.
+    still running, then closes the generator; on cancellation it is closed once that step ends.
     """
 
-    def __init__(self, items: Iterator[T]) -> None:
+    def __init__(self, items: Generator[T, None, None]) -> None:
         self._items = items
         self._step: asyncio.Future[object] | None = None
 
     def _start(self) -> asyncio.Future[object]:
         step = asyncio.get_running_loop().run_in_executor(None, next, self._items, _END)
-        step.add_done_callback(_retrieve)
+        step.add_done_callback(ignore_exception)
         return step
 
     async def next(self) -> T | None:
@@ -137,13 +137,15 @@ class ReadAhead(Generic[T]):
     async def close(self) -> None:
         step, self._step = self._step, None
         if step is None or step.done():
-            self._items.close()  # type: ignore[attr-defined]
+            self._items.close()
             return
-        step.add_done_callback(lambda _: self._items.close())  # type: ignore[attr-defined]
+        step.add_done_callback(lambda _: self._items.close())
         await asyncio.wait([step])
 
 
-def _retrieve(step: asyncio.Future[object]) -> None:
-    """Mark a step's exception as seen: one abandoned by `close()` is not worth a warning."""
-    if not step.cancelled():
-        step.exception()
+def ignore_exception(future: asyncio.Future[Any]) -> None:
+    """A done-callback marking the future's exception as seen, for futures that may be abandoned (a step
+    left running by `close()`, a discarded lookup): asyncio would log it as never retrieved. Whoever
+    awaits the future still gets the exception."""
+    if not future.cancelled():
+        future.exception()
