@@ -94,6 +94,7 @@ def test_shipped_config_loads_with_env(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     assert cfg.export.start == datetime(2026, 11, 1, 0, tzinfo=UTC)
     assert (cfg.export.lag, cfg.export.poll_interval, cfg.export.max_window) == (3 * H, 300.0, 24 * H)
+    assert cfg.export.readers == 2
     [cohort] = cfg.cohorts
     assert (cohort.id, cohort.list_id, cohort.mode, cohort.every) == ("def456", 13, "mirror", H)
     assert cfg.cohort_guard.max_removal_fraction == 0.5
@@ -438,6 +439,8 @@ BAD_CONFIGS = [
         "export.max_window",
         "whole number of hours",
     ),
+    Bad("too many readers", [(("export", "readers"), 64)], "export.readers", "less than or equal to 16"),
+    Bad("negative readers", [(("export", "readers"), -1)], "export.readers", "greater than or equal to 0"),
     Bad(
         "bad data_center",
         [(("connectors", "amplitude", "data_center"), "AP")],
@@ -763,6 +766,7 @@ def test_repr_and_render_contain_no_secrets() -> None:
         "lag": "3h",
         "poll_interval": "5m",
         "max_window": "1d",
+        "readers": 2,
     }
     assert rendered["segments"]["power_users"] == {"cohort": "abc123"}
     assert rendered["rate_limits"]["brevo_other"] == {"requests": 100, "per": "1h"}

@@ -404,6 +404,8 @@ class Export(_Section):
     lag: Duration = 3 * HOUR
     poll_interval: PositiveDuration = 5 * 60.0
     max_window: PositiveDuration = 24 * HOUR
+    # Child processes that decode and remap export members (0: in the daemon's own process).
+    readers: Annotated[int, BeforeValidator(_not_bool), Field(ge=0, le=16)] = 2
 
     @field_validator("max_window")
     @classmethod

@@ -6,6 +6,7 @@ import random
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import orjson
 
@@ -143,10 +144,12 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, 
     cfg["connectors"]["brevo"]["events_batch_size"] = 100
     cfg_path = write_config(tmp_path / "config.yaml", cfg)
     rng = random.Random(1234)
+    readers: list[int] = []  # reader children of the killed daemons
     for _ in range(3):
         daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
         await daemon.wait_for_log("daemon.started")
         await asyncio.sleep(rng.uniform(0.5, 3.0))
+        readers.extend(_children(daemon.proc.pid))
         daemon.proc.send_signal(signal.SIGKILL)
         await daemon.wait(10)
     assert len((await sandbox.received())["events"]) < len(expected), "the kills happened mid-backlog"
@@ -162,6 +165,25 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, 
     assert set(counts) == set(expected), "nothing is missing"
     duplicated = {k: n for k, n in counts.items() if n > 1}
     assert not duplicated, f"{len(duplicated)} events reached Brevo twice"
+    # The reader children of the killed daemons noticed (end of stdin, broken pipe) and exited.
+    assert readers, "the kills found reader children at work"
+    async with asyncio.timeout(10):
+        while alive := [pid for pid in readers if Path(f"/proc/{pid}").exists()]:
+            await asyncio.sleep(0.2)
+    assert not alive
+
+
+def _children(pid: int) -> list[int]:
+    """Pids of the processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
 
 
 async def test_bad_data_is_dead_lettered_and_everything_else_arrives(tmp_path, sandbox):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -169,56 +168,3 @@ def test_line_chunks_hold_the_same_lines_in_lists(tmp_path, monkeypatch):
     # whitespace-only lines are dropped, anything else (even a NUL) is passed on for the decoder to judge
     assert [line for c in chunks for line in c] == lines[:100] + [b"\x00"] + lines[100:]
 
-
-# -- ReadAhead: the next chunk is computed in a thread while the current one is used --------------------------
-
-async def test_read_ahead_yields_every_item_in_order_then_none():
-    from amplitude_brevo.sources.export_files import ReadAhead
-
-    reader = ReadAhead(item for item in [[b"a"], [b"b", b"c"], [b"d"]])
-    got = []
-    while (item := await reader.next()) is not None:
-        got.append(item)
-    await reader.close()
-    assert got == [[b"a"], [b"b", b"c"], [b"d"]]
-
-
-async def test_read_ahead_raises_the_iterators_error_where_the_item_is_awaited():
-    from amplitude_brevo.sources.export_files import ReadAhead
-
-    def damaged():
-        yield [b"good"]
-        raise TruncatedMember("cut short")
-
-    reader = ReadAhead(damaged())
-    assert await reader.next() == [b"good"]
-    with pytest.raises(TruncatedMember, match="cut short"):
-        await reader.next()
-    await reader.close()
-
-
-async def test_read_ahead_close_waits_for_the_running_step_then_closes_the_iterator():
-    import threading
-
-    from amplitude_brevo.sources.export_files import ReadAhead
-
-    release, closed, started = threading.Event(), threading.Event(), threading.Event()
-
-    def slow():
-        try:
-            yield [b"first"]
-            started.set()
-            release.wait(5)  # the step computing the second item is still running when close() is called
-            yield [b"second"]
-        finally:
-            closed.set()
-
-    reader = ReadAhead(slow())
-    assert await reader.next() == [b"first"]
-    assert started.wait(5)
-    closing = asyncio.ensure_future(reader.close())
-    await asyncio.sleep(0.05)
-    assert not closing.done() and not closed.is_set(), "a generator cannot be closed while it runs"
-    release.set()
-    await asyncio.wait_for(closing, 5)
-    assert closed.is_set()

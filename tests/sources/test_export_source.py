@@ -94,7 +94,7 @@ async def sandbox(spec: DatasetSpec, *, export_faults: ExportFaults | None = Non
 
 
 def make_config(tmp_path, sb: Sandbox, *, max_window: str = "6h", batch_size: int = 20, max_items: int = 50,
-                queue_capacity: int = 1000, shutdown_timeout: str = "2s") -> Config:
+                queue_capacity: int = 1000, shutdown_timeout: str = "2s", readers: int = 2) -> Config:
     raw = {
         "connectors": {
             "amplitude": {"api_key": "${AMPLITUDE_API_KEY}", "secret_key": "${AMPLITUDE_SECRET_KEY}",
@@ -103,7 +103,7 @@ def make_config(tmp_path, sb: Sandbox, *, max_window: str = "6h", batch_size: in
         },
         "event_mapping": MAPPING,
         "property_mapping": PROPERTY_MAPPING,
-        "export": {"lag": "0s", "max_window": max_window},
+        "export": {"lag": "0s", "max_window": max_window, "readers": readers},
         "ingest": {"enabled": False, "listen": "127.0.0.1:0"},
         "admin": {"listen": "127.0.0.1:0"},
         "state": {"path": str(tmp_path / "state.db")},
@@ -138,12 +138,13 @@ def export_requests(sb: Sandbox) -> list[tuple[str, str, int]]:
 
 # -- (a) + (b): a backfill delivers each mapped event exactly once, and never again ------------------------------
 
-async def test_backfill_delivers_every_mapped_event_once_and_reruns_send_nothing(tmp_path):
+@pytest.mark.parametrize("readers", [2, 0], ids=["reader-children", "in-process"])
+async def test_backfill_delivers_every_mapped_event_once_and_reruns_send_nothing(tmp_path, readers):
     spec = dataset(hours=3)
     expected = expected_events(spec)
     assert len(expected) > 30
     async with sandbox(spec) as sb:
-        cfg = make_config(tmp_path, sb)
+        cfg = make_config(tmp_path, sb, readers=readers)
         brevo = sb.brevo_app[BREVO_STATE]
 
         result = await backfill(cfg, 0, 2)
@@ -555,27 +556,33 @@ async def test_a_commit_landing_while_a_lookup_waits_stops_the_repeat(tmp_path):
         assert source._looking_up == [], "nothing left watching once the chunk is queued"
 
 
-async def test_a_row_remapping_fails_on_is_dead_lettered_and_the_rest_arrives(tmp_path, monkeypatch):
-    """Whatever remapping raises on one row (a case it does not know) costs that line, not the daemon."""
-    spec = dataset(hours=2)
+async def test_a_reader_child_that_dies_mid_member_is_replaced_and_nothing_is_lost(tmp_path, monkeypatch):
+    """The child decoding a member is killed after handing over its first chunk: a new child reads the member
+    again, what was queued already is filtered, every event arrives once."""
+    from amplitude_brevo.sources import export_reader
+
+    killed: list[int] = []
+
+    class KilledOnce(export_reader.ReaderProcess):
+        async def map_member(self, path, member, rules):
+            async for chunk in super().map_member(path, member, rules):
+                yield chunk
+                if not killed:  # the child of this first chunk has most of the member still to send
+                    killed.append(self.pids[0])
+                    self._procs[0].kill()
+
+    monkeypatch.setattr(export_module, "ReaderProcess", KilledOnce)
+    monkeypatch.setattr(export_module, "CHUNK", 10)  # the first chunk's events are queued before the kill
+    spec = dataset(hours=1, rows_per_hour=20_000)  # members of about ten chunks
     expected = expected_events(spec)
-    victim = sorted(expected)[len(expected) // 2]
-    real = export_module.remap_event
-
-    def failing(row, rules):
-        if (row.insert_id or row.uuid) == victim:
-            raise RuntimeError("surprise")
-        return real(row, rules)
-
-    monkeypatch.setattr(export_module, "remap_event", failing)
     async with sandbox(spec) as sb:
         cfg = make_config(tmp_path, sb)
-        result = await backfill(cfg, 0, 1)
+        result = await backfill(cfg, 0, 0)
+        assert killed, "the child was killed mid-member"
         assert result.complete
         counts = received_ids(sb.brevo_app[BREVO_STATE].events)
-        assert set(counts) == set(expected) - {victim} and max(counts.values()) == 1
-        checkpoint, letters = await stored(cfg, 0, 1)
-        assert checkpoint == hour_key(hour(2))
-        [letter] = letters
-        assert letter.reason == "cannot map the line: RuntimeError: surprise"
-        assert victim in orjson.loads(letter.item)["text"]
+        assert set(counts) == set(expected) and max(counts.values()) == 1
+        assert result.source["deduplicated"] > 0, "the re-read member's first chunk was already queued"
+        assert result.source["rows_read"] == 20_000, "rows of the failed attempt are not counted twice"
+        checkpoint, letters = await stored(cfg, 0, 0)
+        assert checkpoint == hour_key(hour(1)) and letters == []

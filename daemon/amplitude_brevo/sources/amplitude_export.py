@@ -17,35 +17,29 @@ from __future__ import annotations
 import asyncio
 import time
 import zipfile
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
-
-import msgspec
 
 from ..clients.amplitude import AmplitudeClient, ExportStatus
 from ..config import Config
 from ..logs import get_logger
 from ..pipeline.acks import HourTracker, hour_key
 from ..pipeline.queue import BatchQueue
-from ..pipeline.remap import BrevoEvent, MappingRules, Rejected, Skipped, remap_event
-from ..pipeline.rows import row_decoder
+from ..pipeline.remap import BrevoEvent, MappingRules
 from ..retry import Backoff
 from ..state import DeadLetter, StateStore
-from .export_files import (
-    ReadAhead,
-    TruncatedMember,
-    ignore_exception,
-    iter_line_chunks,
-    list_members,
-    open_export,
-)
+from .export_files import Member, list_members, open_export
+from .export_reader import ReaderFailed, ReaderProcess
+from .member_mapper import MappedChunk
 
 log = get_logger("amplitude_export")
 
 HOUR = timedelta(hours=1)
 DEDUPE_PREFIX = "events:"
-CHUNK = 1000  # rows decoded between two awaits, and dedupe lookups per round trip
+CHUNK = 1000  # dedupe lookups per round trip (and events queued at once)
+READER_ATTEMPTS = 3  # reader failures a member may cause before it is dead-lettered
 
 
 def floor_hour(moment: datetime) -> datetime:
@@ -126,6 +120,7 @@ class ExportSource:
         # flight: each collects the keys committed meanwhile (its lookup's answer may predate them).
         self._pending: _PendingChunk | None = None
         self._looking_up: list[_PendingChunk] = []
+        self.reader = ReaderProcess(cfg.export.readers)  # decode and remap members in child processes
         self.finished = asyncio.Event()  # backfill: every hour through `end` delivered
         self.read_cursor: datetime | None = None
         # A dry run reads and maps everything but records nothing: no checkpoint, no dead letters.
@@ -135,7 +130,8 @@ class ExportSource:
         amp = cfg.connectors.amplitude
         self.client.reconfigure(api_url=amp.api_url, api_key=amp.api_key, secret_key=amp.secret_key)
         self.cfg = cfg
-        self.rules = MappingRules.from_config(cfg)  # later rows use the new mapping
+        self.rules = MappingRules.from_config(cfg)  # members read from now on use the new mapping
+        self.reader.workers = cfg.export.readers  # applied at the next member
 
     # -- acknowledgements, called by the sink --
     def acknowledge(self, hour: datetime, count: int, keys: list[str]) -> str | None:
@@ -180,6 +176,12 @@ class ExportSource:
 
     # -- main loop --
     async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            await self.reader.close()
+
+    async def _run(self) -> None:
         first = await self._initial_hour()
         self.tracker = HourTracker(first)
         self.read_cursor = first
@@ -229,6 +231,7 @@ class ExportSource:
         available_at = waiting_for + HOUR + timedelta(seconds=self.cfg.export.lag)
         seconds = max(1.0, min(self.cfg.export.poll_interval, (available_at - self._now()).total_seconds()))
         log.debug("export.idle", next_hour=hour_key(waiting_for), sleep_seconds=round(seconds, 1))
+        await self.reader.close()  # started again for the next window
         try:
             await asyncio.wait_for(self.stopping.wait(), seconds)
         except TimeoutError:
@@ -334,7 +337,7 @@ class ExportSource:
                             tracker.seal(unsealed)
                             unsealed += HOUR
                         await self._commit_empty_progress()
-                    await self._read_member(archive, member, hour)
+                    await self._read_member(path, member, hour)
                 await self._queue_pending()
         finally:
             self._discard_pending()  # stopping or failing: those rows were not queued, their hour stays open
@@ -342,73 +345,58 @@ class ExportSource:
             tracker.seal(hour)
         await self._commit_empty_progress()
 
-    async def _read_member(self, archive: Any, member: Any, hour: datetime) -> None:
-        chunks = ReadAhead(iter_line_chunks(archive, member))
-        try:
-            await self._map_chunks(chunks, member, hour)
-        finally:
-            await chunks.close()
-
-    async def _map_chunks(self, chunks: ReadAhead[list[bytes]], member: Any, hour: datetime) -> None:
-        rules = self.rules
-        decode = row_decoder.decode
-        remap = remap_event
-        stats = self.stats
-        skipped = stats.skipped
-        candidates: list[BrevoEvent] = []
-        letters: list[DeadLetter] = []
-        line_no = 0
-        while True:
+    async def _read_member(self, path: Any, member: Member, hour: datetime) -> None:
+        """Queue a member's events and store its dead letters; the reader child decodes and remaps it."""
+        for attempt in range(1, READER_ATTEMPTS + 1):
+            candidates: list[BrevoEvent] = []
+            counted = MappedChunk()  # rows and skips of this attempt, taken back if it fails
             try:
-                lines = await chunks.next()
-                if lines is None:
-                    break
-            except TruncatedMember as exc:
-                letters.append(DeadLetter(
-                    source="export", sink="brevo_events",
-                    item={"member": member.name, "hour": hour_key(hour), "lines_read": line_no},
-                    reason=f"truncated or corrupt gzip member after {line_no} lines: {exc}"))
-                log.error("export.member.truncated", member=member.name, lines_read=line_no, error=str(exc))
-                break
-            first = line_no
-            for line in lines:
-                line_no += 1
-                try:
-                    result = remap(decode(line), rules)
-                except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-                    letters.append(self._bad_line(member.name, line_no, line, f"malformed JSON line: {exc}"))
-                    log.warning("export.line.malformed", member=member.name, line=line_no, error=str(exc))
-                except Exception as exc:  # a bug or a case remapping does not know: that line only
-                    letters.append(self._bad_line(member.name, line_no, line,
-                                                  f"cannot map the line: {type(exc).__name__}: {exc}"))
-                    log.error("export.line.failed", member=member.name, line=line_no, error=repr(exc))
-                else:
-                    kind = type(result)
-                    if kind is BrevoEvent:
-                        candidates.append(result)  # type: ignore[arg-type]
-                    elif kind is Skipped:
-                        reason = result.reason  # type: ignore[union-attr]
-                        skipped[reason] = skipped.get(reason, 0) + 1
-                    else:
-                        assert isinstance(result, Rejected)
-                        letters.append(DeadLetter(source="export", sink="brevo_events",
-                                                  item={**result.item, "member": member.name}, reason=result.reason))
-                        log.warning("export.row.rejected", member=member.name, line=line_no, reason=result.reason)
-                if len(candidates) >= CHUNK or len(letters) >= CHUNK:
-                    stats.rows += line_no - first
-                    first = line_no
-                    await self._flush(hour, candidates, letters)
-                    candidates, letters = [], []
-            stats.rows += line_no - first
-        await self._flush(hour, candidates, letters)
-        if self.metrics:
-            self.metrics.items_in.labels(source="export").inc(line_no)
+                async with aclosing(self.reader.map_member(path, member, self.rules)) as chunks:
+                    async for chunk in chunks:
+                        candidates.extend(chunk.events())
+                        letters = self._take(chunk, member, hour, counted)
+                        if len(candidates) >= CHUNK or letters:
+                            await self._flush(hour, candidates, letters)
+                            candidates = []
+                await self._flush(hour, candidates, [])
+                return
+            except ReaderFailed as exc:
+                # What the failed reader handed over is queued; reading the member again finds it in flight
+                # or delivered. A member that fails every time is recorded, not retried for ever.
+                log.error("export.reader.failed", member=member.name, attempt=attempt, error=str(exc))
+                self.stats.rows -= counted.rows
+                for reason, count in counted.skipped.items():
+                    self.stats.skipped[reason] -= count
+                if self.metrics:
+                    self.metrics.errors.labels(component=self.name, kind="reader").inc()
+                if attempt == READER_ATTEMPTS:
+                    await self._flush(hour, [], [DeadLetter(
+                        source="export", sink="brevo_events", item={"member": member.name, "hour": hour_key(hour)},
+                        reason=f"the export reader failed {attempt} times on this member: {exc}")])
+                elif not await self.backoff.sleep(attempt, stop=self.stopping):
+                    raise _StopReading from exc
 
-    @staticmethod
-    def _bad_line(member: str, line_no: int, line: bytes, reason: str) -> DeadLetter:
-        return DeadLetter(source="export", sink="brevo_events",
-                          item={"member": member, "line": line_no, "text": line[:4096].decode("utf-8", "replace")},
-                          reason=reason)
+    def _take(self, chunk: MappedChunk, member: Member, hour: datetime, counted: MappedChunk) -> list[DeadLetter]:
+        """Count a chunk's rows and skips (also in `counted`), log its bad items, return them as dead letters."""
+        stats = self.stats
+        stats.rows += chunk.rows
+        counted.rows += chunk.rows
+        if self.metrics and chunk.rows:
+            self.metrics.items_in.labels(source="export").inc(chunk.rows)
+        for reason, count in chunk.skipped.items():
+            stats.skipped[reason] = stats.skipped.get(reason, 0) + count
+            counted.skipped[reason] = counted.skipped.get(reason, 0) + count
+        letters = []
+        for event, line, item, reason in chunk.letters:
+            if event == "export.member.truncated":
+                item["hour"] = hour_key(hour)
+                log.error(event, member=member.name, lines_read=item["lines_read"], reason=reason)
+            elif event == "export.line.failed":
+                log.error(event, member=member.name, line=line, reason=reason)
+            else:
+                log.warning(event, member=member.name, line=line, reason=reason)
+            letters.append(DeadLetter(source="export", sink="brevo_events", item=item, reason=reason))
+        return letters
 
     async def _flush(self, hour: datetime, candidates: list[BrevoEvent], letters: list[DeadLetter]) -> None:
         """Dead-letter `letters`; start the dedupe lookup of `candidates` and queue the previous chunk.
@@ -467,6 +455,13 @@ class ExportSource:
         if chunk is not None:
             chunk.lookup.cancel()
             self._looking_up.remove(chunk)
+
+
+def ignore_exception(future: asyncio.Future[Any]) -> None:
+    """A done-callback marking a lookup's exception as seen: a discarded chunk's lookup is never awaited, and
+    asyncio would log it as never retrieved. Whoever awaits the lookup still gets the exception."""
+    if not future.cancelled():
+        future.exception()
 
 
 @dataclass(slots=True, eq=False)  # compared by identity (list.remove)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import zipfile
 import zlib
-from collections.abc import Generator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
 
 from isal import isal_zlib
-
-T = TypeVar("T")
-_END = object()
 
 # `<app>/<app>_<YYYY-MM-DD>_<H>#<n>.json.gz` (reference/amplitude-api.md §1): H is not reliably padded.
 MEMBER_NAME = re.compile(r"(\d+)_(\d{4}-\d{2}-\d{2})_(\d{1,2})#(\d+)\.json\.gz$")
@@ -106,46 +101,3 @@ def iter_line_chunks(archive: zipfile.ZipFile, member: Member) -> Iterator[list[
 def open_export(path: str | Path) -> zipfile.ZipFile:
     return zipfile.ZipFile(path)
 
-
-class ReadAhead(Generic[T]):
-    """Steps a blocking generator (a member's `iter_line_chunks`) in a worker thread, one item ahead.
-
-    isal releases the GIL while it inflates, so the next megabyte is decompressed on another core while
-    the event loop thread decodes and maps the current one. `close()` (always call it) waits for a step
-    still running, then closes the generator; on cancellation it is closed once that step ends.
-    """
-
-    def __init__(self, items: Generator[T, None, None]) -> None:
-        self._items = items
-        self._step: asyncio.Future[object] | None = None
-
-    def _start(self) -> asyncio.Future[object]:
-        step = asyncio.get_running_loop().run_in_executor(None, next, self._items, _END)
-        step.add_done_callback(ignore_exception)
-        return step
-
-    async def next(self) -> T | None:
-        """The next item (computing the one after it meanwhile), or None at the end."""
-        step = self._step or self._start()
-        self._step = None
-        item = await step
-        if item is _END:
-            return None
-        self._step = self._start()
-        return item  # type: ignore[return-value]
-
-    async def close(self) -> None:
-        step, self._step = self._step, None
-        if step is None or step.done():
-            self._items.close()
-            return
-        step.add_done_callback(lambda _: self._items.close())
-        await asyncio.wait([step])
-
-
-def ignore_exception(future: asyncio.Future[Any]) -> None:
-    """A done-callback marking the future's exception as seen, for futures that may be abandoned (a step
-    left running by `close()`, a discarded lookup): asyncio would log it as never retrieved. Whoever
-    awaits the future still gets the exception."""
-    if not future.cancelled():
-        future.exception()

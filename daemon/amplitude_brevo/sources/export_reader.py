@@ -1,0 +1,132 @@
+"""Read, decode and remap export members in child processes, so the daemon's process keeps only dedupe,
+queueing and delivery.
+
+Decoding and remapping every line is CPU work for one thread, and in the daemon's process it shares the GIL
+with everything else. Reader children (`member_mapper`) do it on the other cores: the daemon sends each one
+the member to read (the window's temp file, the member, the mapping rules) on its stdin and reads back
+`MappedChunk`s — dedupe keys and Brevo bodies, dead letters, counts — one per decompressed megabyte, then an
+empty frame. The pipes are the backpressure: a child whose output is not read blocks on its next write.
+
+A member the children fail on (one crashed, was killed) is read again by new children: chunks queued the
+first time are then filtered by the dedupe record and the in-flight set.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pickle
+import sys
+import zipfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ..pipeline.remap import MappingRules
+from . import member_mapper
+from .export_files import Member
+from .member_mapper import FRAME, MappedChunk, rules_args
+
+
+class ReaderFailed(Exception):
+    """The reader child ended in the middle of a member (crashed, killed)."""
+
+
+class ReaderProcess:
+    """The parent's handle on `workers` reader children, started on first use and again after a failure.
+
+    Each member is striped over the children: child k maps the decompressed steps k, k + n, k + 2n, …
+    and the parent reads their frames in turn, so chunks arrive in member order, streaming, with no
+    buffering beyond the pipes.
+    """
+
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers  # 0: map in this process, with no child (slower: it shares the GIL)
+        self._procs: list[asyncio.subprocess.Process] = []
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self._procs]
+
+    async def _started(self) -> list[asyncio.subprocess.Process]:
+        if len(self._procs) != self.workers or any(proc.returncode is not None for proc in self._procs):
+            await self.close()
+            package_root = str(Path(__file__).resolve().parents[2])
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+            for _ in range(self.workers):
+                self._procs.append(await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", member_mapper.__name__, stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.PIPE, env=env,
+                ))
+        return self._procs
+
+    async def map_member(self, path: str | os.PathLike[str], member: Member,
+                         rules: MappingRules) -> AsyncIterator[MappedChunk]:
+        """The member's chunks, in order. Use with `contextlib.aclosing`: a member left before its end stops
+        the children (their remaining frames would be read as the next member's)."""
+        if not self.workers:
+            await self.close()
+            async for chunk in _map_here(path, member, rules):
+                yield chunk
+            return
+        procs = await self._started()
+        n = len(procs)
+        args = rules_args(rules)
+        complete = False
+        try:
+            try:
+                for k, proc in enumerate(procs):
+                    assert proc.stdin is not None
+                    job = pickle.dumps((os.fspath(path), member.name, member.hour, member.partition, args, n, k))
+                    proc.stdin.write(FRAME.pack(len(job)) + job)
+                    await proc.stdin.drain()
+                index = 0
+                while (data := await _next_frame(procs[index % n])) is not None:
+                    yield MappedChunk(*pickle.loads(data))
+                    index += 1
+                # The child whose turn it was has ended; every other one ends now too.
+                for k in range(1, n):
+                    if await _next_frame(procs[(index + k) % n]) is not None:
+                        raise ReaderFailed(f"export readers disagree on where {member.name} ends")
+                complete = True
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                codes = [proc.returncode for proc in procs]
+                raise ReaderFailed(f"an export reader (pids {[p.pid for p in procs]}, exit codes {codes}) ended "
+                                   f"while reading {member.name}") from exc
+        finally:
+            if not complete:
+                await self.close()
+
+    async def close(self) -> None:
+        """Stop the children (idempotent)."""
+        procs, self._procs = self._procs, []
+        for proc in procs:
+            if proc.returncode is None:
+                try:
+                    proc.kill()
+                except ProcessLookupError:
+                    pass
+        for proc in procs:
+            # Reading its stdout to the end (whatever it had sent is dropped) lets asyncio close the pipes.
+            await asyncio.shield(proc.communicate())
+
+
+async def _map_here(path: str | os.PathLike[str], member: Member, rules: MappingRules) -> AsyncIterator[MappedChunk]:
+    """`export.readers: 0`: map the member in the event loop's thread, one chunk between two awaits."""
+    with zipfile.ZipFile(path) as archive:
+        chunks = member_mapper.map_member(archive, member, rules)
+        try:
+            for chunk in chunks:
+                yield chunk
+                await asyncio.sleep(0)
+        finally:
+            chunks.close()
+
+
+async def _next_frame(proc: asyncio.subprocess.Process) -> bytes | None:
+    """The next frame's payload, or None for the end-of-member frame."""
+    assert proc.stdout is not None
+    (size,) = FRAME.unpack(await proc.stdout.readexactly(FRAME.size))
+    return await proc.stdout.readexactly(size) if size else None
+
+

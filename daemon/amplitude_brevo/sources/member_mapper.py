@@ -1,0 +1,181 @@
+"""The reader child: reads, decodes and remaps export members for the daemon (see `export_reader`).
+
+Run as `python -m amplitude_brevo.sources.member_mapper`; it imports only what mapping needs (no asyncio,
+no aiohttp), so each child stays small. Frames in both directions: a 4-byte big-endian length, then a
+pickle (both ends are this package). It exits at the end of its stdin, and with a broken pipe if the
+daemon is gone.
+"""
+
+from __future__ import annotations
+
+import pickle
+import queue
+import struct
+import sys
+import threading
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import msgspec
+
+from ..pipeline.remap import BrevoEvent, MappingRules, Rejected, Skipped, remap_event
+from ..pipeline.rows import row_decoder
+from .export_files import Member, TruncatedMember, iter_line_chunks
+
+FRAME = struct.Struct("!I")
+_END = object()
+
+
+@dataclass(slots=True)
+class MappedChunk:
+    """What one decompressed step of a member became."""
+
+    rows: int = 0
+    keys: list[str] = field(default_factory=list)  # dedupe keys of the Brevo events, in order
+    bodies: list[bytes] = field(default_factory=list)  # their bodies
+    # (log event, line number or None, item, reason): bad lines, rejected rows, a truncated member
+    letters: list[tuple[str, int | None, dict[str, Any], str]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def events(self) -> list[BrevoEvent]:
+        return list(map(BrevoEvent, self.keys, self.bodies))
+
+
+def rules_args(rules: MappingRules) -> dict[str, Any]:
+    """What rebuilds `rules` in the child (the derived fields are computed there)."""
+    return {"event_mapping": dict(rules.event_mapping), "property_mapping": dict(rules.property_mapping),
+            "ext_id_field": rules.ext_id_field, "email_property": rules.email_property,
+            "anonymous": rules.anonymous}
+
+
+def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *, stride: int = 1,
+               offset: int = 0) -> Iterator[MappedChunk]:
+    """Read, decode and remap one member: a chunk per decompressed step. Never raises for bad data: a line
+    that is not JSON, a row remapping refuses or fails on, a damaged gzip stream all become dead letters.
+
+    With `stride` n, only the steps whose index is `offset` modulo n are decoded and yielded: n readers
+    each inflate the whole member (the steps are the same for all) and map a share of it.
+    """
+    decode = row_decoder.decode
+    remap = remap_event
+    line_no = 0
+    for index, lines in enumerate(_prefetched(iter_line_chunks(archive, member))):
+        mine = index % stride == offset
+        if isinstance(lines, TruncatedMember):
+            if mine:
+                yield MappedChunk(letters=[(
+                    "export.member.truncated", None, {"member": member.name, "lines_read": line_no},
+                    f"truncated or corrupt gzip member after {line_no} lines: {lines}")])
+            return
+        if not mine:
+            line_no += len(lines)
+            continue
+        chunk = MappedChunk()
+        keys, bodies, letters, skipped = chunk.keys, chunk.bodies, chunk.letters, chunk.skipped
+        for line in lines:
+            line_no += 1
+            try:
+                result = remap(decode(line), rules)
+            except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+                letters.append(("export.line.malformed", line_no, _line_item(member, line_no, line),
+                                f"malformed JSON line: {exc}"))
+                continue
+            except Exception as exc:  # a bug or a case remapping does not know: that line only
+                letters.append(("export.line.failed", line_no, _line_item(member, line_no, line),
+                                f"cannot map the line: {type(exc).__name__}: {exc}"))
+                continue
+            kind = type(result)
+            if kind is BrevoEvent:
+                keys.append(result.dedupe_key)  # type: ignore[union-attr]
+                bodies.append(result.body)  # type: ignore[union-attr]
+            elif kind is Skipped:
+                reason = result.reason  # type: ignore[union-attr]
+                skipped[reason] = skipped.get(reason, 0) + 1
+            else:
+                assert isinstance(result, Rejected)
+                letters.append(("export.row.rejected", line_no, {**result.item, "member": member.name},
+                                result.reason))
+        chunk.rows = len(lines)
+        yield chunk
+
+
+def _line_item(member: Member, line_no: int, line: bytes) -> dict[str, Any]:
+    return {"member": member.name, "line": line_no, "text": line[:4096].decode("utf-8", "replace")}
+
+
+def _prefetched(steps: Iterator[list[bytes]]) -> Iterator[list[bytes] | TruncatedMember]:
+    """`steps`, computed one ahead in a thread: isal inflates without the GIL while this thread remaps. A
+    TruncatedMember is yielded (after the good lines), not raised."""
+    ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
+
+    def produce() -> None:
+        try:
+            for step in steps:
+                ahead.put(step)
+        except TruncatedMember as exc:
+            ahead.put(exc)
+        except BaseException as exc:  # noqa: BLE001 - handed over to be raised in the consumer
+            ahead.put(_Failed(exc))
+        ahead.put(_END)
+
+    thread = threading.Thread(target=produce, name="export-inflate", daemon=True)
+    thread.start()
+    while (item := ahead.get()) is not _END:
+        if isinstance(item, _Failed):
+            raise item.error
+        yield item
+        if isinstance(item, TruncatedMember):
+            break
+    thread.join()
+
+
+@dataclass(slots=True)
+class _Failed:
+    error: BaseException
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the child process
+
+
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    header = stream.read(FRAME.size)
+    if len(header) < FRAME.size:
+        return None
+    (size,) = FRAME.unpack(header)
+    return stream.read(size)
+
+
+def _write_frame(stream: BinaryIO, data: bytes) -> None:
+    stream.write(FRAME.pack(len(data)))
+    stream.write(data)
+
+
+def child_main() -> int:
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    rules_cache: dict[bytes, MappingRules] = {}
+    try:
+        while (frame := _read_frame(stdin)) is not None:
+            path, name, hour, partition, args, stride, offset = pickle.loads(frame)
+            key = pickle.dumps(args)
+            rules = rules_cache.get(key)
+            if rules is None:
+                rules_cache.clear()
+                rules = rules_cache[key] = MappingRules(**args)
+            with zipfile.ZipFile(path) as archive:
+                for chunk in map_member(archive, Member(name, hour, partition), rules, stride=stride, offset=offset):
+                    _write_frame(stdout, pickle.dumps(
+                        (chunk.rows, chunk.keys, chunk.bodies, chunk.letters, chunk.skipped),
+                        protocol=pickle.HIGHEST_PROTOCOL))
+            _write_frame(stdout, b"")
+            stdout.flush()
+    except BrokenPipeError:
+        return 0  # the parent is gone
+    return 0
+
+
+
+if __name__ == "__main__":
+    raise SystemExit(child_main())

@@ -1,0 +1,156 @@
+"""The export reader: one member read, decoded and remapped, in-process (`map_member`) and in the child."""
+
+from __future__ import annotations
+
+import zipfile
+from datetime import UTC, datetime
+
+import pytest
+
+from amplitude_brevo.pipeline.remap import MappingRules, remap_event
+from amplitude_brevo.pipeline.rows import row_decoder
+from amplitude_brevo.sandbox.amplitude_sim import ExportFaults, build_export_zip
+from amplitude_brevo.sandbox.sample_data import DatasetSpec
+from amplitude_brevo.sources import member_mapper
+from amplitude_brevo.sources.export_files import iter_lines, list_members
+from amplitude_brevo.sources.export_reader import ReaderFailed, ReaderProcess
+from amplitude_brevo.sources.member_mapper import MappedChunk, map_member
+
+START = datetime(2026, 11, 1, tzinfo=UTC)
+RULES = MappingRules(event_mapping={"Page View": "page_viewed", "Purchase": "order_completed"},
+                     property_mapping={"email": "email", "plan_type": "PLAN"})
+
+
+def export(tmp_path, rows_per_hour: int = 2000, faults: ExportFaults | None = None):
+    spec = DatasetSpec(seed=3, start=START, hours=1, rows_per_hour=rows_per_hour)
+    path = tmp_path / "export.zip"
+    with open(path, "wb") as fp:
+        build_export_zip(spec, START, START, fp, members_per_hour=1, faults=faults)
+    with zipfile.ZipFile(path) as archive:
+        (member,) = list_members(archive)
+    return path, member
+
+
+def merged(chunks: list[MappedChunk]) -> MappedChunk:
+    total = MappedChunk()
+    for chunk in chunks:
+        total.rows += chunk.rows
+        total.keys += chunk.keys
+        total.bodies += chunk.bodies
+        total.letters += chunk.letters
+        for reason, count in chunk.skipped.items():
+            total.skipped[reason] = total.skipped.get(reason, 0) + count
+    return total
+
+
+def test_map_member_is_remap_event_over_every_line(tmp_path):
+    path, member = export(tmp_path)
+    with zipfile.ZipFile(path) as archive:
+        expected = [remap_event(row_decoder.decode(line), RULES) for line in iter_lines(archive, member)]
+        chunks = list(map_member(archive, member, RULES))
+    got = merged(chunks)
+    assert len(chunks) > 1
+    assert got.rows == len(expected) == 2000
+    events = [e for e in expected if hasattr(e, "body")]
+    assert got.keys == [e.dedupe_key for e in events] and got.bodies == [e.body for e in events]
+    assert sum(got.skipped.values()) == len(expected) - len(events) and got.letters == []
+
+
+def test_a_line_remapping_fails_on_becomes_a_dead_letter(tmp_path, monkeypatch):
+    path, member = export(tmp_path, rows_per_hour=50)
+    calls = []
+
+    def failing(row, rules):
+        calls.append(row)
+        if len(calls) == 7:
+            raise RuntimeError("surprise")
+        return remap_event(row, rules)
+
+    monkeypatch.setattr(member_mapper, "remap_event", failing)
+    with zipfile.ZipFile(path) as archive:
+        got = merged(list(map_member(archive, member, RULES)))
+    assert got.rows == 50
+    [(event, line, item, reason)] = got.letters
+    assert (event, line, reason) == ("export.line.failed", 7, "cannot map the line: RuntimeError: surprise")
+    assert item["member"] == member.name and item["text"].startswith("{")
+
+
+def test_a_truncated_member_ends_with_its_good_lines_and_a_letter(tmp_path):
+    path, member = export(tmp_path, faults=ExportFaults(truncate_member={"20261101T00"}))
+    with zipfile.ZipFile(path) as archive:
+        chunks = list(map_member(archive, member, RULES))
+    *good, last = chunks
+    assert sum(c.rows for c in good) > 0
+    [(event, line, item, reason)] = last.letters
+    assert event == "export.member.truncated" and line is None
+    assert item == {"member": member.name, "lines_read": sum(c.rows for c in good)}
+    assert reason.startswith("truncated or corrupt gzip member after")
+
+
+@pytest.mark.parametrize("workers", [0, 1, 2, 3])
+async def test_the_children_hand_over_what_map_member_computes_in_order(tmp_path, workers):
+    path, member = export(tmp_path)
+    with zipfile.ZipFile(path) as archive:
+        expected = merged(list(map_member(archive, member, RULES)))
+    reader = ReaderProcess(workers)
+    try:
+        for _ in range(2):  # the same children read a second member
+            got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
+            assert got == expected
+        assert len(reader.pids) == workers  # 0: mapped in this process
+    finally:
+        await reader.close()
+    assert reader.pids == []
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+async def test_striped_children_agree_on_a_truncated_member(tmp_path, workers):
+    path, member = export(tmp_path, faults=ExportFaults(truncate_member={"20261101T00"}))
+    with zipfile.ZipFile(path) as archive:
+        expected = merged(list(map_member(archive, member, RULES)))
+    reader = ReaderProcess(workers)
+    try:
+        got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
+    finally:
+        await reader.close()
+    assert got == expected and [letter[0] for letter in got.letters] == ["export.member.truncated"]
+
+
+async def test_a_child_killed_mid_member_raises_reader_failed_and_the_next_read_starts_a_new_one(tmp_path):
+    path, member = export(tmp_path, rows_per_hour=20_000)  # ~40 steps: the child cannot have sent all of its own
+    reader = ReaderProcess(2)
+    try:
+        chunks = reader.map_member(path, member, RULES)
+        await chunks.__anext__()
+        first_pids = reader.pids
+        reader._procs[1].kill()
+        with pytest.raises(ReaderFailed, match="ended while reading"):
+            async for _ in chunks:
+                pass
+        assert reader.pids == [], "the other child is stopped too"
+        got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
+        assert got.rows == 20_000 and set(reader.pids).isdisjoint(first_pids)
+    finally:
+        await reader.close()
+
+
+async def test_leaving_a_member_early_stops_the_child(tmp_path):
+    from contextlib import aclosing
+
+    path, member = export(tmp_path)
+    reader = ReaderProcess(2)
+    async with aclosing(reader.map_member(path, member, RULES)) as chunks:
+        async for _ in chunks:
+            procs = list(reader._procs)
+            break
+    assert reader.pids == [] and all(p.returncode is not None for p in procs), \
+        "their next frames would belong to this member"
+    got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
+    assert got.rows == 2000
+    await reader.close()
+
+
+def test_rules_travel_to_the_child_whole():
+    rules = MappingRules(event_mapping={"A": "a"}, property_mapping={"x": "X"}, ext_id_field="crm_id",
+                         email_property="mail", anonymous="use_device_id")
+    assert MappingRules(**member_mapper.rules_args(rules)) == rules
