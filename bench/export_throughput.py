@@ -206,11 +206,13 @@ def bench_env() -> dict[str, str]:
     return {"AMPLITUDE_API_KEY": API_KEY, "AMPLITUDE_SECRET_KEY": SECRET_KEY, "BREVO_API_KEY": "xkeysib-bench"}
 
 
-def bench_config(url: str, state_dir: str, queue_capacity: int, max_wait: float = 2.0) -> dict[str, Any]:
-    """The demo's mapping (demo.py) against the benchmark's server; batching as the defaults but `max_wait`."""
+def bench_config(url: str, state_dir: str, queue_capacity: int, max_wait: float = 2.0,
+                 readers: int | None = None) -> dict[str, Any]:
+    """The demo's mapping (demo.py) against the benchmark's server; batching as the defaults but `max_wait`;
+    `export.readers` as the default unless given."""
     from amplitude_brevo.demo import DEMO_MAPPING
 
-    return {
+    cfg: dict[str, Any] = {
         "connectors": {
             "amplitude": {"api_key": "${AMPLITUDE_API_KEY}", "secret_key": "${AMPLITUDE_SECRET_KEY}",
                           "api_url": url, "ingest_url": url},
@@ -224,6 +226,9 @@ def bench_config(url: str, state_dir: str, queue_capacity: int, max_wait: float 
         "batching": {"queue_capacity": queue_capacity, "max_wait": max_wait},
         "logging": {"level": "warning", "format": "json"},
     }
+    if readers is not None:
+        cfg["export"] = {"readers": readers}
+    return cfg
 
 
 class _Accepted:
@@ -284,7 +289,8 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
     configure_logging("warning", "json", stream=sys.stderr)
     work = tempfile.mkdtemp(prefix="amplitude-brevo-bench-")
-    cfg = parse_config(bench_config(args.url, work, args.queue_capacity, args.max_wait), env=bench_env())
+    cfg = parse_config(bench_config(args.url, work, args.queue_capacity, args.max_wait, args.readers),
+                       env=bench_env())
     amp, b = cfg.connectors.amplitude, cfg.batching
     state = await StateStore.open(cfg.state.path)
     session = make_session()
@@ -475,6 +481,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
         pipe_args += ["--hold"] if args.hold else []
         pipe_args += ["--profile"] if args.profile else []
         pipe_args += ["--no-tune"] if args.no_tune else []
+        pipe_args += ["--readers", str(args.readers)] if args.readers is not None else []
         gz_runs, pipe_runs = [], []
         for i in range(args.repeat):
             print(f"run {i + 1}/{args.repeat}: baseline, pipeline ...", flush=True)
@@ -568,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
                         "last partial batch would wait that long once, which is latency, not throughput)")
     parser.add_argument("--hold", action="store_true", help="slow sink: keep the queue full (worst-case memory)")
     parser.add_argument("--repeat", type=int, default=3, help="baseline and pipeline runs, alternately (default 3)")
+    parser.add_argument("--readers", type=int, default=None,
+                        help="export.readers for the pipeline (default: the config default, 2)")
     parser.add_argument("--no-record", action="store_true",
                         help="skip the extra pipeline run with the real sink's SQLite delivery record")
     parser.add_argument("--record", action="store_true", help=argparse.SUPPRESS)  # internal: that run
