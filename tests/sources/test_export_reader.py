@@ -11,7 +11,7 @@ from amplitude_brevo.pipeline.remap import MappingRules, remap_event
 from amplitude_brevo.pipeline.rows import row_decoder
 from amplitude_brevo.sandbox.amplitude_sim import ExportFaults, build_export_zip
 from amplitude_brevo.sandbox.sample_data import DatasetSpec
-from amplitude_brevo.sources import member_mapper
+from amplitude_brevo.sources import export_reader, member_mapper
 from amplitude_brevo.sources.export_files import iter_lines, list_members
 from amplitude_brevo.sources.export_reader import ReaderFailed, ReaderProcess
 from amplitude_brevo.sources.member_mapper import MappedChunk, map_member
@@ -154,3 +154,31 @@ def test_rules_travel_to_the_child_whole():
     rules = MappingRules(event_mapping={"A": "a"}, property_mapping={"x": "X"}, ext_id_field="crm_id",
                          email_property="mail", anonymous="use_device_id")
     assert MappingRules(**member_mapper.rules_args(rules)) == rules
+
+
+async def test_without_children_members_are_mapped_here(tmp_path, monkeypatch):
+    """Exec refused (a stricter sandbox): logged once, mapped in this process, nothing lost."""
+    path, member = export(tmp_path)
+    with zipfile.ZipFile(path) as archive:
+        expected = merged(list(map_member(archive, member, RULES)))
+
+    async def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", args[0])
+
+    monkeypatch.setattr(export_reader.asyncio, "create_subprocess_exec", refused)
+    reader = ReaderProcess(2)
+    got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
+    assert got == expected and reader.workers == 0 and reader.pids == []
+
+
+def test_leaving_map_member_early_stops_its_inflate_thread(tmp_path):
+    import threading
+
+    path, member = export(tmp_path, rows_per_hour=20_000)
+    before = threading.active_count()
+    with zipfile.ZipFile(path) as archive:
+        chunks = map_member(archive, member, RULES)
+        next(chunks)
+        assert threading.active_count() == before + 1
+        chunks.close()
+    assert threading.active_count() == before, "the thread inflating ahead is gone"

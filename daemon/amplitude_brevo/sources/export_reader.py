@@ -21,10 +21,13 @@ import zipfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from ..logs import get_logger
 from ..pipeline.remap import MappingRules
 from . import member_mapper
 from .export_files import Member
 from .member_mapper import FRAME, MappedChunk, rules_args
+
+log = get_logger("amplitude_export")
 
 
 class ReaderFailed(Exception):
@@ -64,12 +67,19 @@ class ReaderProcess:
                          rules: MappingRules) -> AsyncIterator[MappedChunk]:
         """The member's chunks, in order. Use with `contextlib.aclosing`: a member left before its end stops
         the children (their remaining frames would be read as the next member's)."""
-        if not self.workers:
+        procs = []
+        if self.workers:
+            try:
+                procs = await self._started()
+            except OSError as exc:
+                # No child can be started here (a sandbox forbidding exec, …): map in this process, slower.
+                log.error("export.reader.unavailable", error=str(exc), fallback="export.readers: 0")
+                self.workers = 0
+        if not procs:
             await self.close()
             async for chunk in _map_here(path, member, rules):
                 yield chunk
             return
-        procs = await self._started()
         n = len(procs)
         args = rules_args(rules)
         complete = False

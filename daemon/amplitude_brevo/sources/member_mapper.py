@@ -107,28 +107,45 @@ def _line_item(member: Member, line_no: int, line: bytes) -> dict[str, Any]:
 
 def _prefetched(steps: Iterator[list[bytes]]) -> Iterator[list[bytes] | TruncatedMember]:
     """`steps`, computed one ahead in a thread: isal inflates without the GIL while this thread remaps. A
-    TruncatedMember is yielded (after the good lines), not raised."""
+    TruncatedMember is yielded (after the good lines), not raised. Left early, the thread is stopped."""
     ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def hand_over(item: Any) -> bool:
+        while not stop.is_set():
+            try:
+                ahead.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def produce() -> None:
         try:
             for step in steps:
-                ahead.put(step)
+                if not hand_over(step):
+                    return
         except TruncatedMember as exc:
-            ahead.put(exc)
+            hand_over(exc)
         except BaseException as exc:  # noqa: BLE001 - handed over to be raised in the consumer
-            ahead.put(_Failed(exc))
-        ahead.put(_END)
+            hand_over(_Failed(exc))
+        hand_over(_END)
 
     thread = threading.Thread(target=produce, name="export-inflate", daemon=True)
     thread.start()
-    while (item := ahead.get()) is not _END:
-        if isinstance(item, _Failed):
-            raise item.error
-        yield item
-        if isinstance(item, TruncatedMember):
-            break
-    thread.join()
+    try:
+        while (item := ahead.get()) is not _END:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
+            if isinstance(item, TruncatedMember):
+                break
+    finally:
+        stop.set()
+        thread.join()
+        close = getattr(steps, "close", None)
+        if close is not None:
+            close()
 
 
 @dataclass(slots=True)
