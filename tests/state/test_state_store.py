@@ -343,11 +343,13 @@ async def test_unseen_with_more_keys_than_one_in_list(st: StateStore, key_statem
     await st.commit_delivery(keys[::2], sink="brevo_events")
 
     statements: list[str] = []
-    await st._run(lambda conn: conn.set_trace_callback(statements.append))
+    await st.unseen(["opens the lookup connection"])
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(st._lookups, lambda: st._lookup_conn.set_trace_callback(statements.append))
     try:
         result = await st.unseen(keys + keys[:10])  # duplicates are fine
     finally:
-        await st._run(lambda conn: conn.set_trace_callback(None))
+        await loop.run_in_executor(st._lookups, lambda: st._lookup_conn.set_trace_callback(None))
     assert result == set(keys[1::2])
     selects = [s for s in statements if s.startswith("SELECT key FROM dedupe")]
     # JSON1: one statement whatever the count; without: 1234 distinct keys in slices of <= 500
@@ -531,3 +533,25 @@ async def test_spool_append_is_committed_when_it_returns(db_path: Path, st: Stat
     with raw(db_path) as conn:
         assert conn.execute("SELECT body FROM ingest_spool").fetchall() == [(b"body",)]
     conn.close()
+
+
+async def test_dedupe_lookups_do_not_wait_behind_a_write(st: StateStore) -> None:
+    """Lookups read on their own connection and thread: a long write (a big commit, a purge) does not hold
+    them up, and they see what was committed before they started."""
+    import time
+
+    await st.commit_delivery(["k1"], sink="brevo_events")
+
+    def slow_write(conn: sqlite3.Connection) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        time.sleep(1.0)
+        conn.execute("INSERT INTO dedupe (key, sink, delivered_at) VALUES ('k2', 's', 0)")
+        conn.execute("COMMIT")
+
+    writing = asyncio.ensure_future(st._run(slow_write))
+    await asyncio.sleep(0.2)
+    started = time.monotonic()
+    assert await st.unseen(["k1", "k2", "k3"]) == {"k2", "k3"}, "k2 is not committed yet"
+    assert time.monotonic() - started < 0.5
+    await writing
+    assert await st.unseen(["k1", "k2", "k3"]) == {"k3"}

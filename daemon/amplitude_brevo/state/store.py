@@ -96,6 +96,10 @@ class StateStore:
         self.path = path
         self._executor = executor
         self._conn: sqlite3.Connection | None = None  # touched only on the worker thread
+        # Dedupe lookups read on a connection and thread of their own, so they never wait behind a write
+        # (and a write — a delivery being recorded — never waits behind them). Opened on first use.
+        self._lookups = ThreadPoolExecutor(1, thread_name_prefix="amplitude-brevo-state-lookup")
+        self._lookup_conn: sqlite3.Connection | None = None  # touched only on the lookup thread
         self._schema_version = 0
         self._closed = False
         self._close_task: asyncio.Future[None] | None = None
@@ -121,12 +125,14 @@ class StateStore:
             # The worker already closed whatever it opened; its thread is idle.
             store._closed = True
             store._executor.shutdown(wait=True)
+            store._lookups.shutdown(wait=True)
             raise
         except BaseException:
             # Cancelled while the worker may still be opening: queue the cleanup behind it.
             store._closed = True
             store._executor.submit(store._discard_on_worker)
             store._executor.shutdown(wait=False)
+            store._lookups.shutdown(wait=False)
             raise
         store._schema_version = version
         if found != version:
@@ -148,9 +154,12 @@ class StateStore:
     async def _close(self) -> None:
         loop = asyncio.get_running_loop()
         try:
+            # The lookup connection first: the final WAL checkpoint needs no reader in the way.
+            await loop.run_in_executor(self._lookups, self._close_lookups)
             await loop.run_in_executor(self._executor, self._close_on_worker)
         finally:
-            # The worker has nothing left to do, so joining it is immediate.
+            # The workers have nothing left to do, so joining them is immediate.
+            self._lookups.shutdown(wait=True)
             self._executor.shutdown(wait=True)
         log.info("state.closed", path=str(self.path))
 
@@ -190,7 +199,10 @@ class StateStore:
         """The subset of ``keys`` that is not in the dedupe record (i.e. not delivered yet)."""
         if not keys:
             return set()
-        return await self._run(_unseen, list(keys))
+        if self._closed:
+            raise StateError(f"state store {self.path} is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._lookups, self._unseen_on_lookup_thread, list(keys))
 
     async def commit_delivery(
         self,
@@ -368,6 +380,22 @@ class StateStore:
             raise
         self._conn = conn
         return found, version, created
+
+    def _unseen_on_lookup_thread(self, keys: list[str]) -> set[str]:
+        try:
+            if self._lookup_conn is None:
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+                conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                conn.execute("PRAGMA query_only = ON")
+                self._lookup_conn = conn
+            return _unseen(self._lookup_conn, keys)
+        except sqlite3.Error as exc:
+            raise StateError(f"state unseen failed on {self.path}: {exc}") from exc
+
+    def _close_lookups(self) -> None:
+        conn, self._lookup_conn = self._lookup_conn, None
+        if conn is not None:
+            conn.close()
 
     def _discard_on_worker(self) -> None:
         if self._conn is not None:
