@@ -22,7 +22,8 @@ What it does (`python bench/export_throughput.py [--rows N] [--big]`):
    a minute, and adjacent runs share the conditions. Every run is printed.
 7. Once more with the real sink's delivery record (the dedupe keys and checkpoint committed to SQLite per
    batch, as in production): reported, not a target — in production Brevo's budgets let through at most
-   a few hundred events per second, far below what the record can write (`--no-record` skips it).
+   a few hundred events per second, far below what the record can write (`--no-record` skips it). The
+   record makes the sink the slow side, so the queue fills as with `--hold`; its memory is printed apart.
 
 `--hold` makes the sink wait while the queue is below capacity (a slow Brevo): peak RSS then includes a full
 queue of `--queue-capacity` events. `--profile` runs the pipeline under cProfile. `--check` exits 1 when a
@@ -534,11 +535,14 @@ def report(args: argparse.Namespace, zip_path: Path, meta: dict[str, Any], gz_ru
     if recorded:
         print(f"with record     the real sink's SQLite delivery record: {recorded['rows_per_s']:,.0f} rows/s "
               f"({recorded['rows_per_s'] / gz['rows_per_s']:.2f} of the baseline above; commits "
-              f"{recorded['commit_seconds']:.2f} s awaited over {recorded['commit_calls']} calls) — not a target")
-    # Memory: the highest, over every pipeline run (the record run's too), of the daemon process's high-water
-    # mark plus its reader children's: a sum of RSS, so pages they share (the interpreter, libraries) count
-    # once per process. The sampled peak of the summed PSS, which counts them once, is shown beside it.
-    runs = [*pipe_runs, *([recorded] if recorded else [])]
+              f"{recorded['commit_seconds']:.2f} s awaited over {recorded['commit_calls']} calls; queue up to "
+              f"{recorded['queue_max']:,}, peak RSS {recorded['peak_rss_mib'] + recorded['readers_hwm_mib']:.1f} MiB)"
+              f" — not a target")
+    # Memory: the highest, over the pipeline runs, of the daemon process's high-water mark plus its reader
+    # children's: a sum of RSS, so pages they share (the interpreter, libraries) count once per process. The
+    # sampled peak of the summed PSS, which counts them once, is shown beside it. (The record run is a slow
+    # sink, like --hold: its queue fills, and its memory is printed on its own line.)
+    runs = pipe_runs
     peak = max(runs, key=lambda r: r["peak_rss_mib"] + r["readers_hwm_mib"])
     total_mib = peak["peak_rss_mib"] + peak["readers_hwm_mib"]
     print(f"peak RSS        {total_mib:.1f} MiB: daemon process {peak['peak_rss_mib']:.1f} MiB (VmHWM;"
