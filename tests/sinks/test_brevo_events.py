@@ -110,13 +110,16 @@ class Env:
 @asynccontextmanager
 async def brevo_env(tmp_path, *, limits: dict[str, BucketLimit] | None = None, faults: BrevoFaults | None = None,
                     budgets: dict[str, Limit] | None = None, batch_status: int | None = None,
-                    batch_body: Any = None, events_batch_max: int = 1000) -> AsyncIterator[Env]:
+                    batch_body: Any = None, events_batch_max: int = 1000,
+                    hold: Any = None) -> AsyncIterator[Env]:
     app = make_brevo_app(api_key=KEY, faults=faults, events_batch_max=events_batch_max,
                          limits=limits or {"events": BucketLimit(1000, 1.0), "events_batch": BucketLimit(1000, 1.0)})
     log: list[tuple[float, str, int]] = []
 
     @web.middleware
     async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        if hold is not None:
+            await hold(request)
         if batch_status is not None and request.path == "/v3/events/batch":
             response: web.StreamResponse = web.json_response(batch_body, status=batch_status)
         else:
@@ -323,6 +326,32 @@ async def test_a_batch_cancelled_mid_way_records_what_brevo_already_has(tmp_path
         assert await env.delivered_keys([f"key-{i}" for i in range(10)]) == arrived
         assert sorted(source.acked) == sorted("events:" + k for k in arrived)
         assert await env.state.get_checkpoint("test.checkpoint") is None, "two items are still outstanding"
+
+
+async def test_each_request_is_recorded_when_answered_not_when_the_whole_batch_is(tmp_path):
+    # The record is what stops a re-send after kill -9: a chunk Brevo accepted must not wait unrecorded for
+    # the batch's other requests (which the budgets may pace over seconds).
+    release = asyncio.Event()
+
+    async def hold(request: web.Request) -> None:
+        if b'"key-5"' in await request.read():
+            await release.wait()
+
+    async with brevo_env(tmp_path, hold=hold) as env:
+        source = Source(expected=10)
+        task = asyncio.create_task(env.sink(batch_size=5).deliver(items(10, source)))
+        first = [f"key-{i}" for i in range(5)]
+        try:
+            async with asyncio.timeout(10):
+                while await env.delivered_keys(first) != set(first):
+                    await asyncio.sleep(0.01)
+            assert not task.done() and sorted(source.committed_keys) == sorted("events:" + k for k in first)
+            assert await env.state.get_checkpoint("test.checkpoint") is None
+        finally:
+            release.set()
+        await task
+        assert await env.delivered_keys([f"key-{i}" for i in range(10)]) == {f"key-{i}" for i in range(10)}
+        assert await env.state.get_checkpoint("test.checkpoint") == "20261101T01"
 
 
 async def test_batch_and_single_bodies_are_the_events_bytes_joined_not_re_encoded(tmp_path):

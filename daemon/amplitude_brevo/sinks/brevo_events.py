@@ -1,10 +1,10 @@
 """Consumer: delivers queued events to Brevo (`/events/batch`, falling back to `/events`) and acknowledges them.
 
 A batch's life: taken from the queue (≤ `batching.max_items`) → split into requests (`/events/batch` chunks
-while that budget has room, single `/events` otherwise) → every item ends delivered or dead-lettered →
-the dead letters are stored, then the delivered keys and any checkpoint the batch completed are committed
-in one SQLite transaction. A batch interrupted by shutdown (cancelled at the drain deadline) still records
-the items Brevo already answered for, so a restart re-sends only the rest.
+while that budget has room, single `/events` otherwise) → as each request is answered, its items end
+delivered or dead-lettered: their dead letters are stored, then their keys and any checkpoint they complete
+are committed in one SQLite transaction. A batch interrupted by shutdown (cancelled at the drain deadline)
+has thereby recorded what Brevo already answered for, so a restart re-sends only the rest.
 """
 
 from __future__ import annotations
@@ -100,32 +100,22 @@ class BrevoEventsSink:
             self.stats.would_send += len(items)
             self._acknowledge_dry(items)
             return
-        rejected: dict[int, str] = {}
-        settled: set[int] = set()  # indexes Brevo has answered for: accepted, or refused with a reason
+        batch = _Batch(items)
         try:
-            await self._send(items, list(range(len(items))), rejected, settled)
-        except (asyncio.CancelledError, Stopping):
-            await self._acknowledge_partial(items, rejected, settled)
+            await self._send(batch, list(range(len(items))))
+        except BaseException as exc:
+            if isinstance(exc, (asyncio.CancelledError, Stopping)):
+                log.info("brevo.batch.interrupted", sink=self.name, count=len(items), acknowledged=batch.settled)
+            await batch.recorded()  # what Brevo answered for is recorded whatever stopped the rest
             raise
-        letters = [
-            DeadLetter(source="export", sink=self.name, item=items[i].event.body, reason=reason)
-            for i, reason in sorted(rejected.items())
-        ]
-        await self._acknowledge(items, letters)
-        self.stats.delivered += len(items) - len(letters)
-        self.stats.dead_lettered += len(letters)
+        await batch.recorded()
         if self.metrics:
-            self.metrics.items_out.labels(sink=self.name, outcome="delivered").inc(len(items) - len(letters))
-            if letters:
-                self.metrics.items_out.labels(sink=self.name, outcome="dead_lettered").inc(len(letters))
             self.metrics.batch_latency.labels(sink=self.name).observe(time.monotonic() - started)
-        log.info("brevo.batch.sent", sink=self.name, count=len(items), dead_lettered=len(letters),
+        log.info("brevo.batch.sent", sink=self.name, count=len(items), dead_lettered=batch.dead_lettered,
                  seconds=round(time.monotonic() - started, 3))
 
-    async def _send(
-        self, items: list[Any], indexes: list[int], rejected: dict[int, str], settled: set[int]
-    ) -> None:
-        """Deliver items[indexes]; item-level refusals land in `rejected` (index → Brevo's message)."""
+    async def _send(self, batch: _Batch, indexes: list[int]) -> None:
+        """Deliver batch.items[indexes]; each request's items are recorded as soon as Brevo answers it."""
         singles: list[int] = []
         chunks = [indexes[i:i + self.batch_size] for i in range(0, len(indexes), max(1, self.batch_size))]
         batch_tasks = []
@@ -134,18 +124,17 @@ class BrevoEventsSink:
             # Count the requests already planned: a chunk that would have to wait for the batch budget goes
             # to /events now instead (its own budget), rather than queueing behind a nearly spent hourly one.
             if self._batch_endpoint and len(chunk) > 1 and budget.has_capacity(len(batch_tasks) + 1):
-                batch_tasks.append(self._send_batch(items, chunk, rejected, settled))
+                batch_tasks.append(self._send_batch(batch, chunk))
             else:
                 singles.extend(chunk)
         results = await _gather(batch_tasks)
         for leftover in results:
             singles.extend(leftover)
-        await _gather([self._send_single(items, i, rejected, settled) for i in singles])
+        await _gather([self._send_single(batch, i) for i in singles])
 
-    async def _send_batch(
-        self, items: list[Any], chunk: list[int], rejected: dict[int, str], settled: set[int]
-    ) -> list[int]:
+    async def _send_batch(self, batch: _Batch, chunk: list[int]) -> list[int]:
         """One `/events/batch` request; returns indexes still to send one by one."""
+        items = batch.items
         # The events' bodies are JSON already: join them, no decoding or re-encoding.
         body = b'{"events":[' + b",".join([items[i].event.body for i in chunk]) + b"]}"
         self.stats.batch_requests += 1
@@ -158,21 +147,21 @@ class BrevoEventsSink:
             log.info("brevo.events_batch.paused", sink=self.name, seconds=round(exc.seconds), fallback="/events")
             return list(chunk)
         if response.status in (200, 201, 202, 204):
-            settled.update(chunk)
+            self._settle(batch, chunk, {})
             return []
         if response.status in (207, 400):
             failed = _failed_indexes(response.body, len(chunk))
             if failed:
-                for position, message in failed.items():
-                    rejected[chunk[position]] = f"Brevo refused the event: {message}"
-                settled.update(chunk)
+                refused = {chunk[position]: f"Brevo refused the event: {message}"
+                           for position, message in failed.items()}
+                self._settle(batch, chunk, refused)
                 return []
             if response.status == 207:
                 # Some events were accepted but the body does not say which failed: sending the chunk again
                 # would duplicate the accepted ones in Brevo, so count it delivered and say so.
                 log.warning("brevo.events_batch.partial_without_detail", sink=self.name, count=len(chunk),
                             body=str(response.body)[:500])
-                settled.update(chunk)
+                self._settle(batch, chunk, {})
                 return []
         if response.status in (404, 405, 501):
             # This account or proxy has no batch endpoint: fall back to single events from now on.
@@ -182,24 +171,48 @@ class BrevoEventsSink:
         if validate_response(response.status) is Outcome.FATAL and len(chunk) > 1:
             # The whole request was refused without item detail (e.g. 413): split to isolate the cause.
             half = len(chunk) // 2
-            left = await self._send_batch(items, chunk[:half], rejected, settled)
-            right = await self._send_batch(items, chunk[half:], rejected, settled)
+            left = await self._send_batch(batch, chunk[:half])
+            right = await self._send_batch(batch, chunk[half:])
             return left + right
         return list(chunk)  # a single item refused as a whole: let /events say why
 
-    async def _send_single(self, items: list[Any], index: int, rejected: dict[int, str], settled: set[int]) -> None:
+    async def _send_single(self, batch: _Batch, index: int) -> None:
         async with self._single_slots:
             self.stats.single_requests += 1
-            response = await self.client.call("POST", "/events", items[index].event.body, budget=SINGLE_BUDGET,
-                                              context={"sink": self.name})
+            response = await self.client.call("POST", "/events", batch.items[index].event.body,
+                                              budget=SINGLE_BUDGET, context={"sink": self.name})
+        refused = {}
         if validate_response(response.status) is Outcome.FATAL:
-            rejected[index] = f"Brevo refused the event: HTTP {response.status} {response.message}"
-        settled.add(index)
+            refused[index] = f"Brevo refused the event: HTTP {response.status} {response.message}"
+        self._settle(batch, [index], refused)
 
     # -- acknowledgements --
+    def _settle(self, batch: _Batch, indexes: list[int], refused: dict[int, str]) -> None:
+        """Brevo has answered for batch.items[indexes]: record them now, not when the whole batch is done.
+
+        The record is what stops a re-send after a crash, so the time between Brevo's answer and the SQLite
+        commit is the only window in which a kill -9 can cause a duplicate: one request's answer, not a
+        batch's (a batch's requests may be paced over seconds by the budgets). The recording runs as its own
+        task so that a shutdown cancelling the batch cannot interrupt it half way.
+        """
+        letters = [
+            DeadLetter(source="export", sink=self.name, item=batch.items[i].event.body, reason=reason)
+            for i, reason in sorted(refused.items())
+        ]
+        delivered = len(indexes) - len(letters)
+        batch.settled += len(indexes)
+        batch.dead_lettered += len(letters)
+        self.stats.delivered += delivered
+        self.stats.dead_lettered += len(letters)
+        if self.metrics:
+            self.metrics.items_out.labels(sink=self.name, outcome="delivered").inc(delivered)
+            if letters:
+                self.metrics.items_out.labels(sink=self.name, outcome="dead_lettered").inc(len(letters))
+        batch.recording.append(asyncio.ensure_future(self._acknowledge([batch.items[i] for i in indexes], letters)))
+
     async def _acknowledge(self, items: list[Any], letters: list[DeadLetter]) -> None:
         if letters:
-            # Dead letters first: if we die between the two writes, the batch is re-sent, never lost.
+            # Dead letters first: if we die between the two writes, the items are re-sent, never lost.
             await self.state.add_dead_letters(letters)
         by_source: dict[Any, dict[Any, list[str]]] = {}
         # Items come in runs of one source and hour: look the run's list up once per run, not per item.
@@ -216,25 +229,13 @@ class BrevoEventsSink:
             for hour, hour_keys in hours.items():
                 moved = source.acknowledge(hour, len(hour_keys), hour_keys)
                 checkpoint = moved or checkpoint
+            # No await between acknowledge() and this call's submission to the store's one writer thread:
+            # commits reach SQLite in the order the checkpoint moved, whatever task makes them.
             await self.state.commit_delivery(
                 keys, sink=self.name,
                 checkpoint=(source.checkpoint_name, checkpoint) if checkpoint else None,
             )
             source.committed(keys)
-
-    async def _acknowledge_partial(self, items: list[Any], rejected: dict[int, str], settled: set[int]) -> None:
-        """The batch is interrupted: acknowledge only the items Brevo answered for; the rest stay outstanding."""
-        done = sorted(settled)
-        log.info("brevo.batch.interrupted", sink=self.name, count=len(items), acknowledged=len(done))
-        if not done:
-            return
-        letters = [
-            DeadLetter(source="export", sink=self.name, item=items[i].event.body, reason=rejected[i])
-            for i in done if i in rejected
-        ]
-        await self._acknowledge([items[i] for i in done], letters)
-        self.stats.delivered += len(done) - len(letters)
-        self.stats.dead_lettered += len(letters)
 
     def _acknowledge_dry(self, items: list[Any]) -> None:
         # A dry run moves the in-memory cursor only: nothing is recorded, the next real run sends it all.
@@ -245,6 +246,28 @@ class BrevoEventsSink:
             for hour, keys in hours.items():
                 source.acknowledge(hour, len(keys), keys)
                 source.committed(keys)
+
+
+class _Batch:
+    """One delivery's bookkeeping: its items, how many Brevo has answered for, and their recordings."""
+
+    __slots__ = ("items", "settled", "dead_lettered", "recording")
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self.settled = 0
+        self.dead_lettered = 0
+        self.recording: list[asyncio.Future[None]] = []
+
+    async def recorded(self) -> None:
+        """Wait for every recording started so far; raise the first failure. Being cancelled meanwhile
+        leaves them running (asyncio.wait does not cancel what it waits for)."""
+        if not self.recording:
+            return
+        await asyncio.wait(self.recording)
+        for task in self.recording:
+            if task.exception() is not None:
+                raise task.exception()
 
 
 async def _gather(coros: list[Any]) -> list[Any]:
