@@ -30,6 +30,12 @@ def _ts(line):
     return datetime.fromisoformat(line["timestamp"].replace("Z", "+00:00")).timestamp()
 
 
+def _recorded(db) -> set[str]:
+    """The dedupe record's keys."""
+    with sqlite3.connect(db) as conn:
+        return {key for (key,) in conn.execute("SELECT key FROM dedupe")}
+
+
 def _checkpoint(db, name="export.next_hour"):
     with sqlite3.connect(db) as conn:
         row = conn.execute("SELECT value FROM checkpoints WHERE name = ?", (name,)).fetchone()
@@ -145,6 +151,10 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, 
     cfg_path = write_config(tmp_path / "config.yaml", cfg)
     rng = random.Random(1234)
     readers: list[int] = []  # reader children of the killed daemons
+    # Events Brevo accepted that the killed daemon had not recorded: Brevo has no idempotency key, so a kill
+    # between Brevo's answer and the SQLite commit (a few milliseconds per request) is the one way to send
+    # an event twice (README, "Limits"). Anything else sent twice is a bug.
+    unrecorded: set[str] = set()
     for _ in range(3):
         daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
         await daemon.wait_for_log("daemon.started")
@@ -152,6 +162,9 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, 
         readers.extend(_children(daemon.proc.pid))
         daemon.proc.send_signal(signal.SIGKILL)
         await daemon.wait(10)
+        await asyncio.sleep(1.0)  # a request already sent still lands after the simulator's 0.3 s latency
+        in_brevo = set(_ids((await sandbox.received())["events"]))
+        unrecorded |= {k for k in in_brevo if "events:" + k not in _recorded(tmp_path / "state.db")}
     assert len((await sandbox.received())["events"]) < len(expected), "the kills happened mid-backlog"
     daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
     try:
@@ -163,8 +176,12 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, 
         assert await daemon.wait(30) == 0
     counts = _ids((await sandbox.received())["events"])
     assert set(counts) == set(expected), "nothing is missing"
-    duplicated = {k: n for k, n in counts.items() if n > 1}
-    assert not duplicated, f"{len(duplicated)} events reached Brevo twice"
+    duplicated = {k for k, n in counts.items() if n > 1}
+    print(f"{len(unrecorded)} events accepted but unrecorded at a kill, {len(duplicated)} sent twice")
+    assert duplicated <= unrecorded, f"{len(duplicated - unrecorded)} events reached Brevo twice"
+    assert max(counts.values()) <= 2
+    # SPEC §7: at most the in-flight batches are re-sent: two sink workers × batching.max_items per kill.
+    assert len(unrecorded) <= 3 * 2 * cfg["batching"]["max_items"]
     # The reader children of the killed daemons noticed (end of stdin, broken pipe) and exited.
     assert readers, "the kills found reader children at work"
     async with asyncio.timeout(10):
