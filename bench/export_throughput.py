@@ -37,6 +37,7 @@ import asyncio
 import base64
 import gc
 import hmac
+import itertools
 import json
 import math
 import os
@@ -333,16 +334,20 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     readers_hwm: dict[int, float] = {}  # reader child pid → its VmHWM, last read
 
     async def sample() -> None:
-        while True:
+        # Cheap reads every 20 ms; PSS every 200 ms only. For smaps_rollup the kernel walks the process's
+        # page tables: read for three processes every 20 ms from this event loop, it cost the measured
+        # process ~1.3 s of CPU per 300,000-row run (4.6 s → 3.3 s without) and ~15 % of its throughput.
+        for tick in itertools.count():
             rss, depth = current_rss_mib(), len(queue)
             if rss > samples["rss_max"]:
                 samples["rss_max"], samples["queue_at_rss_max"] = rss, depth
             samples["queue_max"] = max(samples["queue_max"], depth)
-            pss = proc_mib("self", "smaps_rollup", "Pss:")
             for pid in source.reader.pids:
                 readers_hwm[pid] = max(readers_hwm.get(pid, 0.0), proc_mib(pid, "status", "VmHWM:"))
-                pss += proc_mib(pid, "smaps_rollup", "Pss:")
-            samples["pss_max"] = max(samples["pss_max"], pss)
+            if tick % 10 == 0:
+                pss = proc_mib("self", "smaps_rollup", "Pss:")
+                pss += sum(proc_mib(pid, "smaps_rollup", "Pss:") for pid in source.reader.pids)
+                samples["pss_max"] = max(samples["pss_max"], pss)
             await asyncio.sleep(0.02)
 
     gc_time = {"seconds": 0.0, "collections": [0, 0, 0], "started": 0.0}
@@ -361,6 +366,7 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     gc.callbacks.append(on_gc)
     rss_start = current_rss_mib()
     sampler = asyncio.create_task(sample())
+    cpu_self, cpu_children = _cpu_seconds(resource.RUSAGE_SELF), _cpu_seconds(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     sink_task = asyncio.create_task(sink.run())
     source_task = asyncio.create_task(source.run())
@@ -373,7 +379,10 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     await queue.close()
     await sink_task
     seconds = time.perf_counter() - started
+    cpu_self = _cpu_seconds(resource.RUSAGE_SELF) - cpu_self
     sampler.cancel()
+    await source.reader.close()  # already closed by the source; its children are reaped, so counted below
+    cpu_children = _cpu_seconds(resource.RUSAGE_CHILDREN) - cpu_children
     await session.close()
     await state.close()
     hwm, maxrss = peak_rss_mib()
@@ -391,7 +400,13 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "queue_capacity": queue.capacity, "queue_max": samples["queue_max"],
         "queue_at_rss_max": samples["queue_at_rss_max"], "hold": args.hold, "record": args.record,
         "readers": len(readers_hwm), "readers_hwm_mib": sum(readers_hwm.values()), "pss_max_mib": samples["pss_max"],
+        "cpu_daemon_s": cpu_self, "cpu_readers_s": cpu_children,
     }
+
+
+def _cpu_seconds(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def phase_pipeline(args: argparse.Namespace) -> None:
@@ -526,6 +541,8 @@ def report(args: argparse.Namespace, zip_path: Path, meta: dict[str, Any], gz_ru
           f"{pipe['unseen_seconds']:.2f} s awaited over {pipe['unseen_calls']} calls; sink commits "
           f"{pipe['commit_seconds']:.2f} s over {pipe['commit_calls']} calls; garbage collector "
           f"{pipe['gc_seconds']:.2f} s (collections by generation {pipe['gc_collections']})")
+    print(f"                CPU: daemon process {pipe['cpu_daemon_s']:.2f} s, reader children {pipe['cpu_readers_s']:.2f} s"
+          f" ({(pipe['cpu_daemon_s'] + pipe['cpu_readers_s']) / pipe['seconds']:.2f} cores of {os.cpu_count()})")
     print(f"                rows {pipe['rows']:,}  mapped {pipe['mapped']:,}  delivered {pipe['delivered']:,}  "
           f"deduplicated {pipe['deduplicated']:,}  skipped {pipe['skipped']}  dead-lettered {pipe['dead_lettered']}")
     print(f"                queue capacity {pipe['queue_capacity']:,} ({'held full: slow sink' if pipe['hold'] else 'drained as fast as possible'}),"
@@ -548,7 +565,7 @@ def report(args: argparse.Namespace, zip_path: Path, meta: dict[str, Any], gz_ru
     print(f"peak RSS        {total_mib:.1f} MiB: daemon process {peak['peak_rss_mib']:.1f} MiB (VmHWM;"
           f" {peak['rss_start_mib']:.1f} MiB before the run; queue depth {peak['queue_at_rss_max']:,} at its peak)"
           f" + {peak['readers']} reader children {peak['readers_hwm_mib']:.1f} MiB (VmHWM)   (target ≤ {RSS_TARGET_MB:.0f} MB)")
-    print(f"                summed PSS, sampled every 20 ms: peak {max(r['pss_max_mib'] for r in runs):.1f} MiB")
+    print(f"                summed PSS, sampled every 200 ms: peak {max(r['pss_max_mib'] for r in runs):.1f} MiB")
     problems = []
     if pipe["rows"] != rows or pipe["delivered"] != pipe["mapped"] - pipe["deduplicated"]:
         problems.append("the pipeline did not read and deliver every row")
