@@ -148,6 +148,9 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, 
     await sandbox.post(sandbox.control + "/faults", {"latency": 0.3})
     cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s", "max_window": "2h"})
     cfg["connectors"]["brevo"]["events_batch_size"] = 100
+    # Room for the whole backlog: the queue never backs up to where the reader children pause (10 % full),
+    # so they are at work when the kills come.
+    cfg["batching"]["queue_capacity"] = 200_000
     cfg_path = write_config(tmp_path / "config.yaml", cfg)
     rng = random.Random(1234)
     readers: list[int] = []  # reader children of the killed daemons

@@ -182,3 +182,50 @@ def test_leaving_map_member_early_stops_its_inflate_thread(tmp_path):
         assert threading.active_count() == before + 1
         chunks.close()
     assert threading.active_count() == before, "the thread inflating ahead is gone"
+
+
+@pytest.mark.parametrize("after", [0, 1, 4])
+async def test_switching_to_this_process_mid_member_hands_over_the_same_chunks(tmp_path, after):
+    """`in_process` turning True after `after` chunks: the children stop, this process maps the rest from
+    the next step; together the same chunks, in order, as one reader would give."""
+    path, member = export(tmp_path, rows_per_hour=6000)
+    with zipfile.ZipFile(path) as archive:
+        expected = list(map_member(archive, member, RULES))
+    reader = ReaderProcess(2)
+    seen: list[MappedChunk] = []
+    children: list = []
+
+    def in_process() -> bool:
+        children.extend(p for p in reader._procs if p not in children)
+        return len(seen) >= after
+
+    try:
+        async for chunk in reader.map_member(path, member, RULES, in_process):
+            seen.append(chunk)
+            if len(seen) > after:
+                assert reader.pids == [], "the children are stopped once the member is read here"
+        assert seen == expected and len(expected) > 5
+        assert (children == []) == (after == 0), "asked before the member: no child is started at all"
+        assert all(p.returncode is not None for p in children)
+        got = merged([chunk async for chunk in reader.map_member(path, member, RULES, lambda: False)])
+        assert got == merged(expected) and len(reader.pids) == 2, "started again for a member read by children"
+    finally:
+        await reader.close()
+
+
+async def test_a_truncated_member_switched_mid_way_has_one_letter(tmp_path):
+    path, member = export(tmp_path, rows_per_hour=6000, faults=ExportFaults(truncate_member={"20261101T00"}))
+    with zipfile.ZipFile(path) as archive:
+        expected = merged(list(map_member(archive, member, RULES)))
+    reader = ReaderProcess(2)
+    count = [0]
+
+    def in_process() -> bool:
+        count[0] += 1
+        return count[0] > 2
+
+    try:
+        got = merged([chunk async for chunk in reader.map_member(path, member, RULES, in_process)])
+    finally:
+        await reader.close()
+    assert got == expected and [letter[0] for letter in got.letters] == ["export.member.truncated"]

@@ -564,8 +564,8 @@ async def test_a_reader_child_that_dies_mid_member_is_replaced_and_nothing_is_lo
     killed: list[int] = []
 
     class KilledOnce(export_reader.ReaderProcess):
-        async def map_member(self, path, member, rules):
-            async for chunk in super().map_member(path, member, rules):
+        async def map_member(self, path, member, rules, in_process=None):
+            async for chunk in super().map_member(path, member, rules, in_process):
                 yield chunk
                 if not killed:  # the child of this first chunk has most of the member still to send
                     killed.append(self.pids[0])
@@ -576,7 +576,7 @@ async def test_a_reader_child_that_dies_mid_member_is_replaced_and_nothing_is_lo
     spec = dataset(hours=1, rows_per_hour=20_000)  # members of about ten chunks
     expected = expected_events(spec)
     async with sandbox(spec) as sb:
-        cfg = make_config(tmp_path, sb)
+        cfg = make_config(tmp_path, sb, queue_capacity=100_000)  # never backed up: the children read it all
         result = await backfill(cfg, 0, 0)
         assert killed, "the child was killed mid-member"
         assert result.complete
@@ -586,3 +586,62 @@ async def test_a_reader_child_that_dies_mid_member_is_replaced_and_nothing_is_lo
         assert result.source["rows_read"] == 20_000, "rows of the failed attempt are not counted twice"
         checkpoint, letters = await stored(cfg, 0, 0)
         assert checkpoint == hour_key(hour(1)) and letters == []
+
+
+async def test_reader_children_pause_while_the_queue_is_backed_up_and_resume_once_it_drains(tmp_path):
+    """Brevo the bottleneck (queue ≥ 10 % full): map here, children stopped; ≤ 2 % again: children."""
+    from structlog.testing import capture_logs
+
+    async with lagging_source(tmp_path) as (source, queue):
+        assert source.reader.workers == 2 and queue.capacity == 100
+        with capture_logs() as logs:
+            assert source._map_here() is False
+            await queue.put_many(list(range(9)))
+            assert source._map_here() is False
+            await queue.put_many([9])
+            assert source._map_here() is True
+            await queue.next_batch()  # 10 → 0 items queued
+            await queue.put_many(list(range(3)))
+            assert source._map_here() is True, "hysteresis: 3 % is not drained yet"
+            await queue.next_batch()
+            assert source._map_here() is False
+        assert [(e["event"], e["queued"]) for e in logs] == [("export.readers.paused", 10), ("export.readers.resumed", 0)]
+        source.reader.workers = 0
+        with capture_logs() as logs:
+            assert source._map_here() is True and logs == [], "export.readers: 0 always maps here, quietly"
+
+
+async def test_a_slow_brevo_backs_the_queue_up_and_the_rest_is_read_without_children(tmp_path, monkeypatch):
+    from amplitude_brevo.sources import export_reader
+
+    started: list[int] = []
+    closed_while_paused: list[bool] = []
+
+    class Watched(export_reader.ReaderProcess):
+        async def _started(self):
+            procs = await super()._started()
+            started.extend(p.pid for p in procs if p.pid not in started)
+            return procs
+
+    monkeypatch.setattr(export_module, "ReaderProcess", Watched)
+    real_map_here = ExportSource._map_here
+
+    def map_here(self):
+        here = real_map_here(self)
+        if here:
+            closed_while_paused.append(self.reader.pids == [])
+        return here
+
+    monkeypatch.setattr(ExportSource, "_map_here", map_here)
+    monkeypatch.setattr(export_module, "CHUNK", 10)  # queue as the member is read, not at its end
+    spec = dataset(hours=2, rows_per_hour=6000)
+    expected = expected_events(spec)
+    async with sandbox(spec, brevo_faults=BrevoFaults(latency=0.1)) as sb:
+        cfg = make_config(tmp_path, sb, queue_capacity=200)
+        result = await backfill(cfg, 0, 1)
+        counts = received_ids(sb.brevo_app[BREVO_STATE].events)
+    assert set(counts) == set(expected) and max(counts.values()) == 1
+    assert started, "the first member was read by children"
+    assert len(closed_while_paused) >= 3 and not closed_while_paused[0] and all(closed_while_paused[1:]), \
+        "the children stop when the queue backs up, and are not started again while it stays backed up"
+    assert result.source["rows_read"] == 12_000

@@ -18,7 +18,7 @@ import os
 import pickle
 import sys
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from ..logs import get_logger
@@ -63,12 +63,16 @@ class ReaderProcess:
                 ))
         return self._procs
 
-    async def map_member(self, path: str | os.PathLike[str], member: Member,
-                         rules: MappingRules) -> AsyncIterator[MappedChunk]:
+    async def map_member(self, path: str | os.PathLike[str], member: Member, rules: MappingRules,
+                         in_process: Callable[[], bool] | None = None) -> AsyncIterator[MappedChunk]:
         """The member's chunks, in order. Use with `contextlib.aclosing`: a member left before its end stops
-        the children (their remaining frames would be read as the next member's)."""
+        the children (their remaining frames would be read as the next member's).
+
+        `in_process`, asked before the member and after each chunk: True maps the rest of the member in
+        this process and stops the children (they are started again for a later member it answers False).
+        """
         procs = []
-        if self.workers:
+        if self.workers and not (in_process and in_process()):
             try:
                 procs = await self._started()
             except OSError as exc:
@@ -83,6 +87,7 @@ class ReaderProcess:
         n = len(procs)
         args = rules_args(rules)
         complete = False
+        index = 0  # chunks received: the member's steps 0 … index - 1
         try:
             try:
                 for k, proc in enumerate(procs):
@@ -90,15 +95,17 @@ class ReaderProcess:
                     job = pickle.dumps((os.fspath(path), member.name, member.hour, member.partition, args, n, k))
                     proc.stdin.write(FRAME.pack(len(job)) + job)
                     await proc.stdin.drain()
-                index = 0
                 while (data := await _next_frame(procs[index % n])) is not None:
                     yield MappedChunk(*pickle.loads(data))
                     index += 1
-                # The child whose turn it was has ended; every other one ends now too.
-                for k in range(1, n):
-                    if await _next_frame(procs[(index + k) % n]) is not None:
-                        raise ReaderFailed(f"export readers disagree on where {member.name} ends")
-                complete = True
+                    if in_process is not None and in_process():
+                        break
+                else:
+                    # The child whose turn it was has ended; every other one ends now too.
+                    for k in range(1, n):
+                        if await _next_frame(procs[(index + k) % n]) is not None:
+                            raise ReaderFailed(f"export readers disagree on where {member.name} ends")
+                    complete = True
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 codes = [proc.returncode for proc in procs]
                 raise ReaderFailed(f"an export reader (pids {[p.pid for p in procs]}, exit codes {codes}) ended "
@@ -106,6 +113,9 @@ class ReaderProcess:
         finally:
             if not complete:
                 await self.close()
+        if not complete:
+            async for chunk in _map_here(path, member, rules, skip=index):
+                yield chunk
 
     async def close(self) -> None:
         """Stop the children (idempotent)."""
@@ -121,10 +131,11 @@ class ReaderProcess:
             await asyncio.shield(proc.communicate())
 
 
-async def _map_here(path: str | os.PathLike[str], member: Member, rules: MappingRules) -> AsyncIterator[MappedChunk]:
-    """`export.readers: 0`: map the member in the event loop's thread, one chunk between two awaits."""
+async def _map_here(path: str | os.PathLike[str], member: Member, rules: MappingRules,
+                    skip: int = 0) -> AsyncIterator[MappedChunk]:
+    """Map the member (from step `skip`) in the event loop's thread, one chunk between two awaits."""
     with zipfile.ZipFile(path) as archive:
-        chunks = member_mapper.map_member(archive, member, rules)
+        chunks = member_mapper.map_member(archive, member, rules, skip=skip)
         try:
             for chunk in chunks:
                 yield chunk

@@ -51,18 +51,19 @@ def rules_args(rules: MappingRules) -> dict[str, Any]:
 
 
 def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *, stride: int = 1,
-               offset: int = 0) -> Iterator[MappedChunk]:
+               offset: int = 0, skip: int = 0) -> Iterator[MappedChunk]:
     """Read, decode and remap one member: a chunk per decompressed step. Never raises for bad data: a line
     that is not JSON, a row remapping refuses or fails on, a damaged gzip stream all become dead letters.
 
     With `stride` n, only the steps whose index is `offset` modulo n are decoded and yielded: n readers
-    each inflate the whole member (the steps are the same for all) and map a share of it.
+    each inflate the whole member (the steps are the same for all) and map a share of it. The first `skip`
+    steps are inflated only (someone else mapped them); line numbers count them all the same.
     """
     decode = row_decoder.decode
     remap = remap_event
     line_no = 0
     for index, lines in enumerate(_prefetched(iter_line_chunks(archive, member))):
-        mine = index % stride == offset
+        mine = index >= skip and index % stride == offset
         if isinstance(lines, TruncatedMember):
             if mine:
                 yield MappedChunk(letters=[(
