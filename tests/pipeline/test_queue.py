@@ -126,3 +126,23 @@ async def test_a_larger_capacity_wakes_a_blocked_producer():
     await q.reconfigure(max_items=10, max_wait=60, capacity=5)
     await asyncio.wait_for(blocked, 1)
     assert len(q) == 2
+
+
+async def test_a_consumer_whose_items_another_took_waits_for_the_next_ones():
+    """Two consumers waiting out max_wait on the same partial batch: one gets it, the other keeps waiting
+    (no empty batch), and gets the next items or None at close."""
+    q = BatchQueue("t", max_items=10, max_wait=0.05, capacity=100)
+    await q.put_many([1, 2, 3])
+    first = asyncio.create_task(q.next_batch())
+    second = asyncio.create_task(q.next_batch())
+    done, _ = await asyncio.wait([first, second], timeout=1, return_when=asyncio.FIRST_COMPLETED)
+    (winner,) = done
+    assert winner.result() == [1, 2, 3]
+    other = second if winner is first else first
+    await asyncio.sleep(0.15)
+    assert not other.done(), "nothing to hand over: still waiting"
+    await q.put_many([4])
+    assert await asyncio.wait_for(other, 1) == [4]
+    third = asyncio.create_task(q.next_batch())
+    await q.close()
+    assert await asyncio.wait_for(third, 1) is None

@@ -82,18 +82,22 @@ class BatchQueue(Generic[T]):
         """The next batch, or None once the queue is closed and empty."""
         loop = asyncio.get_running_loop()
         async with self._cond:
-            await self._cond.wait_for(lambda: self._closed or self._items)
-            if not self._items:
-                return None
-            deadline = loop.time() + self.max_wait
-            while len(self._items) < self.max_items and not self._closed:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+            while True:
+                await self._cond.wait_for(lambda: self._closed or self._items)
+                if not self._items:
+                    return None
+                deadline = loop.time() + self.max_wait
+                while len(self._items) < self.max_items and not self._closed:
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        break
+                    try:
+                        await asyncio.wait_for(self._cond.wait(), remaining)
+                    except TimeoutError:
+                        break
+                if self._items:
                     break
-                try:
-                    await asyncio.wait_for(self._cond.wait(), remaining)
-                except TimeoutError:
-                    break
+                # Another consumer took them while this one waited for more: wait for the next items.
             count = min(len(self._items), self.max_items)
             batch = [self._items.popleft() for _ in range(count)]
             self._cond.notify_all()
