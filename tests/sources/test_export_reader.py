@@ -229,3 +229,32 @@ async def test_a_truncated_member_switched_mid_way_has_one_letter(tmp_path):
     finally:
         await reader.close()
     assert got == expected and [letter[0] for letter in got.letters] == ["export.member.truncated"]
+
+
+async def test_line_numbers_are_physical_lines_for_every_reader(tmp_path):
+    """Blank lines count: a bad line's number is its line in the member (as `sed -n Np` shows it), whether
+    this process or striped children read the steps before it."""
+    import gzip
+
+    import orjson
+
+    good = [orjson.dumps({"event_type": "Purchase", "user_id": f"u{i}", "$insert_id": f"i{i}",
+                         "event_time": "2026-11-01 00:10:00.000000", "pad": "x" * 900})
+            for i in range(3000)]  # ~2.8 MB: three 1 MiB steps
+    text = b"\n".join(line + (b"\n\n \t" if i % 7 == 0 else b"") for i, line in enumerate(good))
+    text += b"\n{not json\n" + good[0]  # the bad line, then a last line without its newline
+    bad_line = text.count(b"\n", 0, text.index(b"{not json")) + 1
+    path = tmp_path / "blank-lines.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("1/1_2026-11-01_0#0.json.gz", gzip.compress(text))
+    with zipfile.ZipFile(path) as archive:
+        (member,) = list_members(archive)
+        here = merged(list(map_member(archive, member, RULES)))
+    reader = ReaderProcess(2)
+    try:
+        striped = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
+    finally:
+        await reader.close()
+    [(event, line, item, _)] = here.letters
+    assert (event, line, item["line"]) == ("export.line.malformed", bad_line, bad_line)
+    assert striped == here and here.rows == 3002 and bad_line > 3000

@@ -54,14 +54,29 @@ def iter_lines(archive: zipfile.ZipFile, member: Member) -> Iterator[bytes]:
 
 
 def iter_line_chunks(archive: zipfile.ZipFile, member: Member) -> Iterator[list[bytes]]:
-    """The non-empty lines of one member, in lists (one per decompressed step, about `_READ_SIZE` bytes of
-    text): iterating a list is cheaper than resuming a generator for every line. Blank (whitespace-only)
-    lines are dropped; others are passed as they are. Raises TruncatedMember after the last good line.
+    """The non-empty lines of one member, in lists (one per step of `iter_text_steps`): iterating a list is
+    cheaper than resuming a generator for every line. Blank (whitespace-only) lines are dropped; others are
+    passed as they are. Raises TruncatedMember after the last good line."""
+    for step in iter_text_steps(archive, member):
+        lines = [line for line in step.split(b"\n") if line and not is_blank(line)]
+        if lines:
+            yield lines
+
+
+def is_blank(line: bytes) -> bool:
+    """A non-empty line holding only whitespace (a JSON row starts with `{`: the first byte decides)."""
+    return line[0] <= 32 and not line.strip()
+
+
+def iter_text_steps(archive: zipfile.ZipFile, member: Member) -> Iterator[bytes]:
+    """One member's text in steps of whole lines, about `_READ_SIZE` bytes each: every step ends with a
+    newline but the last, which may lack it. Raises TruncatedMember after the last good step.
 
     Decompressed with a streaming decompressor, not `IGzipFile`: isal's gzip reader raises EOFError on a
     truncated stream without handing over the data it decoded before the damage, so every good line of
     the member would be lost with it. Output per step is bounded (`_READ_SIZE`) whatever the ratio, and
-    concatenated gzip members inside one entry are read one after another.
+    concatenated gzip members inside one entry are read one after another. The steps are the same on
+    every read of a member: striped reader children count on it.
     """
     try:
         with archive.open(member.name) as raw:
@@ -85,15 +100,17 @@ def iter_line_chunks(archive: zipfile.ZipFile, member: Member) -> Iterator[list[
                     else:
                         data = decompressor.unconsumed_tail
                     if chunk:
-                        lines = (pending + chunk if pending else chunk).split(b"\n")
-                        pending = lines.pop()
-                        lines = [line for line in lines if line and (line[0] > 32 or line.strip())]
-                        if lines:
-                            yield lines
+                        cut = chunk.rfind(b"\n") + 1
+                        if not cut:
+                            pending += chunk  # no line ends in it: a line longer than a step
+                            continue
+                        step = chunk if cut == len(chunk) else chunk[:cut]
+                        yield pending + step if pending else step
+                        pending = chunk[cut:]
             if fed:
                 raise EOFError("compressed stream ended before its end-of-stream marker")
-            if pending.strip():
-                yield [pending]
+            if pending:
+                yield pending
     except (EOFError, OSError, zlib.error, isal_zlib.error, zipfile.BadZipFile) as exc:
         raise TruncatedMember(f"{member.name}: {type(exc).__name__}: {exc}") from exc
 

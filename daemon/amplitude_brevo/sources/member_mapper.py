@@ -22,7 +22,7 @@ import msgspec
 
 from ..pipeline.remap import BrevoEvent, MappingRules, Rejected, Skipped, remap_event
 from ..pipeline.rows import row_decoder
-from .export_files import Member, TruncatedMember, iter_line_chunks
+from .export_files import Member, TruncatedMember, is_blank, iter_text_steps
 
 FRAME = struct.Struct("!I")
 _END = object()
@@ -61,22 +61,30 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
     """
     decode = row_decoder.decode
     remap = remap_event
-    line_no = 0
-    for index, lines in enumerate(_prefetched(iter_line_chunks(archive, member))):
+    line_no = 0  # physical lines before this step, blank ones included (what `sed -n Np` would show)
+    for index, step in enumerate(_prefetched(iter_text_steps(archive, member))):
         mine = index >= skip and index % stride == offset
-        if isinstance(lines, TruncatedMember):
+        if isinstance(step, TruncatedMember):
             if mine:
                 yield MappedChunk(letters=[(
                     "export.member.truncated", None, {"member": member.name, "lines_read": line_no},
-                    f"truncated or corrupt gzip member after {line_no} lines: {lines}")])
+                    f"truncated or corrupt gzip member after {line_no} lines: {step}")])
             return
         if not mine:
-            line_no += len(lines)
+            # Another reader's step: only counted, never split.
+            line_no += step.count(b"\n") + (step[-1] != 10)
             continue
         chunk = MappedChunk()
         keys, bodies, letters, skipped = chunk.keys, chunk.bodies, chunk.letters, chunk.skipped
+        lines = step.split(b"\n")
+        if not lines[-1]:
+            lines.pop()  # what follows the step's last newline
+        rows = 0
         for line in lines:
             line_no += 1
+            if not line or (line[0] <= 32 and is_blank(line)):
+                continue
+            rows += 1
             try:
                 result = remap(decode(line), rules)
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -98,7 +106,7 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
                 assert isinstance(result, Rejected)
                 letters.append(("export.row.rejected", line_no, {**result.item, "member": member.name},
                                 result.reason))
-        chunk.rows = len(lines)
+        chunk.rows = rows
         yield chunk
 
 
@@ -106,7 +114,7 @@ def _line_item(member: Member, line_no: int, line: bytes) -> dict[str, Any]:
     return {"member": member.name, "line": line_no, "text": line[:4096].decode("utf-8", "replace")}
 
 
-def _prefetched(steps: Iterator[list[bytes]]) -> Iterator[list[bytes] | TruncatedMember]:
+def _prefetched(steps: Iterator[bytes]) -> Iterator[bytes | TruncatedMember]:
     """`steps`, computed one ahead in a thread: isal inflates without the GIL while this thread remaps. A
     TruncatedMember is yielded (after the good lines), not raised. Left early, the thread is stopped."""
     ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
