@@ -14,14 +14,15 @@ What it does (`python bench/export_throughput.py [--rows N] [--big]`):
    `StateStore`, `BatchQueue` with the configured capacity) drained by the real `BrevoEventsSink` whose
    Brevo client discards every request. The issue's "discarding sink": it joins each `/events/batch` body
    and acknowledges every event (hour tracker, checkpoint in memory) but writes no delivery record.
-   Peak RSS is the pipeline process's own high-water mark (VmHWM, so the generator never counts) plus
-   that of each reader child it starts (`export.readers`, the config default); the summed PSS, which
-   counts shared pages once, is sampled and printed beside it.
+   Peak RSS is that of the pipeline process (never the generator's) and its reader children
+   (`export.readers`, the config default) together at their highest: every 100 ms each process's peak
+   since the last sample (VmHWM, then reset with /proc/PID/clear_refs), summed. Each process's own peak
+   and the summed PSS (shared pages counted once) are printed beside it, and the CPU seconds of both.
 6. Steps 3 (stdlib gzip) and 5 run `--repeat` times, alternately. The ratio is the median of each
    pipeline run over the baseline run just before it: this machine's speed drifts by tens of percent within
    a minute, and adjacent runs share the conditions. Every run is printed.
 7. Once more with the real sink's delivery record (the dedupe keys and checkpoint committed to SQLite per
-   batch, as in production): reported, not a target — in production Brevo's budgets let through at most
+   request, as in production): reported, not a target — in production Brevo's budgets let through at most
    a few hundred events per second, far below what the record can write (`--no-record` skips it). The
    record makes the sink the slow side, so the queue fills as with `--hold`; its memory is printed apart.
 
