@@ -636,7 +636,7 @@ async def test_a_slow_brevo_backs_the_queue_up_and_the_rest_is_read_without_chil
     monkeypatch.setattr(export_module, "CHUNK", 10)  # queue as the member is read, not at its end
     spec = dataset(hours=2, rows_per_hour=6000)
     expected = expected_events(spec)
-    async with sandbox(spec, brevo_faults=BrevoFaults(latency=0.1)) as sb:
+    async with sandbox(spec, brevo_faults=BrevoFaults(latency=0.3)) as sb:  # ~330 events/s: reading is faster
         cfg = make_config(tmp_path, sb, queue_capacity=200)
         result = await backfill(cfg, 0, 1)
         counts = received_ids(sb.brevo_app[BREVO_STATE].events)
