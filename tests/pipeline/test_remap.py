@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from typing import Any
 
@@ -219,9 +220,12 @@ def test_identifiers(fields, rules, identifiers):
          "collision-both-rewritten"],
 )
 def test_clean_properties(props, cleaned):
+    before = copy.deepcopy(props)
     out = clean_properties(props)
     assert out == cleaned
     assert len(out) == len(props), "no value is lost"
+    assert props == before, "the input is left as it was"
+    assert clean_properties(props) == cleaned, "the same again from the memo"
 
 
 @pytest.mark.parametrize(("key", "clean"), [("ok_KEY-9", "ok_KEY-9"), ("a/b c", "a_b_c"), ("", "_")])
@@ -323,10 +327,14 @@ def test_ext_id_from_an_unhashable_user_property():
 def test_memoized_key_cleaning_matches_clean_properties():
     from amplitude_brevo.pipeline.remap import _cleaned
 
-    cases = [{"a b": 1, "a.b": 2, "a_b": 3}, {"x": {"y z": [{"p q": 1}, [{"r s": 2}]]}, "x y": 1},
-             {"ok": 1, "items": [{"sku id": "A"}, 3]}, {}]
-    for props in cases * 2:  # the second round from the memo
-        expected = clean_properties(props)
+    cases = [
+        ({"a b": 1, "a.b": 2, "a_b": 3}, {"a_b_2": 1, "a_b_3": 2, "a_b": 3}),
+        # a dict directly in a list is cleaned; one in a list in a list is left as it is
+        ({"x": {"y z": [{"p q": 1}, [{"r s": 2}]]}, "x y": 1}, {"x": {"y_z": [{"p_q": 1}, [{"r s": 2}]]}, "x_y": 1}),
+        ({"ok": 1, "items": [{"sku id": "A"}, 3]}, {"ok": 1, "items": [{"sku_id": "A"}, 3]}),
+        ({}, {}),
+    ]
+    for props, expected in cases * 2:  # the second round from the memo
         assert _cleaned(orjson.loads(orjson.dumps(props)), True) == expected
         assert clean_properties(props) == expected
 

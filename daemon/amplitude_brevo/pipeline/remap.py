@@ -13,6 +13,7 @@ Performance notes (this runs for every exported row, see bench/export_throughput
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -249,18 +250,9 @@ def clean_properties(props: dict[str, Any]) -> dict[str, Any]:
 
     A key that is already valid keeps its name; a rewritten key that would collide with another key gets
     a numeric suffix (`utm.source` next to `utm_source` becomes `utm_source_2`), so no value is lost and
-    no valid key ends up holding another key's value. (`remap_event` uses the memoized `_cleaned`, which
-    gives the same result on decoded JSON.)
+    no valid key ends up holding another key's value. Dicts directly inside a list are cleaned too.
     """
-    plan = _rename_plan(tuple(props))
-    out: dict[str, Any] = {}
-    for new_key, value in zip(plan or props, props.values(), strict=True):
-        if isinstance(value, dict):
-            value = clean_properties(value)
-        elif isinstance(value, list):
-            value = [clean_properties(v) if isinstance(v, dict) else v for v in value]
-        out[new_key] = value
-    return out
+    return _cleaned(copy.deepcopy(props), True)  # _cleaned works in place on what it is given
 
 
 _fromisoformat = datetime.fromisoformat
