@@ -214,16 +214,7 @@ class BrevoEventsSink:
         if letters:
             # Dead letters first: if we die between the two writes, the items are re-sent, never lost.
             await self.state.add_dead_letters(letters)
-        by_source: dict[Any, dict[Any, list[str]]] = {}
-        # Items come in runs of one source and hour: look the run's list up once per run, not per item.
-        run: tuple[Any, Any] = (None, None)
-        run_keys: list[str] = []
-        for item in items:
-            if (item.source, item.hour) != run:
-                run = (item.source, item.hour)
-                run_keys = by_source.setdefault(item.source, {}).setdefault(item.hour, [])
-            run_keys.append("events:" + item.event.dedupe_key)
-        for source, hours in by_source.items():
+        for source, hours in _keys_by_source(items).items():
             keys = [k for ks in hours.values() for k in ks]
             checkpoint = None
             for hour, hour_keys in hours.items():
@@ -239,13 +230,24 @@ class BrevoEventsSink:
 
     def _acknowledge_dry(self, items: list[Any]) -> None:
         # A dry run moves the in-memory cursor only: nothing is recorded, the next real run sends it all.
-        by_source: dict[Any, dict[Any, list[str]]] = {}
-        for item in items:
-            by_source.setdefault(item.source, {}).setdefault(item.hour, []).append("events:" + item.event.dedupe_key)
-        for source, hours in by_source.items():
+        for source, hours in _keys_by_source(items).items():
             for hour, keys in hours.items():
                 source.acknowledge(hour, len(keys), keys)
                 source.committed(keys)
+
+
+def _keys_by_source(items: list[Any]) -> dict[Any, dict[Any, list[str]]]:
+    """The items' dedupe-record keys by source, then by hour, in order."""
+    by_source: dict[Any, dict[Any, list[str]]] = {}
+    # Items come in runs of one source and hour: look the run's list up once per run, not per item.
+    run: tuple[Any, Any] = (None, None)
+    run_keys: list[str] = []
+    for item in items:
+        if (item.source, item.hour) != run:
+            run = (item.source, item.hour)
+            run_keys = by_source.setdefault(item.source, {}).setdefault(item.hour, [])
+        run_keys.append("events:" + item.event.dedupe_key)
+    return by_source
 
 
 class _Batch:
