@@ -105,7 +105,6 @@ class BrevoClient:
         data = None
         if payload is not None:
             headers["content-type"] = "application/json"
-            # bytes are a body already encoded as JSON (the events sink joins its events' bodies): sent as is.
             data = payload if isinstance(payload, bytes | bytearray) else orjson.dumps(payload)
         try:
             async with self.session.request(method, self.base_url + path, data=data, headers=headers) as resp:
