@@ -356,7 +356,7 @@ class ExportSource:
             candidates: list[BrevoEvent] = []
             counted = MappedChunk()  # rows and skips of this attempt, taken back if it fails
             try:
-                async with aclosing(self.reader.map_member(path, member, self.rules, self._map_here)) as chunks:
+                async with aclosing(self.reader.map_member(path, member, self.rules, self._map_in_process)) as chunks:
                     async for chunk in chunks:
                         candidates.extend(chunk.events())
                         letters = self._take(chunk, member, hour, counted)
@@ -381,7 +381,7 @@ class ExportSource:
                 elif not await self.backoff.sleep(attempt, stop=self.stopping):
                     raise _StopReading from exc
 
-    def _map_here(self) -> bool:
+    def _map_in_process(self) -> bool:
         """Whether to map in this process rather than in the reader children: while the queue is backed up."""
         if not self.reader.workers:
             return True
