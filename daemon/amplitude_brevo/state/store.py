@@ -210,6 +210,7 @@ class StateStore:
         *,
         sink: str,
         checkpoint: Checkpoint | None = None,
+        checkpoints: Sequence[Checkpoint] = (),
         now: float | None = None,
     ) -> None:
         """Record ``keys`` as delivered to ``sink`` and optionally advance one checkpoint.
@@ -219,7 +220,8 @@ class StateStore:
         re-sent (and then stopped by the dedupe record if Brevo got it). A key already present
         gets its ``delivered_at`` refreshed.
         """
-        await self._run(_commit_delivery, list(keys), sink, checkpoint, _now(now))
+        moves = [*([checkpoint] if checkpoint else []), *checkpoints]
+        await self._run(_commit_delivery, list(keys), sink, moves, _now(now))
 
     async def expire_dedupe(self, older_than: float) -> int:
         """Delete dedupe records delivered before unix time ``older_than``; returns the count."""
@@ -238,6 +240,7 @@ class StateStore:
         letters: Sequence[DeadLetter],
         checkpoint: Checkpoint | None = None,
         *,
+        checkpoints: Sequence[Checkpoint] = (),
         now: float | None = None,
     ) -> list[int]:
         """Store dead letters (and optionally advance a checkpoint) in one transaction.
@@ -247,9 +250,10 @@ class StateStore:
         the rejected items being recorded.
         """
         rows = [(d.source, d.sink, _encode_item(d.item), d.reason) for d in letters]
-        if not rows and checkpoint is None:
+        moves = [*([checkpoint] if checkpoint else []), *checkpoints]
+        if not rows and not moves:
             return []
-        return await self._run(_add_dead_letters, rows, checkpoint, _now(now))
+        return await self._run(_add_dead_letters, rows, moves, _now(now))
 
     async def list_dead_letters(
         self,
@@ -594,13 +598,13 @@ def _json_array(keys: Iterable[str]) -> str:
 
 
 def _commit_delivery(
-    conn: sqlite3.Connection, keys: list[str], sink: str, checkpoint: Checkpoint | None, now: float
+    conn: sqlite3.Connection, keys: list[str], sink: str, checkpoints: list[Checkpoint], now: float
 ) -> None:
     # One transaction for keys and checkpoint. Keys without the checkpoint only cause a harmless
     # re-read after a crash (the keys stop the re-send). A checkpoint without its keys would skip
     # the re-read, yet leave nothing to stop the same event arriving again by another path
     # (ingest and export) — a duplicate in Brevo. Both or neither.
-    if checkpoint is None and keys and _JSON_EACH:
+    if not checkpoints and keys and _JSON_EACH:
         # Keys alone: ONE statement, its own (autocommit) transaction, as atomic and durable as
         # BEGIN … COMMIT. Every statement makes this thread give up and retake the GIL, and retaking it
         # can wait out the switch interval (or a long C call) while the event loop thread is busy decoding,
@@ -616,8 +620,8 @@ def _commit_delivery(
                 "ON CONFLICT (key) DO UPDATE SET sink = excluded.sink, delivered_at = excluded.delivered_at",
                 [(key, sink, now) for key in keys],
             )
-        if checkpoint is not None:
-            _upsert_checkpoint(conn, checkpoint[0], checkpoint[1], now)
+        for name, value in checkpoints:
+            _upsert_checkpoint(conn, name, value, now)
 
 
 # All keys in one statement (see _unseen); `WHERE true` lets SQLite parse the upsert after a SELECT.
@@ -640,7 +644,7 @@ def _expire_dedupe_slice(conn: sqlite3.Connection, older_than: float, limit: int
 def _add_dead_letters(
     conn: sqlite3.Connection,
     rows: list[tuple[str, str, bytes, str]],
-    checkpoint: Checkpoint | None,
+    checkpoints: list[Checkpoint],
     now: float,
 ) -> list[int]:
     ids: list[int] = []
@@ -651,8 +655,8 @@ def _add_dead_letters(
                 (source, sink, item, reason, now),
             )
             ids.append(int(cur.lastrowid))  # type: ignore[arg-type]
-        if checkpoint is not None:
-            _upsert_checkpoint(conn, checkpoint[0], checkpoint[1], now)
+        for name, value in checkpoints:
+            _upsert_checkpoint(conn, name, value, now)
     return ids
 
 
