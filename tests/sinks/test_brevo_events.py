@@ -7,7 +7,7 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
+from amplitude_brevo.pipeline.acks import Acknowledger, OffsetTracker
+from amplitude_brevo.pipeline.items import Item
 from amplitude_brevo.pipeline.remap import BrevoEvent
 from amplitude_brevo.retry import Backoff
 from amplitude_brevo.sandbox.brevo_sim import BREVO_STATE, BrevoFaults, BucketLimit, make_brevo_app
@@ -37,29 +39,37 @@ class Limit:
     per: float
 
 
-@dataclass(eq=False)  # hashed by identity, like a real source
 class Source:
-    """Stands in for the export source: records acknowledgements and completes a checkpoint on the last."""
+    """Stands in for the export source: one hour of `expected` items, whose completion moves a checkpoint."""
 
-    expected: int
-    checkpoint_name: str = "test.checkpoint"
-    acked: list[str] = field(default_factory=list)
-    committed_keys: list[str] = field(default_factory=list)
-
-    def acknowledge(self, hour: datetime, count: int, keys: list[str]) -> str | None:
-        assert count == len(keys)
-        self.acked.extend(keys)
-        return "20261101T01" if len(self.acked) == self.expected else None
-
-    def committed(self, keys: list[str]) -> None:
-        self.committed_keys.extend(keys)
+    def __init__(self, expected: int, checkpoint_name: str = "test.checkpoint") -> None:
+        self.tracker = OffsetTracker(checkpoint_name, "export", lambda hour: "20261101T01")
+        self.tracker.owner = self  # type: ignore[attr-defined]
+        self.token = self.tracker.token(HOUR)
+        self.tracker.add(HOUR, expected)
+        self.tracker.seal(HOUR)
+        self.acked: list[str] = []
+        self.committed_keys: list[str] = []
 
 
-@dataclass
-class Item:
-    event: BrevoEvent
-    hour: datetime
-    source: Source
+def source_of(item: Item) -> Source:
+    return item.token.tracker.owner
+
+
+class RecordingAcks(Acknowledger):
+    """The real acknowledger, also noting on each item's Source what was acknowledged and committed."""
+
+    async def settle(self, sink, items, refused=None):
+        for item in items:
+            source_of(item).acked.append(item.key)
+        await super().settle(sink, items, refused)
+        for item in items:
+            source_of(item).committed_keys.append(item.key)
+
+    def settle_dry(self, sink, items):
+        for item in items:
+            source_of(item).acked.append(item.key)
+        super().settle_dry(sink, items)
 
 
 def payload(i: int, **overrides: Any) -> dict[str, Any]:
@@ -76,11 +86,20 @@ def payload(i: int, **overrides: Any) -> dict[str, Any]:
 
 def items(n: int, source: Source | None = None, **per_index: dict[str, Any]) -> list[Item]:
     source = source or Source(expected=n)
-    return [Item(BrevoEvent(f"key-{i}", payload(i, **per_index.get(f"i{i}", {}))), HOUR, source) for i in range(n)]
+    return [Item(f"events:key-{i}", BrevoEvent(f"key-{i}", payload(i, **per_index.get(f"i{i}", {}))).body, source.token)
+            for i in range(n)]
 
 
 def ids(events: list[dict[str, Any]]) -> Counter[str]:
     return Counter(e["event_properties"]["amplitude_insert_id"] for e in events)
+
+
+class _NoDedupe:
+    def committed(self, keys):
+        pass
+
+    def released(self, keys):
+        pass
 
 
 @dataclass
@@ -97,7 +116,7 @@ class Env:
 
     def sink(self, **kwargs: Any) -> BrevoEventsSink:
         kwargs.setdefault("batch_size", 5)
-        return BrevoEventsSink(queue=None, client=self.client, state=self.state, **kwargs)
+        return BrevoEventsSink(queue=None, client=self.client, acks=RecordingAcks(self.state, _NoDedupe()), **kwargs)
 
     def paths(self) -> Counter[str]:
         return Counter(path for _, path, _ in self.log)
@@ -150,7 +169,7 @@ async def test_202_delivers_everything_and_commits_keys_with_the_checkpoint(tmp_
         assert sink.stats.delivered == 12 and sink.stats.dead_lettered == 0
         keys = [f"key-{i}" for i in range(12)]
         assert await env.delivered_keys(keys) == set(keys)
-        assert sorted(batch[0].source.acked) == sorted("events:" + k for k in keys)
+        assert sorted(source_of(batch[0]).acked) == sorted("events:" + k for k in keys)
         assert await env.state.get_checkpoint("test.checkpoint") == "20261101T01"
         assert await env.state.list_dead_letters() == []
 
@@ -180,7 +199,7 @@ async def test_207_partial_dead_letters_exactly_the_failed_items_with_brevos_mes
         assert all(d.sink == "brevo_events" for d in letters)
         assert sink.stats.delivered == 7 and sink.stats.dead_lettered == 3
         # Dead-lettered items are handled too: every item is acknowledged and its key recorded.
-        assert len(batch[0].source.acked) == 10
+        assert len(source_of(batch[0]).acked) == 10
         assert await env.state.get_checkpoint("test.checkpoint") == "20261101T01"
 
 
@@ -299,8 +318,8 @@ async def test_dry_run_sends_nothing_and_commits_nothing(tmp_path):
             await sink.deliver(batch)
         assert env.log == [] and env.brevo.events == []
         assert sink.stats.would_send == 6 and sink.stats.delivered == 0
-        assert [e["would_send"] for e in logs if e["event"] == "brevo.dry_run.event"] == [i.event.payload for i in batch]
-        assert len(batch[0].source.acked) == 6, "the in-memory cursor moves so a dry backfill finishes"
+        assert [e["would_send"] for e in logs if e["event"] == "brevo.dry_run.event"] == [orjson.loads(i.body) for i in batch]
+        assert len(source_of(batch[0]).acked) == 6, "the in-memory cursor moves so a dry backfill finishes"
         assert await env.delivered_keys([f"key-{i}" for i in range(6)]) == set()
         assert await env.state.checkpoints() == {}
 
@@ -366,12 +385,11 @@ async def test_batch_and_single_bodies_are_the_events_bytes_joined_not_re_encode
 
     state = await StateStore.open(tmp_path / "state.db")
     try:
-        batch = items(3)
+        batch = items(3, Source(expected=4))
         # an event whose bytes differ from a re-encoding of its dict: sent as it is
-        batch.append(Item(BrevoEvent("key-3", b'{"event_name":"x","event_properties":{"n":1.50}}'), HOUR,
-                          batch[0].source))
-        batch[0].source.expected = 4
-        sink = BrevoEventsSink(queue=None, client=Capture(), state=state, batch_size=10)  # type: ignore[arg-type]
+        batch.append(Item("events:key-3", b'{"event_name":"x","event_properties":{"n":1.50}}', batch[0].token))
+        sink = BrevoEventsSink(queue=None, client=Capture(), acks=RecordingAcks(state, _NoDedupe()),  # type: ignore[arg-type]
+                               batch_size=10)
         await sink.deliver(batch)
         sink._batch_endpoint = False
         await sink.deliver(items(1, Source(expected=1)))
@@ -379,6 +397,6 @@ async def test_batch_and_single_bodies_are_the_events_bytes_joined_not_re_encode
         await state.close()
     (path, body), (single_path, single) = sent
     assert path == "/events/batch"
-    assert body == b'{"events":[' + b",".join(i.event.body for i in batch) + b"]}"
+    assert body == b'{"events":[' + b",".join(i.body for i in batch) + b"]}"
     assert orjson.loads(body)["events"][:3] == [payload(i) for i in range(3)]
     assert (single_path, single) == ("/events", orjson.dumps(payload(0)))

@@ -14,8 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ..logs import get_logger
-from ..state import DeadLetter, StateStore
 from .brevo_client import BrevoClient, BudgetPaused, Outcome, Stopping, validate_response
 
 log = get_logger("brevo_events")
@@ -53,7 +54,7 @@ class BrevoEventsSink:
         *,
         queue: Any,
         client: BrevoClient,
-        state: StateStore,
+        acks: Any,
         batch_size: int = 100,
         workers: int = 2,
         concurrency: int = 8,
@@ -64,7 +65,7 @@ class BrevoEventsSink:
         self.name = name
         self.queue = queue
         self.client = client
-        self.state = state
+        self.acks = acks
         self.batch_size = batch_size
         self.workers = workers
         self._single_slots = asyncio.Semaphore(concurrency)
@@ -72,6 +73,14 @@ class BrevoEventsSink:
         self.metrics = metrics
         self.stats = SinkStats()
         self._batch_endpoint = batch_size > 1
+
+    async def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        """Take no new batch; requests not sent yet are not sent (the client raises Stopping)."""
+        if self.client.stop is not None:
+            self.client.stop.set()
 
     def reload(self, cfg: Any) -> None:
         brevo = cfg.connectors.brevo
@@ -84,8 +93,11 @@ class BrevoEventsSink:
         await asyncio.gather(*(self._worker() for _ in range(self.workers)))
 
     async def _worker(self) -> None:
+        stop = self.client.stop
         try:
             while (batch := await self.queue.next_batch()) is not None:
+                if stop is not None and stop.is_set():
+                    return  # taken after the stop: left unacknowledged, read again after restart
                 await self.deliver(batch)
         except Stopping:
             # The client gave up waiting to retry because the daemon stops: what is left is re-read on restart.
@@ -96,9 +108,9 @@ class BrevoEventsSink:
         started = time.monotonic()
         if self.dry_run:
             for item in items:
-                log.info("brevo.dry_run.event", would_send=item.event.payload)
+                log.info("brevo.dry_run.event", would_send=orjson.loads(item.body))
             self.stats.would_send += len(items)
-            self._acknowledge_dry(items)
+            self.acks.settle_dry(self.name, items)
             return
         batch = _Batch(items)
         try:
@@ -136,7 +148,7 @@ class BrevoEventsSink:
         """One `/events/batch` request; returns indexes still to send one by one."""
         items = batch.items
         # The events' bodies are JSON already: join them, no decoding or re-encoding.
-        body = b'{"events":[' + b",".join([items[i].event.body for i in chunk]) + b"]}"
+        body = b'{"events":[' + b",".join([items[i].body for i in chunk]) + b"]}"
         self.stats.batch_requests += 1
         try:
             response = await self.client.call("POST", "/events/batch", body, budget=BATCH_BUDGET,
@@ -179,7 +191,7 @@ class BrevoEventsSink:
     async def _send_single(self, batch: _Batch, index: int) -> None:
         async with self._single_slots:
             self.stats.single_requests += 1
-            response = await self.client.call("POST", "/events", batch.items[index].event.body,
+            response = await self.client.call("POST", "/events", batch.items[index].body,
                                               budget=SINGLE_BUDGET, context={"sink": self.name})
         refused = {}
         if validate_response(response.status) is Outcome.FATAL:
@@ -195,10 +207,10 @@ class BrevoEventsSink:
         batch's (a batch's requests may be paced over seconds by the budgets). The recording runs as its own
         task so that a shutdown cancelling the batch cannot interrupt it half way.
         """
-        letters = [
-            DeadLetter(source="export", sink=self.name, item=batch.items[i].event.body, reason=reason)
-            for i, reason in sorted(refused.items())
-        ]
+        settled = [batch.items[i] for i in indexes]
+        position = {index: n for n, index in enumerate(indexes)}
+        refused_here = {position[i]: reason for i, reason in refused.items()}
+        letters = refused_here
         delivered = len(indexes) - len(letters)
         batch.settled += len(indexes)
         batch.dead_lettered += len(letters)
@@ -208,46 +220,7 @@ class BrevoEventsSink:
             self.metrics.items_out.labels(sink=self.name, outcome="delivered").inc(delivered)
             if letters:
                 self.metrics.items_out.labels(sink=self.name, outcome="dead_lettered").inc(len(letters))
-        batch.recording.append(asyncio.ensure_future(self._acknowledge([batch.items[i] for i in indexes], letters)))
-
-    async def _acknowledge(self, items: list[Any], letters: list[DeadLetter]) -> None:
-        if letters:
-            # Dead letters first: if we die between the two writes, the items are re-sent, never lost.
-            await self.state.add_dead_letters(letters)
-        for source, hours in _keys_by_source(items).items():
-            keys = [k for ks in hours.values() for k in ks]
-            checkpoint = None
-            for hour, hour_keys in hours.items():
-                moved = source.acknowledge(hour, len(hour_keys), hour_keys)
-                checkpoint = moved or checkpoint
-            # No await between acknowledge() and this call's submission to the store's one writer thread:
-            # commits reach SQLite in the order the checkpoint moved, whatever task makes them.
-            await self.state.commit_delivery(
-                keys, sink=self.name,
-                checkpoint=(source.checkpoint_name, checkpoint) if checkpoint else None,
-            )
-            source.committed(keys)
-
-    def _acknowledge_dry(self, items: list[Any]) -> None:
-        # A dry run moves the in-memory cursor only: nothing is recorded, the next real run sends it all.
-        for source, hours in _keys_by_source(items).items():
-            for hour, keys in hours.items():
-                source.acknowledge(hour, len(keys), keys)
-                source.committed(keys)
-
-
-def _keys_by_source(items: list[Any]) -> dict[Any, dict[Any, list[str]]]:
-    """The items' dedupe-record keys by source, then by hour, in order."""
-    by_source: dict[Any, dict[Any, list[str]]] = {}
-    # Items come in runs of one source and hour: look the run's list up once per run, not per item.
-    run: tuple[Any, Any] = (None, None)
-    run_keys: list[str] = []
-    for item in items:
-        if (item.source, item.hour) != run:
-            run = (item.source, item.hour)
-            run_keys = by_source.setdefault(item.source, {}).setdefault(item.hour, [])
-        run_keys.append("events:" + item.event.dedupe_key)
-    return by_source
+        batch.recording.append(asyncio.ensure_future(self.acks.settle(self.name, settled, refused_here)))
 
 
 class _Batch:
