@@ -15,7 +15,7 @@ import orjson
 from . import __version__
 from .config import Config, ConfigError, load_config, render_config, secret_values
 from .logs import configure_logging, get_logger
-from .pipeline.runtime import tune_runtime
+from .tuning import tune_runtime
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
