@@ -317,3 +317,46 @@ async def test_a_stopped_source_leaves_no_item_behind_in_a_queue_or_in_flight(tm
         assert source.tracker.closed
     finally:
         await daemon.shutdown()
+
+
+async def test_dlq_size_counts_the_dead_letters_on_file_and_those_added_since(tmp_path):
+    import aiohttp
+
+    from amplitude_brevo.state import DeadLetter, StateStore
+
+    cfg = make_cfg(tmp_path)
+    async with await StateStore.open(cfg.state.path) as state:
+        await state.add_dead_letters([DeadLetter("export", "brevo_events", {"n": n}, "bad") for n in range(3)])
+    daemon = Daemon(cfg, install_signal_handlers=False)
+    await daemon.startup()
+
+    async def gauge() -> float:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{daemon.admin_port}/metrics") as r:
+            text = await r.text()
+        return float(next(line for line in text.splitlines() if line.startswith("amplitude_brevo_dlq_size ")).split()[1])
+
+    try:
+        assert await gauge() == 3
+        await daemon.runtime.acks.dead_letter([DeadLetter("export", "brevo_events", {"n": 9}, "bad")])
+        assert await gauge() == 4
+    finally:
+        await daemon.shutdown()
+
+
+async def test_readyz_fails_while_a_health_check_fails(tmp_path):
+    import aiohttp
+
+    daemon = Daemon(make_cfg(tmp_path), install_signal_handlers=False)
+    await daemon.startup()
+    try:
+        url = f"http://127.0.0.1:{daemon.admin_port}/readyz"
+        async with aiohttp.ClientSession() as s:
+            daemon.runtime.health.fail("brevo /events", "HTTP 404 (not a Brevo answer)", "check connectors.brevo.api_url")
+            async with s.get(url) as r:
+                body = await r.json()
+                assert r.status == 503 and body["failing"]["brevo /events"]["hint"] == "check connectors.brevo.api_url"
+            daemon.runtime.health.ok("brevo /events")
+            async with s.get(url) as r:
+                assert r.status == 200
+    finally:
+        await daemon.shutdown()

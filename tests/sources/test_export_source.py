@@ -663,3 +663,20 @@ async def test_a_slow_brevo_backs_the_queue_up_and_the_rest_is_read_without_chil
     assert len(closed_while_paused) >= 3 and not closed_while_paused[0] and all(closed_while_paused[1:]), \
         "the children stop when the queue backs up, and are not started again while it stays backed up"
     assert result.source["rows_read"] == 12_000
+
+
+async def test_export_lag_keeps_growing_while_the_checkpoint_cannot_move(tmp_path):
+    """The gauge is computed at each scrape from the oldest hour not yet delivered, not only when the
+    checkpoint moves: a stuck checkpoint shows as a growing lag."""
+    from amplitude_brevo.metrics import Metrics
+
+    now = [hour(5)]
+    async with lagging_source(tmp_path) as (source, _):
+        source.metrics = Metrics()
+        source._now = lambda: now[0]
+        source.tracker.add(hour(1), 1)  # an item of hour 1 still on its way
+        source.collect_metrics()
+        assert source.metrics.export_lag._value.get() == 4 * 3600
+        now[0] = hour(7)
+        source.collect_metrics()
+        assert source.metrics.export_lag._value.get() == 6 * 3600
