@@ -212,6 +212,87 @@ def test_seed_appendix_a_with_brevo_key_is_valid() -> None:
     assert cfg.ingest.api_keys == [Secret("your-amplitude-api-key")]
 
 
+# SPEC §3's example config, as printed there: every key of it must be accepted.
+SPEC_EXAMPLE = """
+connectors:
+  amplitude:
+    enabled: true
+    api_key: "${AMPLITUDE_API_KEY}"
+    secret_key: "${AMPLITUDE_SECRET_KEY}"
+    data_center: "US"
+    ingest_url: null
+    api_url: null
+  brevo:
+    api_key: "${BREVO_API_KEY}"
+    api_url: null
+    plan: general
+    create_attributes: false
+sync: {events: true, user_properties: true, cohorts: true, revenue: true}
+lists: {active_users: 10, power_users: 11, churning_users: 12}
+event_mapping:
+  "Purchase": "order_completed"
+  "Sign Up": "customer_created"
+property_mapping:
+  email: email
+  first_name: FIRSTNAME
+  lifetime_revenue: LTV
+identity:
+  ext_id: user_id
+  email_property: email
+  anonymous: skip
+export:
+  start: "2026-11-01T00"
+  lag: 3h
+  poll_interval: 5m
+  max_window: 24h
+cohorts:
+  - {id: "def456", list_id: 13, mode: mirror, every: 1h}
+cohort_guard: {max_removal_fraction: 0.5}
+segments:
+  every: 1h
+  active_users:   {seen_within: 7d}
+  power_users:    {cohort: "abc123"}
+  churning_users: {active_within: 60d, not_seen_for: 14d}
+user_activity: {enabled: true, refresh_after: 24h}
+revenue:
+  orders: true
+  ltv_attribute: null
+  count_attribute: null
+ingest:
+  enabled: true
+  listen: "127.0.0.1:8787"
+  forward_to_amplitude: true
+  api_keys: ["${AMPLITUDE_API_KEY}"]
+  webhook_token: "${WEBHOOK_TOKEN:-}"
+  allow_from: []
+  trusted_proxies: []
+admin: {listen: "127.0.0.1:9464"}
+state: {path: "/var/lib/amplitude-brevo/state.db", dedupe_window: 7d}
+rate_limits:
+  brevo_events: {requests: 10, per: 1s}
+  brevo_contacts: {requests: 10, per: 1s}
+batching: {max_items: 1000, max_wait: 2s, queue_capacity: 50000}
+shutdown_timeout: 20s
+logging: {level: info, format: auto}
+"""
+
+
+def test_spec_example_config_is_valid() -> None:
+    cfg = parse_config(yaml.safe_load(SPEC_EXAMPLE), env=ENV)
+    assert cfg.connectors.brevo.create_attributes is False
+    assert (cfg.ingest.allow_from, cfg.ingest.trusted_proxies) == ([], [])
+    assert cfg.ingest.api_keys == [Secret(AMP_KEY)]
+
+
+def test_ingest_networks_are_normalized() -> None:
+    cfg = parse_config(
+        minimal(ingest={"allow_from": ["10.0.0.1/8", " ::1/128", "192.168.1.7"], "trusted_proxies": ["fd00::/8"]}),
+        env={},
+    )
+    assert cfg.ingest.allow_from == ["10.0.0.0/8", "::1/128", "192.168.1.7/32"]
+    assert cfg.ingest.trusted_proxies == ["fd00::/8"]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Resolution rules
 
@@ -556,6 +637,12 @@ BAD_CONFIGS = [
         [(("batching", "queue_capacity"), 10)],
         "batching.queue_capacity",
         "at least max_items",
+    ),
+    Bad(
+        "bad allow_from network",
+        [(("ingest", "allow_from"), ["10.0.0.0/33"])],
+        "ingest.allow_from[0]",
+        "is not an IP network",
     ),
     Bad("listen without port", [(("ingest", "listen"), "localhost")], "ingest.listen", "host:port"),
     Bad("listen port out of range", [(("admin", "listen"), "127.0.0.1:70000")], "admin.listen", "host:port"),

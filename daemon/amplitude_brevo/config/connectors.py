@@ -58,6 +58,8 @@ class BrevoConnector(Section):
     api_key: Annotated[Secret, AfterValidator(_required_secret)]
     api_url: Url = BREVO_API_URL
     plan: Annotated[Literal["general", "advanced", "extended"], BeforeValidator(lower)] = "general"
+    # Create property_mapping targets missing in Brevo, their type inferred from the values.
+    create_attributes: bool = False
     # Events per /events/batch request (Brevo publishes no maximum); 1 sends every event to /events.
     events_batch_size: Annotated[int, BeforeValidator(not_bool), Field(ge=1, le=1000)] = 100
 

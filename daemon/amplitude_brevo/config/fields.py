@@ -180,6 +180,17 @@ def _listen(value: str) -> str:
 Listen = Annotated[str, AfterValidator(_listen)]
 
 
+def _cidr(value: str) -> str:
+    try:
+        # strict=False: 10.0.0.1/8 means the network 10.0.0.0/8; a bare address is a /32 (or /128).
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise ValueError(f"{_show(value)} is not an IP network (e.g. 10.0.0.0/8 or ::1/128)") from None
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+
+
 def _export_start(value: Any) -> datetime | None:
     """An hour in UTC. Also takes what YAML itself parses (unquoted timestamps, dates) and ISO times."""
     if value is None:

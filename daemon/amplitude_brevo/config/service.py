@@ -8,7 +8,16 @@ from pydantic import Field, field_validator
 
 from amplitude_brevo.secrets import Secret
 
-from .fields import DAY, Listen, NonEmptyStr, PositiveDuration, Section, empty_secret_to_none, split_listen
+from .fields import (
+    DAY,
+    Cidr,
+    Listen,
+    NonEmptyStr,
+    PositiveDuration,
+    Section,
+    empty_secret_to_none,
+    split_listen,
+)
 
 
 class _Listener(Section):
@@ -32,6 +41,8 @@ class Ingest(_Listener):
     forward_to_amplitude: bool = True
     api_keys: list[Secret] = Field(default_factory=list)
     webhook_token: Secret | None = None
+    allow_from: list[Cidr] = Field(default_factory=list)  # empty: any caller
+    trusted_proxies: list[Cidr] = Field(default_factory=list)  # whose X-Forwarded-For names the caller
 
     @field_validator("api_keys", mode="before")
     @classmethod
