@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 
 from . import __version__
-from .config import Config, ConfigError, load_config, render_config, secret_values
+from .config import Config, ConfigError, load_config, render_config, secret_values, unbuilt_settings
 from .logs import configure_logging, get_logger
 from .pipeline.runtime import tune_runtime
 
@@ -127,11 +127,21 @@ def _load(args: argparse.Namespace) -> Config | None:
         return None
 
 
+def _log_not_built(cfg: Config) -> None:
+    """One `config.not_built` warning per configured capability this version ignores (after logging is set)."""
+    log = get_logger("config")
+    for message in unbuilt_settings(cfg):
+        log.warning("config.not_built", detail=message)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return EXIT_USAGE
     sys.stdout.write(render_config(cfg))
+    # Valid all the same (exit 0), but the operator should not expect these settings to do anything.
+    for message in unbuilt_settings(cfg):
+        print(f"amplitude-brevo: warning: {message}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -143,6 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     configure_logging(cfg.logging.level, cfg.logging.format, secret_values(cfg))
+    _log_not_built(cfg)
     if args.dry_run:
         from functools import partial
 
@@ -277,6 +288,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     configure_logging(cfg.logging.level, cfg.logging.format, secret_values(cfg))
+    _log_not_built(cfg)
     tune_runtime()
     try:
         result = asyncio.run(run_backfill(cfg, start=args.start, end=args.end, dry_run=args.dry_run,

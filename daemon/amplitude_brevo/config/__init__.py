@@ -12,6 +12,7 @@ The package, by what a reader looks for:
     model.py       Config, the root of them all
     loader.py      load_config(), parse_config(): ${VAR} and *_file resolution, error formatting
     render.py      render_config(), secret_values()
+    unbuilt.py     unbuilt_settings(): configured capabilities this version does not have yet
 """
 
 from amplitude_brevo.durations import parse_duration, parse_hour
@@ -27,6 +28,7 @@ from .mapping import Identity, Revenue, Sync
 from .model import Config
 from .render import render_config, secret_values
 from .service import Admin, Ingest, State
+from .unbuilt import unbuilt_settings
 
 __all__ = [
     "AMPLITUDE_HOSTS",
@@ -64,4 +66,5 @@ __all__ = [
     "render_config",
     "secret_values",
     "split_listen",
+    "unbuilt_settings",
 ]
