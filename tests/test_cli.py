@@ -1,7 +1,10 @@
 """The command line in-process: exit codes, check-config, status and dlq against a real state file."""
 
 import asyncio
+import os
 import signal
+import subprocess
+import sys
 
 import orjson
 import pytest
@@ -130,3 +133,32 @@ def test_backfill_rejects_reversed_range(cfg_file, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["backfill", "-c", str(cfg_file), "--start", "yesterday", "--end", "2026-11-01T00"])
     assert exc.value.code == 2
+
+
+def test_state_commands_need_no_api_keys(tmp_path):
+    """An operator's shell has neither the key variables nor systemd's $CREDENTIALS_DIRECTORY."""
+    data = base_config(tmp_path)
+    del data["connectors"]["brevo"]["api_key"]
+    data["connectors"]["brevo"]["api_key_file"] = "brevo_api_key"  # as README's production config
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    _seed_state(tmp_path / "state.db")
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS and k != "CREDENTIALS_DIRECTORY"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "amplitude_brevo", *args, "-c", str(path)],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    status = cli("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert orjson.loads(status.stdout)["dead_letters"] == {"export": 2}
+    listing = cli("dlq", "list")
+    assert listing.returncode == 0 and "refused: bad" in listing.stdout, listing.stderr
+    assert cli("dlq", "show", "1").returncode == 0
+    purge = cli("dlq", "purge", "--id", "2")
+    assert purge.returncode == 0 and "purged 1" in purge.stdout, purge.stderr
+
+    # Whatever sends still needs the keys, and says which are missing.
+    for sends in (cli("dlq", "replay", "--all"), cli("check-config")):
+        assert sends.returncode == 2
+        assert "AMPLITUDE_API_KEY is not set" in sends.stderr and "connectors.brevo.api_key_file" in sends.stderr

@@ -846,6 +846,78 @@ def test_unbuilt_settings_rules(edits: list[tuple[tuple[Any, ...], Any]], expect
 
 
 # --------------------------------------------------------------------------------------------------------
+# secrets=False: for status and dlq list/show/purge, from a shell without the keys
+
+
+def test_without_secrets_unset_key_variables_leave_keys_empty() -> None:
+    with pytest.raises(ConfigError):
+        load_config(SHIPPED, env={})
+    cfg = load_config(SHIPPED, env={}, secrets=False)
+    amp, brevo = cfg.connectors.amplitude, cfg.connectors.brevo
+    assert (amp.api_key, amp.secret_key, cfg.ingest.webhook_token) == (None, None, None)
+    assert not brevo.api_key and cfg.ingest.api_keys == []
+    assert cfg.state.path == "/var/lib/amplitude-brevo/state.db" and cfg.cohorts[0].id == "def456"
+    # A variable that is set is still used.
+    cfg = load_config(SHIPPED, env={"BREVO_API_KEY": BREVO_KEY}, secrets=False)
+    assert cfg.connectors.brevo.api_key.reveal() == BREVO_KEY and secret_values(cfg) == [BREVO_KEY]
+
+
+def test_without_secrets_key_files_are_not_read(tmp_path: Path) -> None:
+    (tmp_path / "brevo.key").write_text(FILE_SECRET)
+    data = minimal(ingest={"api_keys_file": "/nonexistent/ingest.keys"})
+    data["connectors"]["brevo"] = {"api_key_file": "brevo.key"}
+    data["connectors"]["amplitude"] = {"api_key_file": "missing.key", "secret_key_file": "${CREDS_DIR}/amp"}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env={}, base_dir=tmp_path)
+    assert [e.split(": ", 1)[0] for e in info.value.errors] == [
+        "connectors.amplitude.api_key_file",
+        "connectors.amplitude.secret_key_file",
+        "connectors.amplitude.secret_key_file",
+        "ingest.api_keys_file",
+    ]
+    cfg = parse_config(data, env={}, base_dir=tmp_path, secrets=False)
+    assert cfg.connectors.amplitude.api_key is None and cfg.connectors.amplitude.secret_key is None
+    assert not cfg.connectors.brevo.api_key and cfg.ingest.api_keys == []
+    assert secret_values(cfg) == []  # brevo.key exists but was not read
+    assert_no_secrets(repr(cfg), render_config(cfg))
+
+
+def test_without_secrets_everything_else_is_still_validated() -> None:
+    data = apply_edits(
+        shipped_data(),
+        [
+            (("state", "path"), "${STATE_DIRECTORY}/state.db"),  # not a secret: still must be set
+            (("event_mapping", "Add to Cart"), "cart updated"),
+            (("connectors", "amplitude", "secret_key"), DELETE),  # not written at all
+            (("connectors", "brevo", "api_key"), DELETE),
+            (("ingest", "webhook_token_file"), "hook.token"),  # both a key and its file
+        ],
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env={}, secrets=False)
+    paths = [e.split(": ", 1)[0] for e in info.value.errors]
+    assert paths == [
+        "connectors.amplitude.secret_key",
+        "connectors.brevo.api_key",
+        'event_mapping."Add to Cart"',
+        "ingest.webhook_token_file",
+        "state.path",
+    ]
+    assert any("STATE_DIRECTORY is not set" in e for e in info.value.errors)
+
+
+def test_every_load_reads_key_files_again(tmp_path: Path) -> None:
+    """What makes `systemctl reload` rotate keys that come from files: reload calls load_config()."""
+    key = tmp_path / "brevo.key"
+    conf = tmp_path / "config.yaml"
+    conf.write_text(f"connectors:\n  amplitude: {{enabled: false}}\n  brevo: {{api_key_file: '{key}'}}\n")
+    key.write_text(BREVO_KEY)
+    assert load_config(conf, env={}).connectors.brevo.api_key.reveal() == BREVO_KEY
+    key.write_text(FILE_SECRET + "\n")
+    assert load_config(conf, env={}).connectors.brevo.api_key.reveal() == FILE_SECRET
+
+
+# --------------------------------------------------------------------------------------------------------
 # load_config: file-level errors
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from amplitude_brevo.secrets import Secret
 
 from .errors import located
-from .fields import Section, Url, empty_secret_to_none, lower, not_bool
+from .fields import Section, Url, empty_secret_to_none, lower, not_bool, secrets_wanted
 
 AMPLITUDE_HOSTS = {
     "US": {"ingest_url": "https://api2.amplitude.com", "api_url": "https://amplitude.com"},
@@ -38,9 +38,16 @@ class AmplitudeConnector(Section):
     _keys_none = field_validator("api_key", "secret_key", mode="before")(empty_secret_to_none)
 
     @model_validator(mode="after")
-    def _keys_when_enabled(self) -> AmplitudeConnector:
+    def _keys_when_enabled(self, info: ValidationInfo) -> AmplitudeConnector:
         if self.enabled:
-            missing = [name for name in ("api_key", "secret_key") if getattr(self, name) is None]
+            # Without secrets wanted, a key written in the file but left empty (unset ${VAR}, unread
+            # *_file) is fine; a key not written at all is still a mistake in the file.
+            wanted = secrets_wanted(info)
+            missing = [
+                name
+                for name in ("api_key", "secret_key")
+                if getattr(self, name) is None and (wanted or name not in self.model_fields_set)
+            ]
             if missing:
                 raise located(
                     *(((name,), "is required when connectors.amplitude.enabled is true") for name in missing)
@@ -48,8 +55,8 @@ class AmplitudeConnector(Section):
         return self
 
 
-def _required_secret(value: Secret) -> Secret:
-    if not value:
+def _required_secret(value: Secret, info: ValidationInfo) -> Secret:
+    if not value and secrets_wanted(info):
         raise ValueError("must not be empty")
     return value
 

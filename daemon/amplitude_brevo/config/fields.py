@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    ValidationInfo,
     model_validator,
 )
 
@@ -290,6 +291,11 @@ def lower(value: Any) -> Any:
 def empty_secret_to_none(value: Any) -> Any:
     # `${WEBHOOK_TOKEN:-}` expands to "": the same as not configured.
     return None if value == "" or (isinstance(value, Secret) and not value) else value
+
+
+def secrets_wanted(info: ValidationInfo) -> bool:
+    """False while validating for a command that needs no secrets (``load_config(..., secrets=False)``)."""
+    return not (isinstance(info.context, dict) and info.context.get("secrets") is False)
 
 
 def did_you_mean(word: str, choices: list[str]) -> str:

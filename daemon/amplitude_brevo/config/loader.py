@@ -49,6 +49,9 @@ class _Resolver:
     from_file: dict[Loc, Loc] = field(default_factory=dict)
     secrets: set[str] = field(default_factory=set)
     order: dict[Loc, int] = field(default_factory=dict)
+    # False: secrets are not needed (status, dlq list): an unset ${VAR} in a secret or its *_file path
+    # leaves the secret empty, and *_file secrets are not read at all.
+    read_secrets: bool = True
 
     def fail(self, loc: Loc, message: str, suppress: Loc | None = None) -> None:
         self.errors.append((loc, message))
@@ -86,7 +89,7 @@ class _Resolver:
                 return value
             if default is not None:  # like the shell: `:-` also covers a set-but-empty variable
                 return default
-            if value is None:
+            if value is None and not (not self.read_secrets and _is_secret_slot(loc)):
                 self.fail(
                     loc, f"environment variable {name} is not set (use ${{{name}:-default}} if optional)"
                 )
@@ -113,6 +116,9 @@ class _Resolver:
                 continue
             if not isinstance(raw_path, str):
                 self.fail(file_loc, "must be a file path", suppress=key_loc)
+                continue
+            if not self.read_secrets:
+                mapping[key] = [] if _is_list_slot(key_loc) else ""  # not read: left empty
                 continue
             content = self.read_secret_file(raw_path, file_loc, key_loc)
             if content is None:
@@ -148,6 +154,17 @@ class _Resolver:
         self.secrets.add(content)
         self.secrets.update(line.strip() for line in content.splitlines() if line.strip())
         return content
+
+
+def _is_secret_slot(loc: Loc) -> bool:
+    """A secret (`api_key`), one item of a list of them (`api_keys[0]`), or a secret's `*_file` path."""
+    if loc in SECRET_PATHS:
+        return True
+    if loc and isinstance(loc[-1], int) and loc[:-1] in SECRET_PATHS:
+        return True
+    return bool(loc) and isinstance(loc[-1], str) and loc[-1].endswith("_file") and (
+        (*loc[:-1], loc[-1][: -len("_file")]) in SECRET_PATHS
+    )
 
 
 def _is_list_slot(loc: Loc) -> bool:
@@ -238,20 +255,33 @@ def _order_key(loc: Loc, order: dict[Loc, int]) -> int:
 
 
 def parse_config(
-    data: dict[str, Any], env: Mapping[str, str] | None = None, base_dir: Path | None = None
+    data: dict[str, Any],
+    env: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+    *,
+    secrets: bool = True,
 ) -> Config:
-    """Validate an already-parsed YAML document; raises ConfigError listing every problem."""
+    """Validate an already-parsed YAML document; raises ConfigError listing every problem.
+
+    ``secrets=False`` is for commands that need no API key (status, dlq list/show/purge), run from a shell
+    that has neither the key variables nor systemd's $CREDENTIALS_DIRECTORY: an unset ``${VAR}`` in a
+    secret (or in a secret's ``*_file`` path) is not an error, ``*_file`` secrets are not read, and such
+    secrets are left empty (None for optional ones, an empty Secret for the Brevo key). Everything else is
+    validated as usual, including that every required secret key is written in the file at all.
+    """
     env = os.environ if env is None else env
     if data is None:
         raise ConfigError(["config is empty: expected a mapping of sections (connectors, sync, ...)"])
     if not isinstance(data, dict):
         raise ConfigError([f"config must be a mapping of sections, not a {type(data).__name__}"])
-    resolver = _Resolver(env=env, base_dir=Path(base_dir) if base_dir is not None else Path.cwd())
+    resolver = _Resolver(
+        env=env, base_dir=Path(base_dir) if base_dir is not None else Path.cwd(), read_secrets=secrets
+    )
     resolved = resolver.resolve(data)
     errors = list(resolver.errors) + list_writer_errors(resolved)
     config: Config | None = None
     try:
-        config = Config.model_validate(resolved)
+        config = Config.model_validate(resolved, context={"secrets": secrets})
     except ValidationError as exc:
         for loc, msg in _pydantic_errors(exc):
             if any(loc[: len(s)] == s for s in resolver.suppressed):
@@ -296,8 +326,14 @@ def _construct_mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = Fal
 _Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read, expand and validate a config file; raises ConfigError (also for I/O and YAML syntax errors)."""
+def load_config(
+    path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *, secrets: bool = True
+) -> Config:
+    """Read, expand and validate a config file; raises ConfigError (also for I/O and YAML syntax errors).
+
+    Every call reads the file and every ``*_file`` secret again (a SIGHUP reload picks up rotated keys).
+    ``secrets=False``: see parse_config().
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -320,4 +356,4 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
         raise ConfigError([f"{path}: invalid YAML"]) from None
     if data is None:
         raise ConfigError([f"{path}: config file is empty"])
-    return parse_config(data, env=env, base_dir=path.parent)
+    return parse_config(data, env=env, base_dir=path.parent, secrets=secrets)
