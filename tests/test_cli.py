@@ -8,13 +8,25 @@ import sys
 
 import orjson
 import pytest
+import structlog
 import yaml
 
 from amplitude_brevo.cli import main
 from amplitude_brevo.config import parse_config, unbuilt_settings
+from amplitude_brevo.logs import configure_logging
 from amplitude_brevo.state import DeadLetter, StateStore
 
 from .e2e.conftest import SECRETS, DaemonProcess, base_config
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found():
+    """main() configures structlog for the whole process, onto the stream capsys lends this test and
+    closes after it; later tests in the same session (test_app's daemons) would log into that closed file.
+    Quiet meanwhile (warnings, to the real stderr), so that helpers' info lines stay out of stdout."""
+    configure_logging("warning", "json", stream=sys.__stderr__)
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
