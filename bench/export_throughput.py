@@ -251,6 +251,7 @@ class DiscardingBrevo:
 
     def __init__(self) -> None:
         self.budgets = {"brevo_events_batch": _Unlimited(), "brevo_events": _Unlimited()}
+        self.stop = None
         self.requests = 0
 
     def reconfigure(self, **_: Any) -> None:
@@ -285,6 +286,8 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from amplitude_brevo.config import parse_config
     from amplitude_brevo.logs import configure_logging
     from amplitude_brevo.metrics import Metrics
+    from amplitude_brevo.pipeline.acks import Acknowledger
+    from amplitude_brevo.pipeline.dedupe import DedupeRecord
     from amplitude_brevo.pipeline.queue import BatchQueue
     from amplitude_brevo.sinks.brevo_events import BrevoEventsSink
     from amplitude_brevo.sources.amplitude_export import ExportSource
@@ -305,17 +308,19 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     start = START
     end = START + timedelta(hours=args.hours - 1)
     far_future = datetime(2100, 1, 1, tzinfo=UTC)
-    source = ExportSource(cfg=cfg, state=state, client=client, queue=queue, stopping=asyncio.Event(),
+    dedupe = DedupeRecord(state, cfg.state.dedupe_window)
+
+    class DiscardingAcks(Acknowledger):
+        async def settle(self, sink: str, items: Any, refused: Any = None) -> None:
+            self.settle_dry(sink, items)  # a discarding sink: acknowledge in memory, record nothing
+
+    acks = (Acknowledger if args.record else DiscardingAcks)(state, dedupe, metrics=metrics)
+    source = ExportSource(cfg=cfg, client=client, queues={"brevo_events": queue}, dedupe=dedupe, acks=acks,
                           checkpoint_name="bench", start=start, end=end, metrics=metrics,
                           now=lambda: far_future)
     brevo = DiscardingBrevo()
-    sink = BrevoEventsSink(queue=queue, client=brevo, state=state,  # type: ignore[arg-type]
+    sink = BrevoEventsSink(queue=queue, client=brevo, acks=acks,  # type: ignore[arg-type]
                            batch_size=cfg.connectors.brevo.events_batch_size, metrics=metrics)
-    if not args.record:
-        async def acknowledge_only(items: list[Any], letters: list[Any]) -> None:
-            sink._acknowledge_dry(items)  # a discarding sink: acknowledge in memory, record nothing
-
-        sink._acknowledge = acknowledge_only  # type: ignore[method-assign]
     download = _Timed(client, "download_export")
     reading = _Timed(source, "_read_window")
     unseen = _Timed(state, "unseen")
@@ -386,7 +391,7 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
             gc_time["collections"][info["generation"]] += 1
 
     if not args.no_tune:
-        from amplitude_brevo.pipeline.runtime import tune_runtime
+        from amplitude_brevo.tuning import tune_runtime
 
         tune_runtime()  # what the daemon does at startup
     gc.callbacks.append(on_gc)
@@ -639,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record", action="store_true", help=argparse.SUPPRESS)  # internal: that run
     parser.add_argument("--profile", action="store_true", help="run the pipeline under cProfile (slower)")
     parser.add_argument("--no-tune", action="store_true",
-                        help="diagnosis: skip pipeline.runtime.tune_runtime() (switch interval, gc.freeze)")
+                        help="diagnosis: skip tuning.tune_runtime() (switch interval, gc.freeze)")
     parser.add_argument("--no-stages", action="store_true", help="skip the per-stage reference timings")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     # internal: one phase in a child process

@@ -2,6 +2,7 @@
 
 import asyncio
 
+import pytest
 import yaml
 
 from amplitude_brevo.app import Daemon
@@ -166,5 +167,196 @@ async def test_admin_endpoints(tmp_path):
             async with s.get(base + "/metrics") as r:
                 text = await r.text()
                 assert r.status == 200 and "amplitude_brevo_config_reloads_total" in text
+    finally:
+        await daemon.shutdown()
+
+
+class RecordingNotifier:
+    """Stands in for sd_notify: records the order of READY against the components' start()."""
+
+    watchdog_interval = None
+
+    def __init__(self, events):
+        self.events = events
+
+    def ready(self, status=None):
+        self.events.append("READY")
+
+    def reloading(self):
+        self.events.append("RELOADING")
+
+    def stopping(self, status=None):
+        self.events.append("STOPPING")
+
+    def status(self, text):
+        pass
+
+    def watchdog(self):
+        pass
+
+    def close(self):
+        pass
+
+
+class Stoppable:
+    """A component with the full lifecycle: start() before READY, run() until stop()."""
+
+    def __init__(self, name, role, events):
+        self.name, self.role, self.events = name, role, events
+        self._stop = asyncio.Event()
+
+    async def start(self):
+        self.events.append(f"start {self.name}")
+
+    async def run(self):
+        await self._stop.wait()
+        self.events.append(f"stopped {self.name}")
+
+    def stop(self):
+        self._stop.set()
+
+    def reload(self, cfg):
+        self.events.append(f"reload {self.name}")
+
+
+async def test_components_start_before_ready(tmp_path):
+    events = []
+    daemon = Daemon(make_cfg(tmp_path), notifier=RecordingNotifier(events), install_signal_handlers=False,
+                    components=lambda rt: [Stoppable("sink", "consumer", events), Stoppable("source", "producer", events)])
+    await daemon.startup()
+    try:
+        assert events == ["start sink", "start source", "READY"]
+    finally:
+        await daemon.shutdown()
+    assert events[-2:] == ["stopped sink", "stopped source"] or set(events[-2:]) == {"stopped sink", "stopped source"}
+
+
+async def test_a_failing_start_never_reports_ready_and_cleans_up(tmp_path):
+    events = []
+
+    class Broken(Stoppable):
+        async def start(self):
+            raise OSError("cannot bind")
+
+    daemon = Daemon(make_cfg(tmp_path), notifier=RecordingNotifier(events), install_signal_handlers=False,
+                    components=lambda rt: [Stoppable("ok", "consumer", events), Broken("broken", "producer", events)])
+    with pytest.raises(Exception, match="cannot bind"):
+        await daemon.startup()
+    assert "READY" not in events
+    assert daemon.runtime.state.closed, "the state file is closed again"
+
+
+async def test_reload_reconciles_the_component_set_with_the_config(tmp_path, monkeypatch):
+    """Switching a path off stops its components; on again starts new ones; the rest reload in place."""
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    events = []
+    made = []
+
+    def factory(rt):
+        components = [Stoppable("always", "consumer", events)]
+        if rt.cfg.sync.events:
+            components.append(Stoppable("events", "producer", events))
+        made.extend(components)
+        return components
+
+    daemon = Daemon(make_cfg(tmp_path), config_path=path, components=factory, install_signal_handlers=False)
+    await daemon.startup()
+    try:
+        first_events = daemon.components["events"]
+        path.write_text(yaml.safe_dump(base_config(tmp_path, sync={"events": False})))
+        assert await daemon.reload() is True
+        assert set(daemon.components) == {"always"}
+        assert "stopped events" in events and "reload always" in events
+        assert daemon.components["always"] is made[0], "a component still wanted is kept, not restarted"
+        path.write_text(yaml.safe_dump(base_config(tmp_path)))
+        assert await daemon.reload() is True
+        assert set(daemon.components) == {"always", "events"}
+        assert daemon.components["events"] is not first_events, "switched on again: a new instance"
+        assert events.count("start events") == 2
+    finally:
+        await daemon.shutdown()
+
+
+async def test_a_stopped_source_leaves_no_item_behind_in_a_queue_or_in_flight(tmp_path, monkeypatch):
+    """The items a retired producer had queued are dropped and their keys leave the in-flight set, so its
+    successor (reading again from the checkpoint) queues them again."""
+    from amplitude_brevo.pipeline.acks import OffsetTracker
+    from amplitude_brevo.pipeline.items import Item
+
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    events = []
+
+    class Source(Stoppable):
+        def __init__(self, rt):
+            super().__init__("source", "producer", events)
+            self.tracker = OffsetTracker("test", "test", str)
+
+    def factory(rt):
+        return [Stoppable("keeper", "consumer", events), Source(rt)] if rt.cfg.sync.events else [
+            Stoppable("keeper", "consumer", events)]
+
+    daemon = Daemon(make_cfg(tmp_path), config_path=path, components=factory, install_signal_handlers=False)
+    await daemon.startup()
+    try:
+        rt = daemon.runtime
+        source = daemon.components["source"]
+        other = OffsetTracker("other", "other", str)
+        queue = rt.queue("brevo_events")
+        await queue.put_many([Item("events:1", b"{}", source.tracker.token(1)), Item("events:2", b"{}", other.token(1))])
+        rt.dedupe.inflight.update({"events:1", "events:2"})
+        path.write_text(yaml.safe_dump(base_config(tmp_path, sync={"events": False})))
+        assert await daemon.reload() is True
+        assert [i.key for i in await queue.discard()] == ["events:2"], "only the retired source's items go"
+        assert rt.dedupe.inflight == {"events:2"}
+        assert source.tracker.closed
+    finally:
+        await daemon.shutdown()
+
+
+async def test_dlq_size_counts_the_dead_letters_on_file_and_those_added_since(tmp_path):
+    import aiohttp
+
+    from amplitude_brevo.state import DeadLetter, StateStore
+
+    cfg = make_cfg(tmp_path)
+    async with await StateStore.open(cfg.state.path) as state:
+        await state.add_dead_letters([DeadLetter("export", "brevo_events", {"n": n}, "bad") for n in range(3)])
+    daemon = Daemon(cfg, install_signal_handlers=False)
+    await daemon.startup()
+
+    async def gauge() -> float:
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{daemon.admin_port}/metrics") as r:
+            text = await r.text()
+        return float(next(line for line in text.splitlines() if line.startswith("amplitude_brevo_dlq_size ")).split()[1])
+
+    try:
+        assert await gauge() == 3
+        await daemon.runtime.acks.dead_letter([DeadLetter("export", "brevo_events", {"n": 9}, "bad")])
+        assert await gauge() == 4
+    finally:
+        await daemon.shutdown()
+
+
+async def test_readyz_fails_while_a_health_check_fails(tmp_path):
+    import aiohttp
+
+    daemon = Daemon(make_cfg(tmp_path), install_signal_handlers=False)
+    await daemon.startup()
+    try:
+        url = f"http://127.0.0.1:{daemon.admin_port}/readyz"
+        async with aiohttp.ClientSession() as s:
+            daemon.runtime.health.fail("brevo /events", "HTTP 404 (not a Brevo answer)", "check connectors.brevo.api_url")
+            async with s.get(url) as r:
+                body = await r.json()
+                assert r.status == 503 and body["failing"]["brevo /events"]["hint"] == "check connectors.brevo.api_url"
+            daemon.runtime.health.ok("brevo /events")
+            async with s.get(url) as r:
+                assert r.status == 200
     finally:
         await daemon.shutdown()

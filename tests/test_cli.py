@@ -1,15 +1,32 @@
 """The command line in-process: exit codes, check-config, status and dlq against a real state file."""
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 
 import orjson
 import pytest
+import structlog
 import yaml
 
 from amplitude_brevo.cli import main
+from amplitude_brevo.config import parse_config, unbuilt_settings
+from amplitude_brevo.logs import configure_logging
 from amplitude_brevo.state import DeadLetter, StateStore
 
-from .e2e.conftest import SECRETS, base_config
+from .e2e.conftest import SECRETS, DaemonProcess, base_config
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found():
+    """main() configures structlog for the whole process, onto the stream capsys lends this test and
+    closes after it; later tests in the same session (test_app's daemons) would log into that closed file.
+    Quiet meanwhile (warnings, to the real stderr), so that helpers' info lines stay out of stdout."""
+    configure_logging("warning", "json", stream=sys.__stderr__)
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
@@ -34,6 +51,47 @@ def test_check_config_reports_errors_with_exit_2(tmp_path, capsys):
     assert main(["check-config", "-c", str(path)]) == 2
     err = capsys.readouterr().err
     assert "batchng" in err and "did you mean 'batching'" in err and "xkeysib-abc-LEAK" not in err
+
+
+# Asks for segments, revenue and the ingest endpoint, none of which this version has.
+UNBUILT = {"lists": {"active_users": 10}, "user_activity": {"enabled": False}, "ingest": {"enabled": True}}
+
+
+def test_check_config_warns_about_unbuilt_settings(tmp_path, monkeypatch, capsys):
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path, **UNBUILT)))
+    assert main(["check-config", "-c", str(path)]) == 0  # still a valid config
+    captured = capsys.readouterr()
+    warnings = [line for line in captured.err.splitlines() if line.startswith("amplitude-brevo: warning: ")]
+    assert [w.split(": ", 2)[2].split(" ", 1)[0] for w in warnings] == ["sync.revenue", "lists", "ingest.enabled"]
+    assert all("is accepted but not built yet in this version; it is ignored" in w for w in warnings)
+    assert "warning" not in captured.out  # stdout stays the rendered YAML alone
+
+    quiet = base_config(tmp_path, sync={"revenue": False})
+    path.write_text(yaml.safe_dump(quiet))
+    assert main(["check-config", "-c", str(path)]) == 0
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("command", [["run"], ["backfill", "--start", "2026-11-01T00", "--end", "2026-11-01T01"]])
+async def test_run_and_backfill_log_unbuilt_settings_before_starting(tmp_path, command):
+    data = base_config(tmp_path, **UNBUILT)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    expected = unbuilt_settings(parse_config(data, env=SECRETS))
+    proc = await DaemonProcess.start(command[0], "-c", str(path), *command[1:])
+    try:
+        await proc.wait_for_log("daemon.started")
+        proc.proc.send_signal(signal.SIGTERM)
+        await proc.wait()
+    finally:
+        proc.kill()
+    first = proc.lines[: len(expected)]
+    assert [(line["event"], line["level"]) for line in first] == [("config.not_built", "warning")] * len(expected)
+    assert [line["detail"] for line in first] == expected and len(expected) == 3
+    assert all(secret not in proc.all_output() for secret in SECRETS.values())
 
 
 def test_config_path_defaults_to_environment(cfg_file, monkeypatch, capsys):
@@ -87,3 +145,32 @@ def test_backfill_rejects_reversed_range(cfg_file, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["backfill", "-c", str(cfg_file), "--start", "yesterday", "--end", "2026-11-01T00"])
     assert exc.value.code == 2
+
+
+def test_state_commands_need_no_api_keys(tmp_path):
+    """An operator's shell has neither the key variables nor systemd's $CREDENTIALS_DIRECTORY."""
+    data = base_config(tmp_path)
+    del data["connectors"]["brevo"]["api_key"]
+    data["connectors"]["brevo"]["api_key_file"] = "brevo_api_key"  # as README's production config
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    _seed_state(tmp_path / "state.db")
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS and k != "CREDENTIALS_DIRECTORY"}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "amplitude_brevo", *args, "-c", str(path)],
+                              env=env, capture_output=True, text=True, timeout=60, check=False)
+
+    status = cli("status", "--json")
+    assert status.returncode == 0, status.stderr
+    assert orjson.loads(status.stdout)["dead_letters"] == {"export": 2}
+    listing = cli("dlq", "list")
+    assert listing.returncode == 0 and "refused: bad" in listing.stdout, listing.stderr
+    assert cli("dlq", "show", "1").returncode == 0
+    purge = cli("dlq", "purge", "--id", "2")
+    assert purge.returncode == 0 and "purged 1" in purge.stdout, purge.stderr
+
+    # Whatever sends still needs the keys, and says which are missing.
+    for sends in (cli("dlq", "replay", "--all"), cli("check-config")):
+        assert sends.returncode == 2
+        assert "AMPLITUDE_API_KEY is not set" in sends.stderr and "connectors.brevo.api_key_file" in sends.stderr

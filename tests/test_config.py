@@ -24,6 +24,7 @@ from amplitude_brevo.config import (
     parse_hour,
     render_config,
     secret_values,
+    unbuilt_settings,
 )
 from amplitude_brevo.secrets import Secret
 
@@ -210,6 +211,87 @@ def test_seed_appendix_a_with_brevo_key_is_valid() -> None:
     assert cfg.cohorts == [] and cfg.export.start is None
     # Apps send the project key to the ingest endpoint, so it is accepted by default.
     assert cfg.ingest.api_keys == [Secret("your-amplitude-api-key")]
+
+
+# SPEC §3's example config, as printed there: every key of it must be accepted.
+SPEC_EXAMPLE = """
+connectors:
+  amplitude:
+    enabled: true
+    api_key: "${AMPLITUDE_API_KEY}"
+    secret_key: "${AMPLITUDE_SECRET_KEY}"
+    data_center: "US"
+    ingest_url: null
+    api_url: null
+  brevo:
+    api_key: "${BREVO_API_KEY}"
+    api_url: null
+    plan: general
+    create_attributes: false
+sync: {events: true, user_properties: true, cohorts: true, revenue: true}
+lists: {active_users: 10, power_users: 11, churning_users: 12}
+event_mapping:
+  "Purchase": "order_completed"
+  "Sign Up": "customer_created"
+property_mapping:
+  email: email
+  first_name: FIRSTNAME
+  lifetime_revenue: LTV
+identity:
+  ext_id: user_id
+  email_property: email
+  anonymous: skip
+export:
+  start: "2026-11-01T00"
+  lag: 3h
+  poll_interval: 5m
+  max_window: 24h
+cohorts:
+  - {id: "def456", list_id: 13, mode: mirror, every: 1h}
+cohort_guard: {max_removal_fraction: 0.5}
+segments:
+  every: 1h
+  active_users:   {seen_within: 7d}
+  power_users:    {cohort: "abc123"}
+  churning_users: {active_within: 60d, not_seen_for: 14d}
+user_activity: {enabled: true, refresh_after: 24h}
+revenue:
+  orders: true
+  ltv_attribute: null
+  count_attribute: null
+ingest:
+  enabled: true
+  listen: "127.0.0.1:8787"
+  forward_to_amplitude: true
+  api_keys: ["${AMPLITUDE_API_KEY}"]
+  webhook_token: "${WEBHOOK_TOKEN:-}"
+  allow_from: []
+  trusted_proxies: []
+admin: {listen: "127.0.0.1:9464"}
+state: {path: "/var/lib/amplitude-brevo/state.db", dedupe_window: 7d}
+rate_limits:
+  brevo_events: {requests: 10, per: 1s}
+  brevo_contacts: {requests: 10, per: 1s}
+batching: {max_items: 1000, max_wait: 2s, queue_capacity: 50000}
+shutdown_timeout: 20s
+logging: {level: info, format: auto}
+"""
+
+
+def test_spec_example_config_is_valid() -> None:
+    cfg = parse_config(yaml.safe_load(SPEC_EXAMPLE), env=ENV)
+    assert cfg.connectors.brevo.create_attributes is False
+    assert (cfg.ingest.allow_from, cfg.ingest.trusted_proxies) == ([], [])
+    assert cfg.ingest.api_keys == [Secret(AMP_KEY)]
+
+
+def test_ingest_networks_are_normalized() -> None:
+    cfg = parse_config(
+        minimal(ingest={"allow_from": ["10.0.0.1/8", " ::1/128", "192.168.1.7"], "trusted_proxies": ["fd00::/8"]}),
+        env={},
+    )
+    assert cfg.ingest.allow_from == ["10.0.0.0/8", "::1/128", "192.168.1.7/32"]
+    assert cfg.ingest.trusted_proxies == ["fd00::/8"]
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -557,6 +639,12 @@ BAD_CONFIGS = [
         "batching.queue_capacity",
         "at least max_items",
     ),
+    Bad(
+        "bad allow_from network",
+        [(("ingest", "allow_from"), ["10.0.0.0/33"])],
+        "ingest.allow_from[0]",
+        "is not an IP network",
+    ),
     Bad("listen without port", [(("ingest", "listen"), "localhost")], "ingest.listen", "host:port"),
     Bad("listen port out of range", [(("admin", "listen"), "127.0.0.1:70000")], "admin.listen", "host:port"),
     Bad(
@@ -697,6 +785,136 @@ def test_unset_env_var_reported_once_per_key() -> None:
         "state.path: environment variable A is not set (use ${A:-default} if optional)",
         "state.path: environment variable B is not set (use ${B:-default} if optional)",
     ]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Settings accepted but not built yet
+
+
+NOT_BUILT = "is accepted but not built yet in this version; it is ignored"
+
+
+def unbuilt_keys(cfg: Config) -> list[str]:
+    messages = unbuilt_settings(cfg)
+    assert all(NOT_BUILT in m for m in messages), messages
+    return [m.split(" ", 1)[0] for m in messages]
+
+
+def test_unbuilt_settings_of_the_shipped_config() -> None:
+    cfg = load_config(SHIPPED, env=ENV)
+    assert unbuilt_keys(cfg) == [
+        "sync.user_properties",
+        "cohorts",
+        "sync.revenue",
+        "lists",
+        "user_activity.enabled",
+        "ingest.enabled",
+    ]
+    messages = unbuilt_settings(cfg)
+    assert "FIRSTNAME, LTV" in messages[0] and "def456" in messages[1] and "127.0.0.1:8787" in messages[-1]
+    assert_no_secrets(*messages)
+
+
+# The export path alone: nothing unbuilt is asked for (sync.revenue and ingest.enabled default to true).
+QUIET = minimal(sync={"revenue": False}, ingest={"enabled": False})
+PLAN_ATTRIBUTE = (("property_mapping",), {"email": "email", "plan": "PLAN"})
+A_COHORT = (("cohorts",), [{"id": "c1", "list_id": 5}])
+
+
+@pytest.mark.parametrize(
+    ("edits", "expected"),
+    [
+        ([], []),
+        ([(("sync",), DELETE), (("ingest",), DELETE)], ["sync.revenue", "ingest.enabled"]),  # defaults count
+        ([(("connectors", "brevo", "create_attributes"), True)], ["connectors.brevo.create_attributes"]),
+        # Identity targets are carried in `identifiers`: no contact attribute to write.
+        ([(("property_mapping",), {"email": "email", "uid": "EXT_ID"})], []),
+        ([PLAN_ATTRIBUTE], ["sync.user_properties", "user_activity.enabled"]),
+        ([PLAN_ATTRIBUTE, (("sync", "user_properties"), False)], []),
+        ([A_COHORT], ["cohorts"]),
+        ([A_COHORT, (("sync", "cohorts"), False)], []),
+        ([(("sync", "revenue"), True), (("revenue",), {"orders": False})], []),
+        ([(("sync", "revenue"), True), (("revenue",), {"orders": False, "ltv_attribute": "AMP_LTV"})], ["sync.revenue"]),
+        ([(("lists",), {"power_users": 11})], ["lists", "user_activity.enabled"]),
+        ([(("lists",), {"power_users": 11}), (("user_activity",), {"enabled": False})], ["lists"]),
+        ([(("segments",), {"every": "2h"})], []),  # rules without lists are not synced, built or not
+        ([(("ingest", "enabled"), True)], ["ingest.enabled"]),
+    ],
+)
+def test_unbuilt_settings_rules(edits: list[tuple[tuple[Any, ...], Any]], expected: list[str]) -> None:
+    assert unbuilt_keys(parse_config(apply_edits(QUIET, edits), env={})) == expected
+
+
+# --------------------------------------------------------------------------------------------------------
+# secrets=False: for status and dlq list/show/purge, from a shell without the keys
+
+
+def test_without_secrets_unset_key_variables_leave_keys_empty() -> None:
+    with pytest.raises(ConfigError):
+        load_config(SHIPPED, env={})
+    cfg = load_config(SHIPPED, env={}, secrets=False)
+    amp, brevo = cfg.connectors.amplitude, cfg.connectors.brevo
+    assert (amp.api_key, amp.secret_key, cfg.ingest.webhook_token) == (None, None, None)
+    assert not brevo.api_key and cfg.ingest.api_keys == []
+    assert cfg.state.path == "/var/lib/amplitude-brevo/state.db" and cfg.cohorts[0].id == "def456"
+    # A variable that is set is still used.
+    cfg = load_config(SHIPPED, env={"BREVO_API_KEY": BREVO_KEY}, secrets=False)
+    assert cfg.connectors.brevo.api_key.reveal() == BREVO_KEY and secret_values(cfg) == [BREVO_KEY]
+
+
+def test_without_secrets_key_files_are_not_read(tmp_path: Path) -> None:
+    (tmp_path / "brevo.key").write_text(FILE_SECRET)
+    data = minimal(ingest={"api_keys_file": "/nonexistent/ingest.keys"})
+    data["connectors"]["brevo"] = {"api_key_file": "brevo.key"}
+    data["connectors"]["amplitude"] = {"api_key_file": "missing.key", "secret_key_file": "${CREDS_DIR}/amp"}
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env={}, base_dir=tmp_path)
+    assert [e.split(": ", 1)[0] for e in info.value.errors] == [
+        "connectors.amplitude.api_key_file",
+        "connectors.amplitude.secret_key_file",
+        "connectors.amplitude.secret_key_file",
+        "ingest.api_keys_file",
+    ]
+    cfg = parse_config(data, env={}, base_dir=tmp_path, secrets=False)
+    assert cfg.connectors.amplitude.api_key is None and cfg.connectors.amplitude.secret_key is None
+    assert not cfg.connectors.brevo.api_key and cfg.ingest.api_keys == []
+    assert secret_values(cfg) == []  # brevo.key exists but was not read
+    assert_no_secrets(repr(cfg), render_config(cfg))
+
+
+def test_without_secrets_everything_else_is_still_validated() -> None:
+    data = apply_edits(
+        shipped_data(),
+        [
+            (("state", "path"), "${STATE_DIRECTORY}/state.db"),  # not a secret: still must be set
+            (("event_mapping", "Add to Cart"), "cart updated"),
+            (("connectors", "amplitude", "secret_key"), DELETE),  # not written at all
+            (("connectors", "brevo", "api_key"), DELETE),
+            (("ingest", "webhook_token_file"), "hook.token"),  # both a key and its file
+        ],
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, env={}, secrets=False)
+    paths = [e.split(": ", 1)[0] for e in info.value.errors]
+    assert paths == [
+        "connectors.amplitude.secret_key",
+        "connectors.brevo.api_key",
+        'event_mapping."Add to Cart"',
+        "ingest.webhook_token_file",
+        "state.path",
+    ]
+    assert any("STATE_DIRECTORY is not set" in e for e in info.value.errors)
+
+
+def test_every_load_reads_key_files_again(tmp_path: Path) -> None:
+    """What makes `systemctl reload` rotate keys that come from files: reload calls load_config()."""
+    key = tmp_path / "brevo.key"
+    conf = tmp_path / "config.yaml"
+    conf.write_text(f"connectors:\n  amplitude: {{enabled: false}}\n  brevo: {{api_key_file: '{key}'}}\n")
+    key.write_text(BREVO_KEY)
+    assert load_config(conf, env={}).connectors.brevo.api_key.reveal() == BREVO_KEY
+    key.write_text(FILE_SECRET + "\n")
+    assert load_config(conf, env={}).connectors.brevo.api_key.reveal() == FILE_SECRET
 
 
 # --------------------------------------------------------------------------------------------------------

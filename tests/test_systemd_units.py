@@ -262,6 +262,8 @@ def test_key_directives(name: str) -> None:
     assert timespan(one(v, "WatchdogSec")) == 30
     assert one(v, "Restart") == "on-failure"
     assert timespan(one(v, "RestartSec")) == 5
+    # Exit code 2 is a bad config: restarting every RestartSec cannot fix it.
+    assert one(v, "RestartPreventExitStatus") == "2"
     assert one(v, "KillSignal") == "SIGTERM"
     # The drain after SIGTERM is bounded by shutdown_timeout; systemd must not SIGKILL before it.
     assert timespan(one(v, "TimeoutStopSec")) > SHUTDOWN_TIMEOUT_DEFAULT

@@ -18,9 +18,12 @@ from aiohttp import web
 
 from .clients.http import make_session
 from .config import Config, ConfigError, load_config, secret_values
+from .health import Health
 from .logs import configure_logging, get_logger
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .notify import Notifier
+from .pipeline.acks import Acknowledger
+from .pipeline.dedupe import DedupeRecord
 from .pipeline.queue import BatchQueue
 from .sinks.budgets import Budgets
 from .state import StateStore
@@ -42,15 +45,25 @@ class StartupError(Exception):
 
 @dataclass
 class Runtime:
-    """What every component shares: the live config, state, budgets, queues, HTTP session and metrics."""
+    """What every component shares: the live config, state, budgets, queues, HTTP session and metrics,
+    readiness, the one dedupe record and the one acknowledger (the checkpoint writer)."""
 
     cfg: Config
     state: StateStore
     budgets: Budgets
     metrics: Metrics
     session: aiohttp.ClientSession
+    health: Health = field(default_factory=Health)
+    dedupe: DedupeRecord = None  # type: ignore[assignment]  # set in __post_init__
+    acks: Acknowledger = None  # type: ignore[assignment]
     queues: dict[str, BatchQueue[Any]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        if self.dedupe is None:
+            self.dedupe = DedupeRecord(self.state, self.cfg.state.dedupe_window, metrics=self.metrics)
+        if self.acks is None:
+            self.acks = Acknowledger(self.state, self.dedupe, metrics=self.metrics)
 
     def queue(self, sink: str) -> BatchQueue[Any]:
         """The batching queue of one sink, created on first use with the configured batching."""
@@ -61,7 +74,14 @@ class Runtime:
 
 
 class Component(Protocol):
-    """A producer (reads a source, puts into queues) or a consumer (drains a queue into a sink)."""
+    """A producer (reads a source, puts into queues) or a consumer (drains a queue into a sink).
+
+    `start()` (optional) runs before READY=1: bind listeners, open clients, prepare directories. `run()`
+    is the component's task. `stop()` (optional) asks it to finish: a producer stops reading at its next
+    unit of work; a sink takes no new batch and sends nothing more, lets the requests in flight finish and
+    records them, then `run()` returns. A producer's `sinks` (optional) names the sinks it feeds: when a
+    reload changes them, the producer is replaced. `collect_metrics()` (optional) runs at each scrape.
+    """
 
     name: str
     role: str  # "producer" | "consumer"
@@ -118,8 +138,9 @@ class Daemon:
         self._stopping = False
         self._ready = False
         self.runtime: Runtime | None = None
-        self.components: list[Component] = []
+        self.components: dict[str, Component] = {}
         self._tasks: dict[asyncio.Task[None], Component] = {}
+        self._expiry: asyncio.Task[None] | None = None
         self._admin: web.AppRunner | None = None
         self._watchdog: asyncio.Task[None] | None = None
         self.exit_code = 0
@@ -155,9 +176,9 @@ class Daemon:
             loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         try:
             state = await StateStore.open(self.cfg.state.path)
-        except Exception as exc:  # StateError and OS errors: a clear message, never a silent reset
+        except Exception as exc:  # StateError (locked, corrupt …) and OS errors: a clear message, never a reset
             raise StartupError(f"cannot open state file {self.cfg.state.path}: {exc}") from exc
-        self.runtime = Runtime(
+        self.runtime = rt = Runtime(
             cfg=self.cfg,
             state=state,
             budgets=Budgets(
@@ -167,26 +188,46 @@ class Daemon:
             session=make_session(),
         )
         try:
+            self.metrics.dlq_size.set(sum((await state.dead_letter_counts()).values()))
+            rt.acks.on_dead_letters = self.metrics.dlq_size.inc
             if self._admin_enabled:
                 await self._start_admin()
+            for component in self._component_factory(rt):
+                await self._launch(component)
         except OSError as exc:
-            await self._close_runtime()
+            await self._abort_startup()
             raise StartupError(f"cannot listen on admin.listen {self.cfg.admin.listen}: {exc.strerror or exc}") from exc
-        self.components = list(self._component_factory(self.runtime))
-        for component in self.components:
-            task = asyncio.create_task(component.run(), name=component.name)
-            self._tasks[task] = component
+        except BaseException:
+            await self._abort_startup()
+            raise
+        self._expiry = asyncio.create_task(rt.dedupe.expire_loop(), name="dedupe-expiry")
         if self.notifier.watchdog_interval:
             self._watchdog = asyncio.create_task(self._watchdog_loop(self.notifier.watchdog_interval), name="watchdog")
         self._ready = True
         self.notifier.ready(status="running")
         log.info(
             "daemon.started",
-            components=[c.name for c in self.components],
+            components=list(self.components),
             state=str(state.path),
             admin=self.cfg.admin.listen,
             seconds=round(time.monotonic() - started, 3),
         )
+
+    async def _launch(self, component: Component) -> None:
+        """`start()` the component, then run it as a task of its own."""
+        start = getattr(component, "start", None)
+        if start is not None:
+            await start()
+        self.components[component.name] = component
+        task = asyncio.create_task(component.run(), name=component.name)
+        self._tasks[task] = component
+
+    async def _abort_startup(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self._close_runtime()
 
     async def _start_admin(self) -> None:
         app = web.Application()
@@ -213,14 +254,22 @@ class Daemon:
         if self.runtime:
             for name, queue in self.runtime.queues.items():
                 self.metrics.queue_depth.labels(sink=name).set(len(queue))
+            for component in self.components.values():
+                collect = getattr(component, "collect_metrics", None)
+                if collect is not None:
+                    collect()
         return web.Response(body=self.metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _health_handler(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def _ready_handler(self, request: web.Request) -> web.Response:
-        ok = self._ready and not self._stopping
-        return web.json_response({"ready": ok}, status=200 if ok else 503)
+        failing = self.runtime.health.failing if self.runtime else {}
+        ok = self._ready and not self._stopping and not failing
+        body: dict[str, Any] = {"ready": ok}
+        if failing:
+            body["failing"] = {check: {"reason": f.reason, "hint": f.hint} for check, f in failing.items()}
+        return web.json_response(body, status=200 if ok else 503)
 
     async def _watchdog_loop(self, interval: float) -> None:
         # Runs on the event loop, so a stalled loop stops the pings and systemd restarts us.
@@ -255,6 +304,8 @@ class Daemon:
 
     def _component_finished(self, task: asyncio.Task[None]) -> None:
         component = self._tasks.pop(task)
+        if self.components.get(component.name) is component:
+            del self.components[component.name]
         if task.cancelled():
             return
         exc = task.exception()
@@ -304,13 +355,59 @@ class Daemon:
             rt = self.runtime
             rt.cfg = new
             rt.budgets.reconfigure(new.rate_limits)
+            rt.dedupe.window = new.state.dedupe_window
             b = new.batching
             for queue in rt.queues.values():
                 # Through reconfigure(): a larger capacity must wake producers waiting on a full queue.
                 await queue.reconfigure(max_items=b.max_items, max_wait=b.max_wait, capacity=b.queue_capacity)
-            for component in self.components:
-                component.reload(new)
+            await self._reconcile(new)
         log.info("config.reloaded", path=str(self.config_path), changed=changed)
+
+    async def _reconcile(self, cfg: Config) -> None:
+        """Make the running components the ones the new config asks for: a component whose name is gone
+        (or a producer whose sinks changed) is stopped, new ones are started, the rest reload in place."""
+        assert self.runtime is not None
+        desired = {c.name: c for c in self._component_factory(self.runtime)}
+        retired = [c for name, c in self.components.items()
+                   if name not in desired or _signature(desired[name]) != _signature(c)]
+        # Producers first: nothing is put into a sink's queue once it stops, and their queued items go.
+        for component in sorted(retired, key=lambda c: c.role != "producer"):
+            await self._retire(component)
+        started = []
+        for component in sorted(desired.values(), key=lambda c: c.role == "producer"):
+            if component.name in self.components:
+                self.components[component.name].reload(cfg)
+            else:
+                await self._launch(component)
+                started.append(component.name)
+        if retired or started:
+            log.info("config.components", stopped=[c.name for c in retired], started=started)
+
+    async def _retire(self, component: Component) -> None:
+        """Stop one component (in-flight requests finish) and forget what it left unacknowledged."""
+        assert self.runtime is not None
+        rt = self.runtime
+        stop = getattr(component, "stop", None)
+        if stop is not None:
+            stop()
+        tasks = [t for t, c in self._tasks.items() if c is component]
+        left = await self._wait_until(tasks, time.monotonic() + self.cfg.shutdown_timeout)
+        for task in left:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            self._component_finished(task)
+        tracker = getattr(component, "tracker", None)
+        if tracker is not None:
+            # The source is gone: its positions will be read again by its successor, from the checkpoint.
+            tracker.close()
+            for queue in rt.queues.values():
+                dropped = await queue.discard(lambda item: item.token.tracker is tracker)
+                rt.dedupe.released([i.key for i in dropped if i.key is not None])
+        elif component.role != "producer" and component.name in rt.queues:
+            dropped = await rt.queues[component.name].discard()
+            rt.dedupe.released([i.key for i in dropped if getattr(i, "key", None) is not None])
+        log.info("component.stopped", component=component.name, cancelled=bool(left))
 
     # -- shutdown --
     async def shutdown(self) -> None:
@@ -321,30 +418,26 @@ class Daemon:
         deadline = time.monotonic() + self.cfg.shutdown_timeout
         rt = self.runtime
         rt.stopping.set()
-        log.info("daemon.stopping", deadline_seconds=self.cfg.shutdown_timeout)
-
-        producers = [t for t, c in self._tasks.items() if c.role == "producer"]
-        consumers = [t for t, c in self._tasks.items() if c.role != "producer"]
-        # Producers hold nothing that is not read again after a restart: they get half the deadline to
-        # reach a clean stopping point, then are cancelled so the consumers can use the rest to drain.
-        producer_deadline = time.monotonic() + self.cfg.shutdown_timeout / 2
-        stuck = await self._wait_until(producers, producer_deadline)
-        for task in stuck:
-            task.cancel()
-        await asyncio.gather(*stuck, return_exceptions=True)
-        for queue in rt.queues.values():
-            await queue.close()
-        left = await self._wait_until(consumers, deadline)
         queued = sum(len(q) for q in rt.queues.values())
-        if stuck:
-            log.info("daemon.producers.cancelled", components=[self._tasks[t].name for t in stuck])
-        if left or queued:
+        log.info("daemon.stopping", deadline_seconds=self.cfg.shutdown_timeout, queued_items=queued)
+        # Everything stops at once: producers at their next unit of work, sinks after the requests they
+        # have in flight (recorded as Brevo answers them). What is only queued stays unacknowledged and is
+        # read again on the next start — never cut off mid-request by draining a backlog against a deadline.
+        for component in list(self.components.values()):
+            stop = getattr(component, "stop", None)
+            if stop is not None:
+                stop()
+        for queue in rt.queues.values():
+            await queue.close()  # wakes producers blocked on a full queue and consumers waiting for items
+        tasks = list(self._tasks)
+        left = await self._wait_until(tasks, deadline)
+        if left:
             forced = self._force.is_set()
             log.warning(
                 "daemon.shutdown.incomplete",
                 reason="second signal" if forced else "shutdown_timeout",
                 components=[self._tasks[t].name for t in left if t in self._tasks],
-                queued_items=queued,
+                queued_items=sum(len(q) for q in rt.queues.values()),
             )
             for task in left:
                 task.cancel()
@@ -355,6 +448,11 @@ class Daemon:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 self._component_finished(task)
         self._tasks.clear()
+        self.components.clear()
+        if self._expiry:
+            self._expiry.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._expiry
         if self._watchdog:
             self._watchdog.cancel()
             with suppress(asyncio.CancelledError):
@@ -400,6 +498,11 @@ def dump_tasks() -> None:
     for task in asyncio.all_tasks():
         frames = [f"{f.f_code.co_filename.rsplit('/', 1)[-1]}:{f.f_lineno} {f.f_code.co_name}" for f in task.get_stack()]
         log.warning("daemon.task", task=task.get_name(), stack=frames)
+
+
+def _signature(component: Component) -> tuple[str, tuple[str, ...]]:
+    """What must stay equal for a running component to be reloaded in place rather than replaced."""
+    return component.role, tuple(getattr(component, "sinks", ()))
 
 
 def _keep_fields(new: Config, old: Config, fields: list[str]) -> Config:

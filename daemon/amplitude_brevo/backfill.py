@@ -10,11 +10,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TextIO
 
-from .app import Component, Daemon, Runtime
-from .components import backfill_checkpoint, export_pipeline
+from .app import Component, Daemon, Runtime, StartupError
+from .components import backfill_checkpoint, export_source, sink_components
 from .config import Config
 from .sinks.brevo_events import BrevoEventsSink
 from .sources.amplitude_export import ExportSource
+
+
+class BackfillError(StartupError):
+    """The backfill cannot run as configured; the message says why."""
 
 
 @dataclass
@@ -35,8 +39,8 @@ class _Progress:
         self.total = int((end - start) / timedelta(hours=1)) + 1
 
     def draw(self) -> None:
-        tracker = self.source.tracker
-        done = 0 if tracker is None else int((tracker.next_hour - self.start) / timedelta(hours=1))
+        next_hour = self.source.next_hour
+        done = 0 if next_hour is None else int((next_hour - self.start) / timedelta(hours=1))
         done = max(0, min(self.total, done))
         width = 30
         filled = width * done // self.total
@@ -68,11 +72,15 @@ async def run_backfill(
     parts: dict[str, Any] = {}
 
     def components(runtime: Runtime) -> Sequence[Component]:
-        source, sink = export_pipeline(
+        source = export_source(
             runtime, checkpoint_name=backfill_checkpoint(start, end), start=start, end=end, dry_run=dry_run
         )
-        parts.update(source=source, sink=sink, runtime=runtime)
-        return [source, sink]
+        sinks = sink_components(runtime, dry_run=dry_run)
+        if source is None or not sinks:
+            raise BackfillError("nothing to backfill: the config maps no export rows to Brevo "
+                                "(check connectors.amplitude.enabled, sync.events and event_mapping)")
+        parts.update(source=source, sink=sinks[0], runtime=runtime)
+        return [*sinks, source]
 
     daemon = Daemon(cfg, config_path=config_path, components=components, burst=True, admin=False,
                     install_signal_handlers=install_signal_handlers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -13,9 +14,9 @@ from pathlib import Path
 import orjson
 
 from . import __version__
-from .config import Config, ConfigError, load_config, render_config, secret_values
+from .config import Config, ConfigError, load_config, render_config, secret_values, unbuilt_settings
 from .logs import configure_logging, get_logger
-from .pipeline.runtime import tune_runtime
+from .tuning import tune_runtime
 
 EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
 
@@ -116,10 +117,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_RUNTIME
 
 
-def _load(args: argparse.Namespace) -> Config | None:
+def _load(args: argparse.Namespace, *, secrets: bool = True) -> Config | None:
+    """The config of `-c`, or None after printing every error; ``secrets=False``: see load_config()."""
     path = args.config or default_config_path()
     try:
-        return load_config(path)
+        return load_config(path, secrets=secrets)
     except ConfigError as exc:
         print(f"amplitude-brevo: invalid config {path}:", file=sys.stderr)
         for error in exc.errors:
@@ -127,11 +129,21 @@ def _load(args: argparse.Namespace) -> Config | None:
         return None
 
 
+def _log_not_built(cfg: Config) -> None:
+    """One `config.not_built` warning per configured capability this version ignores (after logging is set)."""
+    log = get_logger("config")
+    for message in unbuilt_settings(cfg):
+        log.warning("config.not_built", detail=message)
+
+
 def cmd_check_config(args: argparse.Namespace) -> int:
     cfg = _load(args)
     if cfg is None:
         return EXIT_USAGE
     sys.stdout.write(render_config(cfg))
+    # Valid all the same (exit 0), but the operator should not expect these settings to do anything.
+    for message in unbuilt_settings(cfg):
+        print(f"amplitude-brevo: warning: {message}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -143,6 +155,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     configure_logging(cfg.logging.level, cfg.logging.format, secret_values(cfg))
+    _log_not_built(cfg)
     if args.dry_run:
         from functools import partial
 
@@ -158,10 +171,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_RUNTIME
 
 
-def _with_state(args: argparse.Namespace, action):  # type: ignore[no-untyped-def]
+def _with_state(args: argparse.Namespace, action, *, secrets: bool, lock: bool):  # type: ignore[no-untyped-def]
+    """Run ``action(store, cfg)`` on the state file.
+
+    Reading commands pass ``secrets=False, lock=False``: an operator's shell has neither the API key
+    variables nor $CREDENTIALS_DIRECTORY, and they must work next to the running daemon. Commands that
+    send (dlq replay) load the keys and take the state file's lock like the daemon does.
+    """
     from .state import StateError, StateStore
 
-    cfg = _load(args)
+    cfg = _load(args, secrets=secrets)
     if cfg is None:
         return EXIT_USAGE
     configure_logging("warning", "auto", secret_values(cfg), stream=sys.stderr)
@@ -170,7 +189,12 @@ def _with_state(args: argparse.Namespace, action):  # type: ignore[no-untyped-de
         return EXIT_RUNTIME
 
     async def go() -> int:
-        store = await StateStore.open(cfg.state.path)
+        # TODO(merge): StateStore.open(path, *, lock=True) comes with the state store's locking; once both
+        # branches are merged, call StateStore.open(cfg.state.path, lock=lock) unconditionally.
+        if "lock" in inspect.signature(StateStore.open).parameters:
+            store = await StateStore.open(cfg.state.path, lock=lock)
+        else:
+            store = await StateStore.open(cfg.state.path)
         try:
             return await action(store, cfg)
         finally:
@@ -217,7 +241,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"  {source:<28} {count}")
         return EXIT_OK
 
-    return _with_state(args, action)
+    return _with_state(args, action, secrets=False, lock=False)
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
@@ -263,7 +287,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
             return EXIT_OK
         raise AssertionError(args.dlq_command)
 
-    return _with_state(args, action)
+    sends = args.dlq_command == "replay"  # list, show and purge only read or delete local rows
+    return _with_state(args, action, secrets=sends, lock=sends)
 
 
 def cmd_backfill(args: argparse.Namespace) -> int:
@@ -277,6 +302,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if cfg is None:
         return EXIT_USAGE
     configure_logging(cfg.logging.level, cfg.logging.format, secret_values(cfg))
+    _log_not_built(cfg)
     tune_runtime()
     try:
         result = asyncio.run(run_backfill(cfg, start=args.start, end=args.end, dry_run=args.dry_run,

@@ -1,53 +1,73 @@
-"""Which producers and consumers a daemon runs, derived from its config."""
+"""Which producers and consumers a daemon runs, derived from its config (again on every reload)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
 from .app import Component, Runtime
 from .clients.amplitude import AmplitudeClient
-from .pipeline.acks import hour_key
+from .durations import hour_key
+from .pipeline.remap import EVENTS_SINK, enabled_sinks
 from .sinks.brevo_client import BrevoClient
 from .sinks.brevo_events import BrevoEventsSink
-from .sources.amplitude_export import ExportSource
+from .sources.amplitude_export import TAIL_CHECKPOINT, ExportSource
 
 
-def brevo_client(runtime: Runtime) -> BrevoClient:
+def brevo_client(runtime: Runtime, stop: asyncio.Event) -> BrevoClient:
+    """A client for one sink: `stop` is that sink's, so switching one path off stops only its requests."""
     brevo = runtime.cfg.connectors.brevo
     return BrevoClient(
-        runtime.session, base_url=brevo.api_url, api_key=brevo.api_key, budgets=runtime.budgets, metrics=runtime.metrics
+        runtime.session, base_url=brevo.api_url, api_key=brevo.api_key, budgets=runtime.budgets,
+        metrics=runtime.metrics, stop=stop,
     )
 
 
 def amplitude_client(runtime: Runtime) -> AmplitudeClient:
     amp = runtime.cfg.connectors.amplitude
     return AmplitudeClient(
-        runtime.session, api_url=amp.api_url, api_key=amp.api_key, secret_key=amp.secret_key, metrics=runtime.metrics
+        runtime.session, api_url=amp.api_url, api_key=amp.api_key, secret_key=amp.secret_key,
+        metrics=runtime.metrics, temp_dir=str(export_temp_dir(runtime)),
     )
 
 
-def export_pipeline(
+def export_temp_dir(runtime: Runtime) -> Path:
+    """Export zips are streamed next to the state file, not to /tmp (often RAM under systemd's PrivateTmp)."""
+    return Path(runtime.cfg.state.path).parent / "export-tmp"
+
+
+def sink_components(runtime: Runtime, *, dry_run: bool = False) -> list[Component]:
+    """One consumer per sink the config switches on."""
+    cfg = runtime.cfg
+    sinks: list[Component] = []
+    if EVENTS_SINK in enabled_sinks(cfg):
+        sinks.append(BrevoEventsSink(
+            queue=runtime.queue(EVENTS_SINK), client=brevo_client(runtime, asyncio.Event()), acks=runtime.acks,
+            batch_size=cfg.connectors.brevo.events_batch_size, dry_run=dry_run, metrics=runtime.metrics,
+        ))
+    return sinks
+
+
+def export_source(
     runtime: Runtime,
     *,
-    checkpoint_name: str = "export.next_hour",
+    checkpoint_name: str = TAIL_CHECKPOINT,
     start: datetime | None = None,
     end: datetime | None = None,
     dry_run: bool = False,
-) -> tuple[ExportSource, BrevoEventsSink]:
-    """The export tail (or a backfill range) feeding the Brevo events sink."""
+) -> ExportSource | None:
+    """The export tail (or a backfill range) feeding every sink its rows map to; None when there is none."""
     cfg = runtime.cfg
-    queue = runtime.queue("brevo_events")
-    amp = amplitude_client(runtime)
-    source = ExportSource(
-        cfg=cfg, state=runtime.state, client=amp, queue=queue, stopping=runtime.stopping,
-        checkpoint_name=checkpoint_name, start=start, end=end, metrics=runtime.metrics, dry_run=dry_run,
+    sinks = enabled_sinks(cfg)
+    if not cfg.connectors.amplitude.enabled or not sinks:
+        return None
+    return ExportSource(
+        cfg=cfg, client=amplitude_client(runtime), queues={sink: runtime.queue(sink) for sink in sinks},
+        dedupe=runtime.dedupe, acks=runtime.acks, checkpoint_name=checkpoint_name, start=start, end=end,
+        metrics=runtime.metrics, health=runtime.health, dry_run=dry_run,
     )
-    sink = BrevoEventsSink(
-        queue=queue, client=brevo_client(runtime), state=runtime.state,
-        batch_size=cfg.connectors.brevo.events_batch_size, dry_run=dry_run, metrics=runtime.metrics,
-    )
-    return source, sink
 
 
 def backfill_checkpoint(start: datetime, end: datetime) -> str:
@@ -56,8 +76,8 @@ def backfill_checkpoint(start: datetime, end: datetime) -> str:
 
 def default_components(runtime: Runtime, *, dry_run: bool = False) -> Sequence[Component]:
     """The components enabled by `runtime.cfg`."""
-    cfg = runtime.cfg
-    components: list[Component] = []
-    if cfg.connectors.amplitude.enabled and cfg.sync.events and cfg.event_mapping:
-        components.extend(export_pipeline(runtime, dry_run=dry_run))
+    components: list[Component] = sink_components(runtime, dry_run=dry_run)
+    source = export_source(runtime, dry_run=dry_run)
+    if source is not None:
+        components.append(source)
     return components

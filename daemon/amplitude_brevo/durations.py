@@ -74,6 +74,12 @@ def parse_hour(value: str) -> datetime:
     raise ValueError(f"{value!r} is not an hour; use {HOUR_FORMS}")
 
 
+def hour_key(moment: datetime) -> str:
+    """``YYYYMMDDTHH`` of an aware datetime, in UTC: the Export API's hour format, and the value of export
+    checkpoints (fixed width, so text order is time order)."""
+    return moment.astimezone(UTC).strftime("%Y%m%dT%H")
+
+
 def format_hour(moment: datetime) -> str:
     """``YYYY-MM-DDTHH`` of an aware datetime, in UTC."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H")

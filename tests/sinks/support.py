@@ -1,5 +1,5 @@
-"""What the sink tests share: items with ack tokens, an Acknowledger stand-in over a real SQLite state file,
-and a Brevo simulator on loopback with the real client in front of it."""
+"""What the sink tests share: items with ack tokens of a real offset tracker, the real Acknowledger over a
+SQLite state file, and a Brevo simulator on loopback with the real client in front of it."""
 
 from __future__ import annotations
 
@@ -16,13 +16,15 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from amplitude_brevo.health import Health
-from amplitude_brevo.pipeline.items import AckToken, Item
+from amplitude_brevo.pipeline.acks import Acknowledger, OffsetTracker
+from amplitude_brevo.pipeline.dedupe import DedupeRecord
+from amplitude_brevo.pipeline.items import Item
 from amplitude_brevo.retry import Backoff
 from amplitude_brevo.sandbox.brevo_sim import BREVO_STATE, BrevoFaults, BucketLimit, make_brevo_app
 from amplitude_brevo.secrets import Secret
 from amplitude_brevo.sinks.brevo_client import BrevoClient
 from amplitude_brevo.sinks.budgets import Budgets
-from amplitude_brevo.state import DeadLetter, StateStore
+from amplitude_brevo.state import StateStore
 
 KEY = "xkeysib-sink-test-key"
 HOUR = "20261101T00"
@@ -34,36 +36,27 @@ class Limit:
     per: float
 
 
-@dataclass(eq=False)
-class Tracker:
-    """Stands in for an OffsetTracker: what a token needs (a name, the source dead letters name)."""
-
-    name: str = "export.next_hour"
-    source: str = "export"
+def tracker(name: str = "export.next_hour", source: str = "export") -> OffsetTracker:
+    """A source's offset tracker whose one position, HOUR, moves the checkpoint to 20261101T01 when done."""
+    return OffsetTracker(name, source, lambda position: "20261101T01")
 
 
-class RecordingAcks:
-    """Stands in for pipeline.acks.Acknowledger: records each call, and writes what it writes — the dead
-    letters (source from each item's token), then the dedupe keys — to a real state file."""
+class RecordingAcks(Acknowledger):
+    """The daemon's Acknowledger over a real state file, also noting each call."""
 
     def __init__(self, state: StateStore) -> None:
-        self.state = state
+        super().__init__(state, DedupeRecord(state, 7 * 86400))
         self.settled: list[tuple[str, list[Item], dict[int, str]]] = []
         self.dry: list[tuple[str, list[Item]]] = []
 
     async def settle(self, sink: str, items: Sequence[Item], refused: Mapping[int, str] | None = None) -> None:
-        refused = dict(refused or {})
-        assert all(0 <= i < len(items) for i in refused), "refused indexes are positions in items"
-        self.settled.append((sink, list(items), refused))
-        if refused:
-            await self.state.add_dead_letters(
-                [DeadLetter(source=items[i].token.source, sink=sink, item=items[i].body, reason=reason)
-                 for i, reason in sorted(refused.items())]
-            )
-        await self.state.commit_delivery([i.key for i in items if i.key is not None], sink=sink)
+        assert all(0 <= i < len(items) for i in refused or {}), "refused indexes are positions in items"
+        self.settled.append((sink, list(items), dict(refused or {})))
+        await super().settle(sink, items, refused)
 
     def settle_dry(self, sink: str, items: Sequence[Item]) -> None:
         self.dry.append((sink, list(items)))
+        super().settle_dry(sink, items)
 
     def keys(self) -> list[str]:
         """Every settled item's key, in settle order."""
@@ -86,8 +79,12 @@ def payload(i: int, **overrides: Any) -> dict[str, Any]:
     return body
 
 
-def items(n: int, tracker: Tracker | None = None, start: int = 0, **per_index: dict[str, Any]) -> list[Item]:
-    token = AckToken(tracker or Tracker(), HOUR)
+def items(n: int, source: OffsetTracker | None = None, start: int = 0, **per_index: dict[str, Any]) -> list[Item]:
+    """`n` events read at HOUR of `source` (a new tracker by default), which is then sealed."""
+    source = source or tracker()
+    token = source.token(HOUR)
+    source.add(HOUR, n)
+    source.seal(HOUR)
     return [
         Item(f"events:key-{i}", orjson.dumps(payload(i, **per_index.get(f"i{i}", {}))), token)
         for i in range(start, start + n)

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 
 from amplitude_brevo.sandbox.brevo_sim import BrevoFaults, BucketLimit
 from amplitude_brevo.sinks.brevo_events import BrevoEventsSink
-from tests.sinks.support import Env, Limit, Tracker, brevo_env, ids, items, payload
+from tests.sinks.support import Env, Limit, brevo_env, ids, items, payload, tracker
 
 
 def sink_for(env: Env, **kwargs: Any) -> BrevoEventsSink:
@@ -38,6 +38,7 @@ async def test_202_delivers_everything_and_settles_each_item_once(tmp_path):
         assert sorted(env.acks.keys()) == sorted("events:" + k for k in keys)
         assert all(refused == {} and sink_name == "brevo_events" for sink_name, _, refused in env.acks.settled)
         assert await env.state.list_dead_letters() == []
+        assert await env.state.get_checkpoint("export.next_hour") == "20261101T01"
 
 
 async def test_batches_use_events_batch_and_a_lone_item_uses_events(tmp_path):
@@ -68,12 +69,13 @@ async def test_207_partial_dead_letters_exactly_the_failed_items_with_brevos_mes
         # Dead-lettered items are settled too: every item once, its key recorded.
         env.acks.assert_each_settled_once()
         assert len(env.acks.keys()) == 10
+        assert await env.state.get_checkpoint("export.next_hour") == "20261101T01"
 
 
 async def test_a_dead_letter_names_the_source_of_its_items_token(tmp_path):
     faults = BrevoFaults(reject_ext_ids=frozenset({"user-1", "user-4"}))
     async with brevo_env(tmp_path, faults=faults) as env:
-        batch = items(3, Tracker(name="ingest.spool", source="ingest")) + items(3, start=3)
+        batch = items(3, tracker("ingest.spool", "ingest")) + items(3, start=3)
         await sink_for(env, batch_size=10).deliver(batch)
         letters = await env.state.list_dead_letters()
         assert [(d.source, orjson.loads(d.item)["event_properties"]["n"]) for d in letters] == [
@@ -263,7 +265,9 @@ async def test_dry_run_sends_nothing_and_settles_in_memory_only(tmp_path):
         assert sink.stats.would_send == 6 and sink.stats.delivered == 0
         assert [e["would_send"] for e in logs if e["event"] == "brevo.dry_run.event"] == [payload(i) for i in range(6)]
         assert env.acks.dry == [("brevo_events", batch)] and env.acks.settled == []
+        assert batch[0].token.tracker.last_value == "20261101T01", "the in-memory cursor moves: a dry backfill ends"
         assert await env.delivered_keys([f"key-{i}" for i in range(6)]) == set()
+        assert await env.state.checkpoints() == {}
 
 
 async def test_a_batch_cancelled_mid_way_records_what_brevo_already_has(tmp_path):
@@ -282,6 +286,7 @@ async def test_a_batch_cancelled_mid_way_records_what_brevo_already_has(tmp_path
         assert len(arrived) == 5 + 3
         assert await env.delivered_keys([f"key-{i}" for i in range(10)]) == arrived
         assert sorted(env.acks.keys()) == sorted("events:" + k for k in arrived)
+        assert await env.state.get_checkpoint("export.next_hour") is None, "two items are still outstanding"
 
 
 async def test_each_request_is_recorded_when_answered_not_when_the_whole_batch_is(tmp_path):
@@ -317,7 +322,9 @@ async def test_batch_and_single_bodies_are_the_events_bytes_joined_not_re_encode
         batch = items(3)
         # an event whose bytes differ from a re-encoding of its dict: sent as it is
         odd = b'{"event_name":"x","identifiers":{"ext_id":"u"},"event_properties":{"n":1.50}}'
-        batch.append(type(batch[0])("events:key-3", odd, batch[0].token))
+        token = batch[0].token
+        token.tracker.add(token.position, 1)
+        batch.append(type(batch[0])("events:key-3", odd, token))
         await sink_for(env, batch_size=10).deliver(batch)
         await sink_for(env, batch_size=1).deliver(items(1, start=9))
     (path, body), (single_path, single) = sent

@@ -13,8 +13,8 @@ from amplitude_brevo.sandbox.amplitude_sim import ExportFaults, build_export_zip
 from amplitude_brevo.sandbox.sample_data import DatasetSpec
 from amplitude_brevo.sources import export_reader, member_mapper
 from amplitude_brevo.sources.export_files import iter_lines, list_members
-from amplitude_brevo.sources.export_reader import ReaderFailed, ReaderProcess
-from amplitude_brevo.sources.member_mapper import MappedChunk, map_member
+from amplitude_brevo.sources.export_reader import ReaderFailed, ReaderPool
+from amplitude_brevo.sources.member_mapper import MappedChunk, SinkOutput, map_member
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 RULES = MappingRules(event_mapping={"Page View": "page_viewed", "Purchase": "order_completed"},
@@ -35,8 +35,10 @@ def merged(chunks: list[MappedChunk]) -> MappedChunk:
     total = MappedChunk()
     for chunk in chunks:
         total.rows += chunk.rows
-        total.keys += chunk.keys
-        total.bodies += chunk.bodies
+        for sink, output in chunk.outputs.items():
+            into = total.outputs.setdefault(sink, SinkOutput())
+            into.keys += output.keys
+            into.bodies += output.bodies
         total.letters += chunk.letters
         for reason, count in chunk.skipped.items():
             total.skipped[reason] = total.skipped.get(reason, 0) + count
@@ -52,7 +54,8 @@ def test_map_member_is_remap_event_over_every_line(tmp_path):
     assert len(chunks) > 1
     assert got.rows == len(expected) == 2000
     events = [e for e in expected if hasattr(e, "body")]
-    assert got.keys == [e.dedupe_key for e in events] and got.bodies == [e.body for e in events]
+    output = got.outputs["brevo_events"]
+    assert output.keys == ["events:" + e.dedupe_key for e in events] and output.bodies == [e.body for e in events]
     assert sum(got.skipped.values()) == len(expected) - len(events) and got.letters == []
 
 
@@ -92,7 +95,7 @@ async def test_the_children_hand_over_what_map_member_computes_in_order(tmp_path
     path, member = export(tmp_path)
     with zipfile.ZipFile(path) as archive:
         expected = merged(list(map_member(archive, member, RULES)))
-    reader = ReaderProcess(workers)
+    reader = ReaderPool(workers)
     try:
         for _ in range(2):  # the same children read a second member
             got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
@@ -108,7 +111,7 @@ async def test_striped_children_agree_on_a_truncated_member(tmp_path, workers):
     path, member = export(tmp_path, faults=ExportFaults(truncate_member={"20261101T00"}))
     with zipfile.ZipFile(path) as archive:
         expected = merged(list(map_member(archive, member, RULES)))
-    reader = ReaderProcess(workers)
+    reader = ReaderPool(workers)
     try:
         got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
     finally:
@@ -118,7 +121,7 @@ async def test_striped_children_agree_on_a_truncated_member(tmp_path, workers):
 
 async def test_a_child_killed_mid_member_raises_reader_failed_and_the_next_read_starts_a_new_one(tmp_path):
     path, member = export(tmp_path, rows_per_hour=20_000)  # ~40 steps: the child cannot have sent all of its own
-    reader = ReaderProcess(2)
+    reader = ReaderPool(2)
     try:
         chunks = reader.map_member(path, member, RULES)
         await chunks.__anext__()
@@ -138,7 +141,7 @@ async def test_leaving_a_member_early_stops_the_child(tmp_path):
     from contextlib import aclosing
 
     path, member = export(tmp_path)
-    reader = ReaderProcess(2)
+    reader = ReaderPool(2)
     async with aclosing(reader.map_member(path, member, RULES)) as chunks:
         async for _ in chunks:
             procs = list(reader._procs)
@@ -166,7 +169,7 @@ async def test_without_children_members_are_mapped_here(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", args[0])
 
     monkeypatch.setattr(export_reader.asyncio, "create_subprocess_exec", refused)
-    reader = ReaderProcess(2)
+    reader = ReaderPool(2)
     got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
     assert got == expected and reader.workers == 0 and reader.pids == []
 
@@ -191,7 +194,7 @@ async def test_switching_to_this_process_mid_member_hands_over_the_same_chunks(t
     path, member = export(tmp_path, rows_per_hour=6000)
     with zipfile.ZipFile(path) as archive:
         expected = list(map_member(archive, member, RULES))
-    reader = ReaderProcess(2)
+    reader = ReaderPool(2)
     seen: list[MappedChunk] = []
     children: list = []
 
@@ -200,14 +203,16 @@ async def test_switching_to_this_process_mid_member_hands_over_the_same_chunks(t
         return len(seen) >= after
 
     try:
-        async for chunk in reader.map_member(path, member, RULES, in_process):
+        reader._map_in_process = in_process  # the pause policy, answering as the test says
+        async for chunk in reader.map_member(path, member, RULES):
             seen.append(chunk)
             if len(seen) > after:
                 assert reader.pids == [], "the children are stopped once the member is read here"
         assert seen == expected and len(expected) > 5
         assert (children == []) == (after == 0), "asked before the member: no child is started at all"
         assert all(p.returncode is not None for p in children)
-        got = merged([chunk async for chunk in reader.map_member(path, member, RULES, lambda: False)])
+        reader._map_in_process = lambda: False
+        got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
         assert got == merged(expected) and len(reader.pids) == 2, "started again for a member read by children"
     finally:
         await reader.close()
@@ -217,7 +222,7 @@ async def test_a_truncated_member_switched_mid_way_has_one_letter(tmp_path):
     path, member = export(tmp_path, rows_per_hour=6000, faults=ExportFaults(truncate_member={"20261101T00"}))
     with zipfile.ZipFile(path) as archive:
         expected = merged(list(map_member(archive, member, RULES)))
-    reader = ReaderProcess(2)
+    reader = ReaderPool(2)
     count = [0]
 
     def in_process() -> bool:
@@ -225,7 +230,8 @@ async def test_a_truncated_member_switched_mid_way_has_one_letter(tmp_path):
         return count[0] > 2
 
     try:
-        got = merged([chunk async for chunk in reader.map_member(path, member, RULES, in_process)])
+        reader._map_in_process = in_process
+        got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
     finally:
         await reader.close()
     assert got == expected and [letter[0] for letter in got.letters] == ["export.member.truncated"]
@@ -250,7 +256,7 @@ async def test_line_numbers_are_physical_lines_for_every_reader(tmp_path):
     with zipfile.ZipFile(path) as archive:
         (member,) = list_members(archive)
         here = merged(list(map_member(archive, member, RULES)))
-    reader = ReaderProcess(2)
+    reader = ReaderPool(2)
     try:
         striped = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
     finally:

@@ -19,9 +19,11 @@ import amplitude_brevo.state.store as store_module
 from amplitude_brevo.app import Daemon
 from amplitude_brevo.backfill import run_backfill
 from amplitude_brevo.clients.amplitude import ExportResult, ExportStatus
-from amplitude_brevo.components import backfill_checkpoint, export_pipeline
+from amplitude_brevo.components import backfill_checkpoint, export_source, sink_components
 from amplitude_brevo.config import Config, parse_config
-from amplitude_brevo.pipeline.acks import hour_key
+from amplitude_brevo.durations import hour_key
+from amplitude_brevo.pipeline.acks import Acknowledger
+from amplitude_brevo.pipeline.dedupe import DedupeRecord
 from amplitude_brevo.pipeline.queue import BatchQueue
 from amplitude_brevo.pipeline.remap import BrevoEvent, MappingRules, remap_event
 from amplitude_brevo.pipeline.rows import row_decoder
@@ -420,8 +422,8 @@ async def test_stopping_mid_window_keeps_undelivered_hours_and_a_restart_complet
                 behind = {k for k, (h, _) in expected.items() if hour_key(h) < value}
                 assert behind <= received, f"checkpoint {value} written before {len(behind - received)} items arrived"
 
-        daemon = Daemon(cfg, components=lambda rt: export_pipeline(rt, checkpoint_name=name, start=hour(0),
-                                                                   end=hour(3)),
+        daemon = Daemon(cfg, components=lambda rt: [*sink_components(rt), export_source(
+                            rt, checkpoint_name=name, start=hour(0), end=hour(3))],
                         burst=True, admin=False, install_signal_handlers=False)
         serving = asyncio.create_task(daemon.serve())
         async with asyncio.timeout(30):
@@ -465,6 +467,8 @@ async def test_stopping_mid_window_keeps_undelivered_hours_and_a_restart_complet
 class _Client:
     """An AmplitudeClient stand-in that serves pre-built results (the network is covered above)."""
 
+    temp_dir = None
+
     def __init__(self, results: list[ExportResult]) -> None:
         self.results = results
         self.calls: list[tuple[datetime, datetime]] = []
@@ -485,7 +489,9 @@ async def test_a_fatal_status_is_retried_until_stopped_and_never_advances(tmp_pa
     stopping = asyncio.Event()
     client = _Client([ExportResult(ExportStatus.FATAL, 401, reason="HTTP 401")] * 50)
     queue: BatchQueue[Any] = BatchQueue("brevo_events", max_items=10, max_wait=0.01, capacity=10)
-    source = ExportSource(cfg=cfg, state=state, client=client, queue=queue, stopping=stopping,  # type: ignore[arg-type]
+    dedupe = DedupeRecord(state, window=3600)
+    source = ExportSource(cfg=cfg, client=client, queues={"brevo_events": queue},  # type: ignore[arg-type]
+                          dedupe=dedupe, acks=Acknowledger(state, dedupe), stopping=stopping,
                           start=hour(0), end=hour(0), backoff=Backoff(base=0.001, cap=0.002))
     task = asyncio.create_task(source.run())
     async with asyncio.timeout(10):
@@ -504,20 +510,32 @@ class _LaggingState:
     async def unseen(self, keys):
         return set(keys)
 
-    async def add_dead_letters(self, letters, checkpoint=None):
+    async def add_dead_letters(self, letters, checkpoint=None, checkpoints=()):
         return []
+
+    async def commit_delivery(self, keys, *, sink, checkpoint=None, checkpoints=()):
+        pass
+
+
+def candidates(*events: BrevoEvent) -> Any:
+    """A chunk's outputs, as the reader hands them to the source: Brevo events with namespaced keys."""
+    batch = export_module._Candidates()
+    for event in events:
+        batch.sinks.append("brevo_events")
+        batch.keys.append("events:" + event.dedupe_key)
+        batch.bodies.append(event.body)
+    return batch
 
 
 @asynccontextmanager
 async def lagging_source(tmp_path) -> AsyncIterator[tuple[ExportSource, BatchQueue[Any]]]:
     """A source reading hour 0 whose dedupe lookups never see a key, and its queue."""
-    from amplitude_brevo.pipeline.acks import HourTracker
-
     async with Sandbox(SandboxOptions()) as sb:
         queue: BatchQueue[Any] = BatchQueue("brevo_events", max_items=10, max_wait=0, capacity=100)
-        source = ExportSource(cfg=make_config(tmp_path, sb), state=_LaggingState(), client=None,  # type: ignore[arg-type]
-                              queue=queue, stopping=asyncio.Event())
-        source.tracker = HourTracker(hour(0))
+        state = _LaggingState()
+        dedupe = DedupeRecord(state, window=3600)  # type: ignore[arg-type]
+        source = ExportSource(cfg=make_config(tmp_path, sb), client=None, queues={"brevo_events": queue},  # type: ignore[arg-type]
+                              dedupe=dedupe, acks=Acknowledger(state, dedupe), stopping=asyncio.Event())  # type: ignore[arg-type]
         yield source, queue
 
 
@@ -525,15 +543,15 @@ async def test_a_repeated_row_is_not_queued_twice_while_its_commit_is_pending(tm
     """Keys leave `inflight` only once committed: a lookup that missed the commit cannot let a repeat through."""
     async with lagging_source(tmp_path) as (source, queue):
         event = BrevoEvent("insert-1", {"event_name": "x", "identifiers": {"ext_id": "u1"}})
-        await source._flush(hour(0), [event], [])
+        await source._flush(hour(0), candidates(event), [])
         await source._queue_pending()
         [queued] = await queue.next_batch()
-        source.acknowledge(hour(0), 1, ["events:insert-1"])  # delivered; the commit is still on its way
-        await source._flush(hour(0), [event], [])
+        source.tracker.done(hour(0), 1)  # delivered; the commit is still on its way
+        await source._flush(hour(0), candidates(event), [])
         await source._queue_pending()
         assert len(queue) == 0 and source.stats.deduplicated == 1
-        source.committed(["events:insert-1"])
-        assert "events:insert-1" not in source.inflight
+        source.dedupe.committed(["events:insert-1"])
+        assert "events:insert-1" not in source.dedupe.inflight
 
 
 async def test_a_commit_landing_while_a_lookup_waits_stops_the_repeat(tmp_path):
@@ -542,18 +560,18 @@ async def test_a_commit_landing_while_a_lookup_waits_stops_the_repeat(tmp_path):
     async with lagging_source(tmp_path) as (source, queue):
         event = BrevoEvent("insert-1", {"event_name": "x", "identifiers": {"ext_id": "u1"}})
         other = BrevoEvent("insert-2", {"event_name": "x", "identifiers": {"ext_id": "u2"}})
-        await source._flush(hour(0), [event], [])
+        await source._flush(hour(0), candidates(event), [])
         await source._queue_pending()
         [queued] = await queue.next_batch()
-        source.acknowledge(hour(0), 1, ["events:insert-1"])
-        await source._flush(hour(0), [event, other], [])  # the repeat's lookup answers "unseen" (too early)
+        source.tracker.done(hour(0), 1)
+        await source._flush(hour(0), candidates(event, other), [])  # the repeat's lookup answers "unseen" (too early)
         await asyncio.sleep(0.01)
-        source.committed(["events:insert-1"])  # the commit lands before the chunk is queued
-        assert "events:insert-1" not in source.inflight
+        source.dedupe.committed(["events:insert-1"])  # the commit lands before the chunk is queued
+        assert "events:insert-1" not in source.dedupe.inflight
         await source._queue_pending()
-        assert [item.event.dedupe_key for item in await queue.next_batch()] == ["insert-2"]
+        assert [item.key for item in await queue.next_batch()] == ["events:insert-2"]
         assert source.stats.deduplicated == 1
-        assert source._looking_up == [], "nothing left watching once the chunk is queued"
+        assert source.dedupe._pending == [], "nothing left watching once the chunk is queued"
 
 
 async def test_a_reader_child_that_dies_mid_member_is_replaced_and_nothing_is_lost(tmp_path, monkeypatch):
@@ -563,15 +581,15 @@ async def test_a_reader_child_that_dies_mid_member_is_replaced_and_nothing_is_lo
 
     killed: list[int] = []
 
-    class KilledOnce(export_reader.ReaderProcess):
-        async def map_member(self, path, member, rules, in_process=None):
-            async for chunk in super().map_member(path, member, rules, in_process):
+    class KilledOnce(export_reader.ReaderPool):
+        async def map_member(self, path, member, rules):
+            async for chunk in super().map_member(path, member, rules):
                 yield chunk
                 if not killed:  # the child of this first chunk has most of the member still to send
                     killed.append(self.pids[0])
                     self._procs[0].kill()
 
-    monkeypatch.setattr(export_module, "ReaderProcess", KilledOnce)
+    monkeypatch.setattr(export_module, "ReaderPool", KilledOnce)
     monkeypatch.setattr(export_module, "CHUNK", 10)  # the first chunk's events are queued before the kill
     spec = dataset(hours=1, rows_per_hour=20_000)  # members of about ten chunks
     expected = expected_events(spec)
@@ -595,20 +613,20 @@ async def test_reader_children_pause_while_the_queue_is_backed_up_and_resume_onc
     async with lagging_source(tmp_path) as (source, queue):
         assert source.reader.workers == 2 and queue.capacity == 100
         with capture_logs() as logs:
-            assert source._map_in_process() is False
+            assert source.reader._map_in_process() is False
             await queue.put_many(list(range(9)))
-            assert source._map_in_process() is False
+            assert source.reader._map_in_process() is False
             await queue.put_many([9])
-            assert source._map_in_process() is True
+            assert source.reader._map_in_process() is True
             await queue.next_batch()  # 10 → 0 items queued
             await queue.put_many(list(range(3)))
-            assert source._map_in_process() is True, "hysteresis: 3 % is not drained yet"
+            assert source.reader._map_in_process() is True, "hysteresis: 3 % is not drained yet"
             await queue.next_batch()
-            assert source._map_in_process() is False
+            assert source.reader._map_in_process() is False
         assert [(e["event"], e["queued"]) for e in logs] == [("export.readers.paused", 10), ("export.readers.resumed", 0)]
         source.reader.workers = 0
         with capture_logs() as logs:
-            assert source._map_in_process() is True and logs == [], "export.readers: 0 always maps here, quietly"
+            assert source.reader._map_in_process() is True and logs == [], "export.readers: 0 always maps here, quietly"
 
 
 async def test_a_slow_brevo_backs_the_queue_up_and_the_rest_is_read_without_children(tmp_path, monkeypatch):
@@ -617,22 +635,22 @@ async def test_a_slow_brevo_backs_the_queue_up_and_the_rest_is_read_without_chil
     started: list[int] = []
     closed_while_paused: list[bool] = []
 
-    class Watched(export_reader.ReaderProcess):
+    class Watched(export_reader.ReaderPool):
         async def _started(self):
             procs = await super()._started()
             started.extend(p.pid for p in procs if p.pid not in started)
             return procs
 
-    monkeypatch.setattr(export_module, "ReaderProcess", Watched)
-    real_map_here = ExportSource._map_in_process
+    monkeypatch.setattr(export_module, "ReaderPool", Watched)
+    real_map_here = export_reader.ReaderPool._map_in_process
 
     def map_here(self):
         here = real_map_here(self)
         if here:
-            closed_while_paused.append(self.reader.pids == [])
+            closed_while_paused.append(self.pids == [])
         return here
 
-    monkeypatch.setattr(ExportSource, "_map_in_process", map_here)
+    monkeypatch.setattr(export_reader.ReaderPool, "_map_in_process", map_here)
     monkeypatch.setattr(export_module, "CHUNK", 10)  # queue as the member is read, not at its end
     spec = dataset(hours=2, rows_per_hour=6000)
     expected = expected_events(spec)
@@ -645,3 +663,20 @@ async def test_a_slow_brevo_backs_the_queue_up_and_the_rest_is_read_without_chil
     assert len(closed_while_paused) >= 3 and not closed_while_paused[0] and all(closed_while_paused[1:]), \
         "the children stop when the queue backs up, and are not started again while it stays backed up"
     assert result.source["rows_read"] == 12_000
+
+
+async def test_export_lag_keeps_growing_while_the_checkpoint_cannot_move(tmp_path):
+    """The gauge is computed at each scrape from the oldest hour not yet delivered, not only when the
+    checkpoint moves: a stuck checkpoint shows as a growing lag."""
+    from amplitude_brevo.metrics import Metrics
+
+    now = [hour(5)]
+    async with lagging_source(tmp_path) as (source, _):
+        source.metrics = Metrics()
+        source._now = lambda: now[0]
+        source.tracker.add(hour(1), 1)  # an item of hour 1 still on its way
+        source.collect_metrics()
+        assert source.metrics.export_lag._value.get() == 4 * 3600
+        now[0] = hour(7)
+        source.collect_metrics()
+        assert source.metrics.export_lag._value.get() == 6 * 3600

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import aiohttp
 
+from ..durations import hour_key
 from ..metrics import Metrics
-from ..pipeline.acks import hour_key
 from ..secrets import Secret
 
 _CHUNK = 1 << 20  # 1 MiB: the export is written as it arrives, never held in memory

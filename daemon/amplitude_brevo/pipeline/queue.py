@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import islice
 from typing import Generic, TypeVar
 
@@ -72,6 +72,19 @@ class BatchQueue(Generic[T]):
                 self._items.extend(islice(pending, done, end))
                 done = end
                 self._cond.notify_all()
+
+    async def discard(self, predicate: Callable[[T], bool] | None = None) -> list[T]:
+        """Remove the queued items `predicate` selects (all without one) and return them: a path switched
+        off leaves them unacknowledged, to be read again when it is switched on."""
+        async with self._cond:
+            if predicate is None:
+                dropped, self._items = list(self._items), deque()
+            else:
+                dropped = [item for item in self._items if predicate(item)]
+                if dropped:
+                    self._items = deque(item for item in self._items if not predicate(item))
+            self._cond.notify_all()
+            return dropped
 
     async def close(self) -> None:
         async with self._cond:

@@ -27,6 +27,8 @@ from .rows import ExportRow
 
 _decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 
+EVENTS_SINK = "brevo_events"
+EVENTS_NAMESPACE = "events:"  # dedupe-record keys of Brevo events: the namespace, then the Amplitude insert id
 MAX_EVENT_PROPERTIES_BYTES = 50 * 1024
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -49,6 +51,7 @@ class MappingRules:
     ext_id_field: str = "user_id"
     email_property: str = "email"
     anonymous: str = "skip"  # skip | use_device_id
+    sinks: tuple[str, ...] = (EVENTS_SINK,)  # the consumers rows are mapped for (see enabled_sinks)
     # Derived once from the fields above (see __post_init__).
     _user_decoder: msgspec.json.Decoder = field(init=False, repr=False, compare=False)
     _email_attr: str = field(init=False, repr=False, compare=False)
@@ -95,6 +98,7 @@ class MappingRules:
             ext_id_field=cfg.identity.ext_id,
             email_property=cfg.identity.email_property,
             anonymous=cfg.identity.anonymous,
+            sinks=enabled_sinks(cfg),
         )
 
     def people(self, ext_id: Any, user: Any) -> bytes:
@@ -132,6 +136,15 @@ class MappingRules:
             return self._user_decoder.decode(raw)
         except msgspec.ValidationError:
             return self._user_decoder.decode(b"{}")
+
+
+def enabled_sinks(cfg: Any) -> tuple[str, ...]:
+    """The sinks exported rows are mapped for, by the config: the Brevo events sink when `sync.events` is on
+    and something is mapped. (Contacts, orders and engagement join here as they are built.)"""
+    sinks = []
+    if cfg.sync.events and cfg.event_mapping:
+        sinks.append(EVENTS_SINK)
+    return tuple(sinks)
 
 
 class BrevoEvent:

@@ -13,6 +13,8 @@ from functools import lru_cache
 from itertools import accumulate
 from typing import Any
 
+from .. import durations
+
 __all__ = [
     "DEFAULT_EVENT_TYPES",
     "EXPORT_ROW_FIELDS",
@@ -95,8 +97,8 @@ def _as_hour(value: datetime) -> datetime:
 
 
 def hour_key(hour: datetime) -> str:
-    """The Export API's hour notation, ``YYYYMMDDTHH``."""
-    return _as_hour(hour).strftime("%Y%m%dT%H")
+    """The Export API's hour notation, ``YYYYMMDDTHH``, of a whole UTC hour."""
+    return durations.hour_key(_as_hour(hour))
 
 
 def parse_hour_key(key: str) -> datetime:

@@ -1,15 +1,14 @@
-"""Producer: tails Amplitude's Export API hour by hour and queues mapped events for Brevo.
+"""Producer: tails Amplitude's Export API hour by hour and queues what each row maps to, for every sink.
 
-The cursor is the server-upload hour (reference/amplitude-api.md §1). Hour H is requested once
-now ≥ H + 1h + `export.lag`. While behind, one request spans up to `export.max_window` hours; a 400 or
-504 halves the window, down to a single hour (a single hour answered 400 is dead-lettered, one answered 504
-is retried), and each window read grows the next one back by doubling. Each window is streamed to a temporary file and read
-member by member, line by line, decoding only the fields the pipeline uses.
+Which hours, and how many per request, is `export_windows.WindowPlanner`'s business. Each window is streamed
+to a file in the state directory and read member by member (`ReaderPool`: decoding and remapping in child
+processes, or in this one); every row fans out into the items of every sink that wants it (today the Brevo
+event), each queued with the ack token of its hour.
 
-Delivery: every queued event carries its hour. The HourTracker counts what is outstanding per hour and
-the sink writes the checkpoint — the next hour to read after a restart — in the same SQLite transaction
-as the dedupe keys of the batch that completed it. So a restart resumes inside a multi-hour window, and
-re-read rows already delivered are filtered by the dedupe record.
+Delivery: the source's OffsetTracker counts what is outstanding per hour, in every sink. The Acknowledger
+writes the checkpoint — the next hour to read after a restart — in the same SQLite transaction as the
+dedupe keys of the request that completed it, so a restart resumes inside a multi-hour window, and rows
+re-read that were already delivered are filtered by the daemon's dedupe record.
 """
 
 from __future__ import annotations
@@ -17,51 +16,43 @@ from __future__ import annotations
 import asyncio
 import time
 import zipfile
+from collections.abc import Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from ..clients.amplitude import AmplitudeClient, ExportStatus
 from ..config import Config
+from ..durations import hour_key, parse_hour
 from ..logs import get_logger
-from ..pipeline.acks import HourTracker, hour_key
-from ..pipeline.queue import BatchQueue
-from ..pipeline.remap import BrevoEvent, MappingRules
+from ..pipeline.acks import Acknowledger, OffsetTracker
+from ..pipeline.dedupe import DedupeRecord, Lookup
+from ..pipeline.items import Item
+from ..pipeline.queue import BatchQueue, QueueClosed
+from ..pipeline.remap import MappingRules
 from ..retry import Backoff
-from ..state import DeadLetter, StateStore
+from ..state import DeadLetter
 from .export_files import Member, list_members, open_export
-from .export_reader import ReaderFailed, ReaderProcess
+from .export_reader import ReaderFailed, ReaderPool
+from .export_windows import (
+    HOUR,
+    WindowPlanner,
+    available_at,
+    floor_hour,
+    hours_between,
+    latest_available_hour,
+)
 from .member_mapper import MappedChunk
 
 log = get_logger("amplitude_export")
 
-HOUR = timedelta(hours=1)
-DEDUPE_PREFIX = "events:"
-CHUNK = 1000  # dedupe lookups per round trip (and events queued at once)
+SOURCE = "export"  # dead letters' source
+TAIL_CHECKPOINT = "export.next_hour"
+CHUNK = 1000  # items looked up in the dedupe record per round trip (and queued at once)
 READER_ATTEMPTS = 3  # reader failures a member may cause before it is dead-lettered
-# The queue this full means Brevo, not reading, is the bottleneck: the reader children's cores buy nothing,
-# so members are mapped in this process and the children stop (~28 MiB each) until it drains to the second.
-READERS_PAUSE_AT = 0.1
-READERS_RESUME_AT = 0.02
-
-
-def floor_hour(moment: datetime) -> datetime:
-    return moment.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
-def latest_available_hour(now: datetime, lag_seconds: float) -> datetime:
-    """The newest hour H with now ≥ H + 1h + lag."""
-    return floor_hour(now - HOUR - timedelta(seconds=lag_seconds))
-
-
-@dataclass(slots=True)
-class QueuedEvent:
-    """An event on its way to Brevo, with what it must acknowledge when it gets there."""
-
-    event: BrevoEvent
-    hour: datetime
-    source: ExportSource
+HEALTH_CHECK = "amplitude export"
 
 
 @dataclass
@@ -83,7 +74,7 @@ class ExportStats:
 
 
 class ExportSource:
-    """Tails (or, with `end`, backfills) export hours into the `brevo_events` queue."""
+    """Tails (or, with `end`, backfills) export hours into the queues of `queues` (by sink name)."""
 
     role = "producer"
 
@@ -91,45 +82,71 @@ class ExportSource:
         self,
         *,
         cfg: Config,
-        state: StateStore,
         client: AmplitudeClient,
-        queue: BatchQueue[QueuedEvent],
-        stopping: asyncio.Event,
-        checkpoint_name: str = "export.next_hour",
+        queues: Mapping[str, BatchQueue[Item]],
+        dedupe: DedupeRecord,
+        acks: Acknowledger,
+        checkpoint_name: str = TAIL_CHECKPOINT,
         start: datetime | None = None,
         end: datetime | None = None,
         metrics: Any = None,
+        health: Any = None,
         backoff: Backoff | None = None,
         now: Any = None,
         name: str = "amplitude_export",
         dry_run: bool = False,
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self.name = name
         self.cfg = cfg
         self.rules = MappingRules.from_config(cfg)
-        self.state = state
         self.client = client
-        self.queue = queue
-        self.stopping = stopping
+        self.queues = dict(queues)
+        self.dedupe = dedupe
+        self.acks = acks
+        self.state = acks.state
         self.checkpoint_name = checkpoint_name
-        self.start = start
+        self.start_hour = start
         self.end = end  # inclusive last hour for a backfill; None tails for ever
         self.metrics = metrics
+        self.health = health
         self.backoff = backoff or Backoff(base=1.0, cap=300.0)
         self._now = now or (lambda: datetime.now(UTC))
         self.stats = ExportStats()
-        self.tracker: HourTracker | None = None
-        self.inflight: set[str] = set()
-        # The last chunk read, waiting for its dedupe lookup (see _flush), and every chunk whose lookup is in
-        # flight: each collects the keys committed meanwhile (its lookup's answer may predate them).
-        self._pending: _PendingChunk | None = None
-        self._looking_up: list[_PendingChunk] = []
-        self.reader = ReaderProcess(cfg.export.readers)  # decode and remap members in child processes
-        self.readers_paused = False  # the queue is backed up: mapping in this process (see READERS_PAUSE_AT)
-        self.finished = asyncio.Event()  # backfill: every hour through `end` delivered
-        self.read_cursor: datetime | None = None
+        self.stopping = stopping or asyncio.Event()
         # A dry run reads and maps everything but records nothing: no checkpoint, no dead letters.
         self.dry_run = dry_run
+        self.tracker = OffsetTracker(checkpoint_name, SOURCE, lambda hour: hour_key(hour + HOUR), record=not dry_run)
+        self.tracker.on_advance = self._advanced
+        self.reader = ReaderPool(cfg.export.readers, backlog=self._backlog)
+        self.planner = WindowPlanner(_max_window_hours(cfg))
+        self.finished = asyncio.Event()  # backfill: every hour through `end` resolved
+        self.read_cursor: datetime | None = None
+        self._pending: _PendingChunk | None = None  # the last chunk read, waiting for its dedupe lookup
+        self._bad_lines: dict[str, _BadLines] = {}  # this member's bad lines by kind, logged once per member
+
+    @property
+    def sinks(self) -> tuple[str, ...]:
+        return tuple(self.queues)
+
+    @property
+    def next_hour(self) -> datetime | None:
+        """The first hour not yet fully delivered: what the checkpoint says, or is about to say."""
+        head = self.tracker.head
+        return head if head is not None else self.read_cursor
+
+    # -- lifecycle --
+    async def start(self) -> None:
+        """Before READY: the temporary directory for export zips exists, and nothing stale is left in it."""
+        temp_dir = self.client.temp_dir
+        if temp_dir is not None:
+            removed = await asyncio.to_thread(_prepare_temp_dir, Path(temp_dir))
+            if removed:
+                log.info("export.temp.cleaned", files=removed, dir=str(temp_dir))
+
+    def stop(self) -> None:
+        """Stop reading at the next chunk; what is not queued yet is read again on the next start."""
+        self.stopping.set()
 
     def reload(self, cfg: Config) -> None:
         amp = cfg.connectors.amplitude
@@ -137,44 +154,29 @@ class ExportSource:
         self.cfg = cfg
         self.rules = MappingRules.from_config(cfg)  # members read from now on use the new mapping
         self.reader.workers = cfg.export.readers  # applied at the next member
+        self.planner.resize(_max_window_hours(cfg))
 
-    # -- acknowledgements, called by the sink --
-    def acknowledge(self, hour: datetime, count: int, keys: list[str]) -> str | None:
-        """Items of `hour` are delivered or dead-lettered; returns the new checkpoint value, if it moved.
+    def collect_metrics(self) -> None:
+        """At each /metrics scrape: the lag keeps growing while the checkpoint cannot move."""
+        if self.metrics is not None and self.checkpoint_name == TAIL_CHECKPOINT and self.next_hour is not None:
+            self.metrics.export_lag.set(max(0.0, (self._now() - self.next_hour).total_seconds()))
 
-        The keys stay in `inflight` until `committed()`: a dedupe lookup submitted before the sink's commit
-        would not see them in SQLite, so until then only `inflight` stops a repeated row being sent twice.
-        """
-        assert self.tracker is not None
-        self.tracker.done(hour, count)
-        return self._advance()
+    def _advanced(self, hour: datetime) -> None:
+        """The tracker dropped complete hours through `hour`."""
+        if self.end is not None and hour >= self.end:
+            self.finished.set()
 
-    def committed(self, keys: list[str]) -> None:
-        """The sink's commit of these keys is in SQLite; from now on dedupe lookups see them."""
-        self.inflight.difference_update(keys)
-        for chunk in self._looking_up:
-            chunk.committed_meanwhile.update(keys)
-
-    def _advance(self) -> str | None:
-        assert self.tracker is not None
-        moved = self.tracker.advance()
-        if moved is not None:
-            self._lag_metric()
-            if self.end is not None and self.tracker.next_hour > self.end:
-                self.finished.set()
-        return moved
-
-    def _lag_metric(self) -> None:
-        if self.metrics and self.tracker:
-            lag = (self._now() - self.tracker.next_hour).total_seconds()
-            self.metrics.export_lag.set(max(0.0, lag))
+    def _backlog(self) -> tuple[int, int]:
+        """The fullest queue this source feeds, for the reader pool's pause policy."""
+        fullest = max(self.queues.values(), key=lambda q: len(q) / max(1, q.capacity), default=None)
+        return (0, 1) if fullest is None else (len(fullest), fullest.capacity)
 
     async def _initial_hour(self) -> datetime:
         stored = await self.state.get_checkpoint(self.checkpoint_name)
         if stored:
-            return datetime.strptime(stored, "%Y%m%dT%H").replace(tzinfo=UTC)
-        if self.start is not None:
-            return floor_hour(self.start)
+            return parse_hour(stored)
+        if self.start_hour is not None:
+            return floor_hour(self.start_hour)
         if self.cfg.export.start is not None:
             return floor_hour(self.cfg.export.start)
         return latest_available_hour(self._now(), self.cfg.export.lag)
@@ -183,16 +185,17 @@ class ExportSource:
     async def run(self) -> None:
         try:
             await self._run()
+        except QueueClosed:
+            log.info("export.stopped", reason="queue closed", next_hour=_key(self.next_hour))
         finally:
+            self._discard_pending()
             await self.reader.close()
 
     async def _run(self) -> None:
         first = await self._initial_hour()
-        self.tracker = HourTracker(first)
         self.read_cursor = first
-        window_hours = self._max_window_hours()
         log.info("export.started", checkpoint=self.checkpoint_name, next_hour=hour_key(first),
-                 end=hour_key(self.end) if self.end else None)
+                 end=_key(self.end), sinks=list(self.sinks))
         if self.end is not None and first > self.end:
             self.finished.set()
         while not self.stopping.is_set():
@@ -202,24 +205,19 @@ class ExportSource:
             latest = latest_available_hour(self._now(), self.cfg.export.lag)
             if self.end is not None:
                 latest = min(latest, self.end)
-            if self.read_cursor > latest:
+            window = self.planner.next_window(self.read_cursor, latest)
+            if window is None:
                 await self._idle(self.read_cursor)
                 continue
-            window_hours = min(window_hours, self._max_window_hours())
-            end = min(self.read_cursor + (window_hours - 1) * HOUR, latest)
-            done = await self._fetch_window(self.read_cursor, end)
+            start, end = window
+            done = await self._fetch_window(start, end)
             if done is None:
                 return  # stopping
             if done is False:
-                window_hours = max(1, ((end - self.read_cursor) // HOUR + 1) // 2)
+                self.planner.too_large(start, end)
                 continue
             self.read_cursor = end + HOUR
-            # Grow back gradually: hours that were too large are usually followed by more of the same, and
-            # jumping straight back to max_window would pay the whole halving sequence again for each window.
-            window_hours = min(self._max_window_hours(), window_hours * 2)
-
-    def _max_window_hours(self) -> int:
-        return max(1, int(self.cfg.export.max_window // 3600))
+            self.planner.read()
 
     async def _wait_finished(self) -> None:
         waiter = asyncio.ensure_future(self.finished.wait())
@@ -233,8 +231,8 @@ class ExportSource:
             log.info("export.backfill.done", checkpoint=self.checkpoint_name, **self.stats.as_dict())
 
     async def _idle(self, waiting_for: datetime) -> None:
-        available_at = waiting_for + HOUR + timedelta(seconds=self.cfg.export.lag)
-        seconds = max(1.0, min(self.cfg.export.poll_interval, (available_at - self._now()).total_seconds()))
+        seconds = (available_at(waiting_for, self.cfg.export.lag) - self._now()).total_seconds()
+        seconds = max(1.0, min(self.cfg.export.poll_interval, seconds))
         log.debug("export.idle", next_hour=hour_key(waiting_for), sleep_seconds=round(seconds, 1))
         await self.reader.close()  # started again for the next window
         try:
@@ -263,6 +261,7 @@ class ExportSource:
                     # Starts like a zip but is not one (cut short, corrupt): nothing was queued, fetch it again.
                     result.status, result.reason = ExportStatus.RETRY, str(exc)
                 else:
+                    self._healthy()
                     self.stats.windows += 1
                     self.stats.bytes += result.size
                     log.info("export.window.done", **log_fields, bytes=result.size,
@@ -271,10 +270,10 @@ class ExportSource:
                 finally:
                     result.path.unlink(missing_ok=True)
             if result.status is ExportStatus.EMPTY:
-                for hour in _hours(start, end):
-                    self.tracker.open(hour)  # type: ignore[union-attr]
-                    self.tracker.seal(hour)  # type: ignore[union-attr]
-                await self._commit_empty_progress()
+                self._healthy()
+                for hour in hours_between(start, end):
+                    self.tracker.seal(hour)
+                await self.acks.checkpoint(self.tracker)
                 log.info("export.window.empty", **log_fields)
                 return True
             if result.status is ExportStatus.TOO_LARGE:
@@ -286,44 +285,40 @@ class ExportSource:
                     await self._dead_letter_hour(start, result.reason)
                     return True
                 # A 504 for a single hour is a timeout, not a verdict on the hour: retry it like a 5xx.
-            if result.status is ExportStatus.FATAL:
-                log.error("export.window.failed", **log_fields, reason=result.reason,
-                          hint="check the Amplitude api_key/secret_key and connectors.amplitude.data_center")
-            else:
+            if result.status in (ExportStatus.RETRY, ExportStatus.TOO_LARGE):
                 log.warning("export.window.retry", **log_fields, reason=result.reason)
+            else:
+                # Keys, region, host or path wrong: nothing is skipped, the window is retried until it works.
+                hint = "check connectors.amplitude.api_key/secret_key, api_url and data_center"
+                log.error("export.window.failed", **log_fields, reason=result.reason, hint=hint)
+                if self.health is not None:
+                    self.health.fail(HEALTH_CHECK, result.reason, hint)
             if self.metrics:
                 self.metrics.errors.labels(component=self.name, kind=result.status.value).inc()
             if not await self.backoff.sleep(attempt, stop=self.stopping):
                 return None
         return None
 
-    async def _commit_empty_progress(self) -> None:
-        moved = self._advance()
-        if moved is not None and not self.dry_run:
-            await self.state.set_checkpoint(self.checkpoint_name, moved)
+    def _healthy(self) -> None:
+        if self.health is not None:
+            self.health.ok(HEALTH_CHECK)
 
     async def _dead_letter_hour(self, hour: datetime, reason: str) -> None:
-        assert self.tracker is not None
-        self.tracker.open(hour)
         self.tracker.seal(hour)
-        moved = self._advance()
-        if not self.dry_run:
-            await self.state.add_dead_letters(
-                [DeadLetter(source="export", sink="brevo_events", item={"hour": hour_key(hour)},
-                            reason=f"export hour too large for the Export API: {reason}")],
-                checkpoint=(self.checkpoint_name, moved) if moved else None,
-            )
+        letters = [] if self.dry_run else [DeadLetter(
+            source=SOURCE, sink=",".join(self.sinks), item={"hour": hour_key(hour)},
+            reason=f"export hour too large for the Export API: {reason}")]
+        await self.acks.dead_letter(letters, self.tracker)
         self.stats.dead_lettered += 1
         log.error("export.hour.dead_lettered", hour=hour_key(hour), reason=reason)
 
     async def _read_window(self, path: Any, start: datetime, end: datetime) -> None:
         tracker = self.tracker
-        assert tracker is not None
         try:
             archive = await asyncio.to_thread(open_export, path)
         except (zipfile.BadZipFile, OSError) as exc:
             raise _BadArchive(f"HTTP 200 but the zip cannot be opened: {type(exc).__name__}: {exc}") from exc
-        for hour in _hours(start, end):
+        for hour in hours_between(start, end):
             tracker.open(hour)
         unsealed = start  # the first hour of the window still being read
         try:
@@ -341,29 +336,30 @@ class ExportSource:
                         while unsealed < hour:
                             tracker.seal(unsealed)
                             unsealed += HOUR
-                        await self._commit_empty_progress()
+                        await self.acks.checkpoint(tracker)
                     await self._read_member(path, member, hour)
                 await self._queue_pending()
         finally:
             self._discard_pending()  # stopping or failing: those rows were not queued, their hour stays open
-        for hour in _hours(unsealed, end):
+        for hour in hours_between(unsealed, end):
             tracker.seal(hour)
-        await self._commit_empty_progress()
+        await self.acks.checkpoint(tracker)
 
     async def _read_member(self, path: Any, member: Member, hour: datetime) -> None:
-        """Queue a member's events and store its dead letters; the reader child decodes and remaps it."""
+        """Queue a member's items and store its dead letters; the reader pool decodes and remaps it."""
         for attempt in range(1, READER_ATTEMPTS + 1):
-            candidates: list[BrevoEvent] = []
+            batch = _Candidates()
             counted = MappedChunk()  # rows and skips of this attempt, taken back if it fails
+            self._bad_lines = {}
             try:
-                async with aclosing(self.reader.map_member(path, member, self.rules, self._map_in_process)) as chunks:
+                async with aclosing(self.reader.map_member(path, member, self.rules)) as chunks:
                     async for chunk in chunks:
-                        candidates.extend(chunk.events())
+                        batch.add(chunk)
                         letters = self._take(chunk, member, hour, counted)
-                        if len(candidates) >= CHUNK or letters:
-                            await self._flush(hour, candidates, letters)
-                            candidates = []
-                await self._flush(hour, candidates, [])
+                        if len(batch) >= CHUNK or letters:
+                            await self._flush(hour, batch, letters)
+                            batch = _Candidates()
+                await self._flush(hour, batch, [])
                 return
             except ReaderFailed as exc:
                 # What the failed reader handed over is queued; reading the member again finds it in flight
@@ -375,50 +371,49 @@ class ExportSource:
                 if self.metrics:
                     self.metrics.errors.labels(component=self.name, kind="reader").inc()
                 if attempt == READER_ATTEMPTS:
-                    await self._flush(hour, [], [DeadLetter(
-                        source="export", sink="brevo_events", item={"member": member.name, "hour": hour_key(hour)},
+                    await self._flush(hour, _Candidates(), [DeadLetter(
+                        source=SOURCE, sink=",".join(self.sinks), item={"member": member.name, "hour": hour_key(hour)},
                         reason=f"the export reader failed {attempt} times on this member: {exc}")])
                 elif not await self.backoff.sleep(attempt, stop=self.stopping):
                     raise _StopReading from exc
-
-    def _map_in_process(self) -> bool:
-        """Whether to map in this process rather than in the reader children: while the queue is backed up."""
-        if not self.reader.workers:
-            return True
-        depth, capacity = len(self.queue), self.queue.capacity
-        if not self.readers_paused and depth >= capacity * READERS_PAUSE_AT:
-            self.readers_paused = True
-            log.info("export.readers.paused", queued=depth, capacity=capacity,
-                     reason="the queue is backed up: Brevo is the bottleneck, reading in the daemon's process")
-        elif self.readers_paused and depth <= capacity * READERS_RESUME_AT:
-            self.readers_paused = False
-            log.info("export.readers.resumed", queued=depth, capacity=capacity, readers=self.reader.workers)
-        return self.readers_paused
+            finally:
+                self._log_bad_lines(member)
 
     def _take(self, chunk: MappedChunk, member: Member, hour: datetime, counted: MappedChunk) -> list[DeadLetter]:
-        """Count a chunk's rows and skips (also in `counted`), log its bad items, return them as dead letters."""
+        """Count a chunk's rows and skips (also in `counted`), return its bad items as dead letters. Bad
+        lines are logged once per member and kind, with a count and the first one as a sample (SPEC §7)."""
         stats = self.stats
         stats.rows += chunk.rows
         counted.rows += chunk.rows
         if self.metrics and chunk.rows:
-            self.metrics.items_in.labels(source="export").inc(chunk.rows)
+            self.metrics.items_in.labels(source=SOURCE).inc(chunk.rows)
         for reason, count in chunk.skipped.items():
             stats.skipped[reason] = stats.skipped.get(reason, 0) + count
             counted.skipped[reason] = counted.skipped.get(reason, 0) + count
         letters = []
+        sink = ",".join(self.sinks)
         for event, line, item, reason in chunk.letters:
             if event == "export.member.truncated":
                 item["hour"] = hour_key(hour)
                 log.error(event, member=member.name, lines_read=item["lines_read"], reason=reason)
-            elif event == "export.line.failed":
-                log.error(event, member=member.name, line=line, reason=reason)
             else:
-                log.warning(event, member=member.name, line=line, reason=reason)
-            letters.append(DeadLetter(source="export", sink="brevo_events", item=item, reason=reason))
+                bad = self._bad_lines.get(event)
+                if bad is None:
+                    self._bad_lines[event] = _BadLines(line, reason)
+                else:
+                    bad.count += 1
+            letters.append(DeadLetter(source=SOURCE, sink=sink, item=item, reason=reason))
         return letters
 
-    async def _flush(self, hour: datetime, candidates: list[BrevoEvent], letters: list[DeadLetter]) -> None:
-        """Dead-letter `letters`; start the dedupe lookup of `candidates` and queue the previous chunk.
+    def _log_bad_lines(self, member: Member) -> None:
+        for event, bad in self._bad_lines.items():
+            emit = log.error if event == "export.line.failed" else log.warning
+            emit(event, member=member.name, count=bad.count, first_line=bad.line, first_reason=bad.reason,
+                 hint="amplitude-brevo dlq list --source export")
+        self._bad_lines = {}
+
+    async def _flush(self, hour: datetime, batch: _Candidates, letters: list[DeadLetter]) -> None:
+        """Dead-letter `letters`; start the dedupe lookup of `batch` and queue the previous chunk.
 
         The lookup runs on the state thread while the next chunk is decoded (the event loop thread is what
         limits reading), and the chunk is queued at the next flush (`_queue_pending`)."""
@@ -426,70 +421,100 @@ class ExportSource:
             raise _StopReading
         if letters:
             if not self.dry_run:
-                await self.state.add_dead_letters(letters)
+                await self.acks.dead_letter(letters)
             self.stats.dead_lettered += len(letters)
             if self.metrics:
-                self.metrics.items_out.labels(sink="brevo_events", outcome="dead_lettered").inc(len(letters))
-        if not candidates:
+                for sink in self.sinks:
+                    self.metrics.items_out.labels(sink=sink, outcome="dead_lettered").inc(len(letters))
+        if not len(batch):
             return
-        self.stats.mapped += len(candidates)
-        keys = [DEDUPE_PREFIX + c.dedupe_key for c in candidates]
-        lookup = asyncio.ensure_future(self.state.unseen(keys))
-        lookup.add_done_callback(ignore_exception)
-        chunk = _PendingChunk(hour, candidates, keys, lookup)
-        self._looking_up.append(chunk)
+        self.stats.mapped += len(batch)
+        chunk = _PendingChunk(hour, batch, self.dedupe.lookup(batch.lookup_keys()))
         await self._queue_pending()
         self._pending = chunk
         await asyncio.sleep(0)  # let consumers and the admin server run between chunks
 
     async def _queue_pending(self) -> None:
-        """Queue the events of the chunk waiting for its dedupe lookup that are new: not in the dedupe record,
-        not committed since the lookup started, not on their way already."""
+        """Queue the items of the chunk waiting for its dedupe lookup that are new (see DedupeRecord.claim)."""
         chunk, self._pending = self._pending, None
         if chunk is None:
             return
-        try:
-            unseen = await chunk.lookup
-        finally:
-            self._looking_up.remove(chunk)
-        unseen.difference_update(chunk.committed_meanwhile)
-        inflight = self.inflight
-        fresh: list[QueuedEvent] = []
-        for candidate, key in zip(chunk.candidates, chunk.keys, strict=True):
-            if key not in unseen or key in inflight:
+        fresh = iter(await self.dedupe.claim(chunk.lookup))
+        token = self.tracker.token(chunk.hour)
+        batch = chunk.batch
+        by_sink: dict[str, list[Item]] = {}
+        for sink, key, body in zip(batch.sinks, batch.keys, batch.bodies, strict=True):
+            if key is not None and not next(fresh):
                 continue
-            inflight.add(key)
-            fresh.append(QueuedEvent(candidate, chunk.hour, self))
-        deduplicated = len(chunk.candidates) - len(fresh)
+            by_sink.setdefault(sink, []).append(Item(key, body, token))
+        queued = sum(map(len, by_sink.values()))
+        deduplicated = len(batch) - queued
         if deduplicated:
             self.stats.deduplicated += deduplicated
             if self.metrics:
-                self.metrics.items_out.labels(sink="brevo_events", outcome="deduplicated").inc(deduplicated)
-        assert self.tracker is not None
-        self.tracker.add(chunk.hour, len(fresh))
-        await self.queue.put_many(fresh)
+                self.metrics.items_out.labels(sink=",".join(self.sinks), outcome="deduplicated").inc(deduplicated)
+        self.tracker.add(chunk.hour, queued)
+        for sink, items in by_sink.items():
+            await self.queues[sink].put_many(items)
 
     def _discard_pending(self) -> None:
         chunk, self._pending = self._pending, None
         if chunk is not None:
-            chunk.lookup.cancel()
-            self._looking_up.remove(chunk)
+            self.dedupe.discard(chunk.lookup)
 
 
-def ignore_exception(future: asyncio.Future[Any]) -> None:
-    """A done-callback marking a lookup's exception as seen: a discarded chunk's lookup is never awaited, and
-    asyncio would log it as never retrieved. Whoever awaits the lookup still gets the exception."""
-    if not future.cancelled():
-        future.exception()
+def _prepare_temp_dir(path: Path) -> int:
+    """Create the export temp directory (0700); remove zips a killed process left there. Returns the count."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stale = list(path.glob("amplitude-export-*.zip"))
+    for file in stale:
+        file.unlink(missing_ok=True)
+    return len(stale)
 
 
-@dataclass(slots=True, eq=False)  # compared by identity (list.remove)
+def _max_window_hours(cfg: Config) -> int:
+    return max(1, int(cfg.export.max_window // 3600))
+
+
+def _key(hour: datetime | None) -> str | None:
+    return None if hour is None else hour_key(hour)
+
+
+class _Candidates:
+    """A chunk's outputs for every sink, flattened in row order: sink, dedupe key (or None), body."""
+
+    __slots__ = ("sinks", "keys", "bodies")
+
+    def __init__(self) -> None:
+        self.sinks: list[str] = []
+        self.keys: list[str | None] = []
+        self.bodies: list[bytes] = []
+
+    def __len__(self) -> int:
+        return len(self.bodies)
+
+    def add(self, chunk: MappedChunk) -> None:
+        for sink, output in chunk.outputs.items():
+            self.sinks.extend([sink] * len(output.bodies))
+            self.keys.extend(output.keys)
+            self.bodies.extend(output.bodies)
+
+    def lookup_keys(self) -> list[str]:
+        return [key for key in self.keys if key is not None]
+
+
+@dataclass(slots=True, eq=False)
 class _PendingChunk:
     hour: datetime
-    candidates: list[BrevoEvent]
-    keys: list[str]
-    lookup: asyncio.Future[set[str]]
-    committed_meanwhile: set[str] = field(default_factory=set)
+    batch: _Candidates
+    lookup: Lookup
+
+
+@dataclass(slots=True)
+class _BadLines:
+    line: int | None
+    reason: str
+    count: int = 1
 
 
 class _StopReading(Exception):
@@ -498,7 +523,3 @@ class _StopReading(Exception):
 
 class _BadArchive(Exception):
     """A downloaded window is not a readable zip although it looked like one."""
-
-
-def _hours(start: datetime, end: datetime) -> list[datetime]:
-    return [start + i * HOUR for i in range((end - start) // HOUR + 1)]

@@ -25,7 +25,7 @@ from ..logs import get_logger
 from ..pipeline.remap import MappingRules
 from . import member_mapper
 from .export_files import Member
-from .member_mapper import FRAME, MappedChunk, rules_args
+from .member_mapper import FRAME, MappedChunk, SinkOutput, rules_args
 
 log = get_logger("amplitude_export")
 
@@ -34,17 +34,42 @@ class ReaderFailed(Exception):
     """The reader child ended in the middle of a member (crashed, killed)."""
 
 
-class ReaderProcess:
+# The queue this full means Brevo, not reading, is the bottleneck: the children's cores buy nothing, so
+# members are mapped in the daemon's process and the children stop (~30 MiB each) until it drains to the second.
+READERS_PAUSE_AT = 0.1
+READERS_RESUME_AT = 0.02
+
+
+class ReaderPool:
     """The parent's handle on `workers` reader children, started on first use and again after a failure.
 
     Each member is striped over the children: child k maps the decompressed steps k, k + n, k + 2n, …
     and the parent reads their frames in turn, so chunks arrive in member order, streaming, with no
-    buffering beyond the pipes.
+    buffering beyond the pipes. `backlog()` gives (items queued, capacity) of the queue being fed: while it
+    is backed up the pool pauses its children (see READERS_PAUSE_AT) and maps in this process.
     """
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, backlog: Callable[[], tuple[int, int]] | None = None) -> None:
         self.workers = workers  # 0: map in this process, with no child (slower: it shares the GIL)
+        self.backlog = backlog
+        self.paused = False
         self._procs: list[asyncio.subprocess.Process] = []
+
+    def _map_in_process(self) -> bool:
+        """Whether to map in this process rather than in the children: while the queue is backed up."""
+        if not self.workers:
+            return True
+        if self.backlog is None:
+            return False
+        depth, capacity = self.backlog()
+        if not self.paused and depth >= capacity * READERS_PAUSE_AT:
+            self.paused = True
+            log.info("export.readers.paused", queued=depth, capacity=capacity,
+                     reason="the queue is backed up: Brevo is the bottleneck, reading in the daemon's process")
+        elif self.paused and depth <= capacity * READERS_RESUME_AT:
+            self.paused = False
+            log.info("export.readers.resumed", queued=depth, capacity=capacity, readers=self.workers)
+        return self.paused
 
     @property
     def pids(self) -> list[int]:
@@ -63,16 +88,17 @@ class ReaderProcess:
                 ))
         return self._procs
 
-    async def map_member(self, path: str | os.PathLike[str], member: Member, rules: MappingRules,
-                         in_process: Callable[[], bool] | None = None) -> AsyncIterator[MappedChunk]:
+    async def map_member(self, path: str | os.PathLike[str], member: Member,
+                         rules: MappingRules) -> AsyncIterator[MappedChunk]:
         """The member's chunks, in order. Use with `contextlib.aclosing`: a member left before its end stops
         the children (their remaining frames would be read as the next member's).
 
-        `in_process`, asked before the member and after each chunk: True maps the rest of the member in
-        this process and stops the children (they are started again for a later member it answers False).
+        The pause policy is asked before the member and after each chunk: paused, the rest of the member is
+        mapped in this process and the children stop (they are started again for a later member).
         """
+        in_process = self._map_in_process
         procs = []
-        if self.workers and not (in_process and in_process()):
+        if self.workers and not in_process():
             try:
                 procs = await self._started()
             except OSError as exc:
@@ -96,9 +122,10 @@ class ReaderProcess:
                     proc.stdin.write(FRAME.pack(len(job)) + job)
                     await proc.stdin.drain()
                 while (data := await _next_frame(procs[index % n])) is not None:
-                    yield MappedChunk(*pickle.loads(data))
+                    rows, outputs, letters, skipped = pickle.loads(data)
+                    yield MappedChunk(rows, {sink: SinkOutput(*out) for sink, out in outputs.items()}, letters, skipped)
                     index += 1
-                    if in_process is not None and in_process():
+                    if in_process():
                         break
                 else:
                     # The child whose turn it was has ended; every other one ends now too.

@@ -20,7 +20,15 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from ..pipeline.remap import BrevoEvent, MappingRules, Rejected, Skipped, remap_event
+from ..pipeline.remap import (
+    EVENTS_NAMESPACE,
+    EVENTS_SINK,
+    BrevoEvent,
+    MappingRules,
+    Rejected,
+    Skipped,
+    remap_event,
+)
 from ..pipeline.rows import row_decoder
 from .export_files import Member, TruncatedMember, is_blank, iter_text_steps
 
@@ -29,18 +37,22 @@ _END = object()
 
 
 @dataclass(slots=True)
+class SinkOutput:
+    """What a chunk's rows produced for one sink, in row order."""
+
+    keys: list[str | None] = field(default_factory=list)  # dedupe-record keys in the sink's namespace, or None
+    bodies: list[bytes] = field(default_factory=list)  # the Brevo payloads, compact JSON
+
+
+@dataclass(slots=True)
 class MappedChunk:
     """What one decompressed step of a member became."""
 
     rows: int = 0
-    keys: list[str] = field(default_factory=list)  # dedupe keys of the Brevo events, in order
-    bodies: list[bytes] = field(default_factory=list)  # their bodies
+    outputs: dict[str, SinkOutput] = field(default_factory=dict)  # by sink name, e.g. "brevo_events"
     # (log event, line number or None, item, reason): bad lines, rejected rows, a truncated member
     letters: list[tuple[str, int | None, dict[str, Any], str]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
-
-    def events(self) -> list[BrevoEvent]:
-        return list(map(BrevoEvent, self.keys, self.bodies))
 
 
 def rules_args(rules: MappingRules) -> dict[str, Any]:
@@ -74,8 +86,9 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
             # Another reader's step: only counted, never split.
             line_no += step.count(b"\n") + (step[-1] != 10)
             continue
-        chunk = MappedChunk()
-        keys, bodies, letters, skipped = chunk.keys, chunk.bodies, chunk.letters, chunk.skipped
+        events = SinkOutput()
+        chunk = MappedChunk(outputs={EVENTS_SINK: events})
+        keys, bodies, letters, skipped = events.keys, events.bodies, chunk.letters, chunk.skipped
         lines = step.split(b"\n")
         if not lines[-1]:
             lines.pop()  # what follows the step's last newline
@@ -97,7 +110,7 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
                 continue
             kind = type(result)
             if kind is BrevoEvent:
-                keys.append(result.dedupe_key)  # type: ignore[union-attr]
+                keys.append(EVENTS_NAMESPACE + result.dedupe_key)  # type: ignore[union-attr]
                 bodies.append(result.body)  # type: ignore[union-attr]
             elif kind is Skipped:
                 reason = result.reason  # type: ignore[union-attr]
@@ -193,7 +206,8 @@ def child_main() -> int:
             with zipfile.ZipFile(path) as archive:
                 for chunk in map_member(archive, Member(name, hour, partition), rules, stride=stride, offset=offset):
                     _write_frame(stdout, pickle.dumps(
-                        (chunk.rows, chunk.keys, chunk.bodies, chunk.letters, chunk.skipped),
+                        (chunk.rows, {sink: (out.keys, out.bodies) for sink, out in chunk.outputs.items()},
+                         chunk.letters, chunk.skipped),
                         protocol=pickle.HIGHEST_PROTOCOL))
             _write_frame(stdout, b"")
             stdout.flush()

@@ -1,4 +1,4 @@
-"""Interpreter settings for a daemon process whose event loop thread is CPU-bound while exports are read.
+"""Interpreter tuning for a daemon process whose event loop thread is CPU-bound while exports are read.
 
 Call `tune_runtime()` once at startup, after imports and configuration (bench/export_throughput.py calls it
 the same way):

@@ -1,0 +1,75 @@
+"""Settings this version accepts but does not act on yet, named so that nobody relies on them unawares."""
+
+from __future__ import annotations
+
+from .model import Config
+
+_NOT_BUILT = "is accepted but not built yet in this version; it is ignored"
+
+
+def unbuilt_settings(cfg: Config) -> list[str]:
+    """One message per capability that *cfg* asks for and this version does not have yet.
+
+    Built today: the export path to Brevo events (connectors, sync.events, event_mapping, property_mapping
+    as events' contact_properties, identity, export, rate_limits, batching, state, admin, logging,
+    shutdown_timeout). Everything else of SPEC §3 is validated, so that a config written for a later
+    version is checked in full today, but nothing reads it.
+
+    A capability counts as configured when the resolved config, defaults included, would make the full
+    product do something — the same reading the daemon will give it once it is built — and not merely
+    because its section is present:
+
+    - ``connectors.brevo.create_attributes``: true.
+    - ``sync.user_properties``: true and ``property_mapping`` names a target besides the identity ones
+      (the ``identity.email_property`` key, targets ``email``/``ext_id``), i.e. there would be contact
+      attributes to write.
+    - ``cohorts``: ``sync.cohorts`` true and at least one entry (``cohort_guard`` only guards those).
+    - ``sync.revenue``: true and ``revenue.orders`` true or an LTV/count attribute named.
+    - ``lists``: a list id given for a segment; a segment without a list is not synced even when built.
+    - ``user_activity.enabled``: true and there are segments or contact attributes for it to enrich.
+    - ``ingest.enabled``: true (the default), because nothing listens on ``ingest.listen``.
+
+    Defaults count: ``sync.revenue`` and ``ingest.enabled`` default to true, so a minimal config hears
+    about them; setting the switch to false says "not wanted" and silences the message. Each message
+    starts with the key path to change.
+    """
+    out: list[str] = []
+    if cfg.connectors.brevo.create_attributes:
+        out.append(f"connectors.brevo.create_attributes (creating missing Brevo attributes) {_NOT_BUILT}")
+
+    identity = cfg.identity.email_property
+    attributes = [
+        target
+        for source, target in cfg.property_mapping.items()
+        if source != identity and target.lower() not in ("email", "ext_id")
+    ]
+    user_properties = cfg.sync.user_properties and bool(attributes)
+    if user_properties:
+        out.append(
+            f"sync.user_properties (user properties -> Brevo contact attributes {', '.join(attributes)}) "
+            f"{_NOT_BUILT} (property_mapping still fills the contact_properties of forwarded events)"
+        )
+
+    if cfg.sync.cohorts and cfg.cohorts:
+        ids = ", ".join(c.id for c in cfg.cohorts)
+        out.append(f"cohorts (Amplitude cohorts {ids} -> Brevo lists, with cohort_guard) {_NOT_BUILT}")
+
+    revenue = cfg.revenue
+    if cfg.sync.revenue and (revenue.orders or revenue.ltv_attribute or revenue.count_attribute):
+        out.append(f"sync.revenue (revenue events -> Brevo orders and revenue.* attributes) {_NOT_BUILT}")
+
+    segment_lists = [name for name in type(cfg.lists).model_fields if getattr(cfg.lists, name) is not None]
+    if segment_lists:
+        names = ", ".join(segment_lists)
+        ids = ", ".join(str(getattr(cfg.lists, name)) for name in segment_lists)
+        out.append(f"lists (segments {names} -> Brevo lists {ids}, with segments.*) {_NOT_BUILT}")
+
+    if cfg.user_activity.enabled and (segment_lists or user_properties):
+        out.append(f"user_activity.enabled (profile enrichment from Amplitude User Activity) {_NOT_BUILT}")
+
+    if cfg.ingest.enabled:
+        out.append(
+            f"ingest.enabled (the realtime HTTP V2 ingest endpoint and cohort webhooks, ingest.*) {_NOT_BUILT} "
+            f"(nothing listens on {cfg.ingest.listen})"
+        )
+    return out

@@ -1,0 +1,54 @@
+"""The daemon's one dedupe record: what a lookup lets through, in flight and committed keys, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from amplitude_brevo.pipeline.dedupe import DedupeRecord
+from amplitude_brevo.state import StateStore
+
+
+@pytest.fixture
+async def state(tmp_path):
+    store = await StateStore.open(tmp_path / "state.db")
+    yield store
+    await store.close()
+
+
+async def test_new_keys_are_claimed_once_and_delivered_ones_never(state):
+    await state.commit_delivery(["events:old"], sink="brevo_events")
+    record = DedupeRecord(state, window=3600)
+    fresh = await record.claim(record.lookup(["events:old", "events:new", "events:new", "orders:old"]))
+    assert fresh == [False, True, False, True], "delivered, new, repeated in the same chunk, other namespace"
+    assert record.inflight == {"events:new", "orders:old"}
+    again = await record.claim(record.lookup(["events:new"]))
+    assert again == [False], "in flight: a second source (or a re-read) does not queue it again"
+
+
+async def test_a_key_committed_while_a_lookup_runs_is_not_let_through(state):
+    record = DedupeRecord(state, window=3600)
+    [first] = await record.claim(record.lookup(["events:a"]))
+    assert first
+    lookup = record.lookup(["events:a", "events:b"])
+    await asyncio.sleep(0)  # the lookup may already have read SQLite, before the commit below
+    await state.commit_delivery(["events:a"], sink="brevo_events")
+    record.committed(["events:a"])
+    assert await record.claim(lookup) == [False, True]
+    assert record.inflight == {"events:b"}
+    assert record._pending == []
+
+
+async def test_released_keys_can_be_claimed_again(state):
+    record = DedupeRecord(state, window=3600)
+    assert await record.claim(record.lookup(["events:a"])) == [True]
+    record.released(["events:a"])
+    assert await record.claim(record.lookup(["events:a"])) == [True]
+
+
+async def test_a_discarded_lookup_leaves_nothing_behind(state):
+    record = DedupeRecord(state, window=3600)
+    lookup = record.lookup(["events:a"])
+    record.discard(lookup)
+    assert record._pending == [] and record.inflight == set()
