@@ -265,6 +265,25 @@ async def test_a_404_page_fails_health_until_the_path_answers_and_an_item_level_
         assert failed["check"] == "brevo /events" and failed["reason"].startswith("HTTP 404 <html>")
         assert len([e for e in logs if e["event"] == "health.recovered"]) == 1
 
-        app[BREVO_STATE].faults.not_found_requests = 1
-        response = await client.call("POST", "/events", EVENT, item_statuses={404})
-        assert response.status == 404 and health.healthy, "declared a verdict: returned, no outage"
+
+async def test_a_caller_may_declare_brevos_404_an_item_verdict_and_a_404_page_stays_an_outage():
+    health = Health()
+    answers = [(404, "text/html", "<html>404 Not Found</html>"),
+               (404, "application/json", '{"code": "document_not_found", "message": "No contact found for indexes 3,4"}')]
+
+    async def contacts_batch(request: web.Request) -> web.Response:
+        status, ctype, text = answers.pop(0)
+        return web.Response(status=status, content_type=ctype, text=text)
+
+    app = web.Application()
+    app.router.add_post("/v3/contacts/batch", contacts_batch)
+    async with client_for(app) as client:
+        client.health = health
+        with capture_logs() as logs:
+            response = await client.call("POST", "/contacts/batch", {"contacts": []},
+                                         item_verdicts={404: {"document_not_found"}})
+    assert response.status == 404 and response.code == "document_not_found"
+    assert response.message == "document_not_found: No contact found for indexes 3,4"
+    assert answers == [], "the 404 page was retried as an outage, Brevo's 404 returned as a verdict"
+    assert [e["check"] for e in logs if e["event"] == "health.failing"] == ["brevo /contacts/batch"]
+    assert health.healthy

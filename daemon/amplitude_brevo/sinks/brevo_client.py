@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,12 @@ class BrevoResponse:
     status: int
     headers: dict[str, str]
     body: Any  # parsed JSON, raw text, or None
+
+    @property
+    def code(self) -> str | None:
+        """Brevo's error `code` (reference §0.1), when the body is Brevo's JSON error."""
+        code = self.body.get("code") if isinstance(self.body, dict) else None
+        return code if isinstance(code, str) else None
 
     @property
     def message(self) -> str:
@@ -152,11 +158,13 @@ class BrevoClient:
     async def call(
         self, method: str, path: str, payload: Any = None, *, budget: str | None = None,
         context: dict[str, Any] | None = None, max_pause: float | None = None,
-        item_statuses: Collection[int] = (),
+        item_verdicts: Mapping[int, Collection[str]] | None = None,
     ) -> BrevoResponse:
         """Send until the answer is OK or FATAL; retriable failures back off with full jitter.
 
-        `item_statuses`: see `validate_response`. With `max_pause`, a budget that would make the request wait
+        `item_verdicts` names statuses that, with one of the given Brevo error codes in the body, are a
+        verdict on items rather than an outage — contacts: `{404: {"document_not_found"}}` ("No contact
+        found for indexes 3,4"), while a proxy's 404 page stays an outage. With `max_pause`, a budget that would make the request wait
         longer than that (a spent hourly window, a 429 with a long reset) raises `BudgetPaused` instead of
         waiting (the events sink then uses `/events`); a shorter wait is waited out and the same request sent
         again. Raises `Stopping` if the daemon stops while waiting to
@@ -177,7 +185,8 @@ class BrevoClient:
                 if self.metrics:
                     self.metrics.http_responses.labels(api="brevo", status="error").inc()
             else:
-                outcome = validate_response(response.status, item_statuses)
+                verdict = item_verdicts is not None and response.code in item_verdicts.get(response.status, ())
+                outcome = validate_response(response.status, (response.status,) if verdict else ())
                 reason = f"HTTP {response.status} {response.message}"
                 if outcome in (Outcome.OK, Outcome.FATAL):
                     if self.health is not None:

@@ -40,7 +40,7 @@ class BrevoEventsSink(BrevoSink):
     def single_request(self, item: Item) -> tuple[str, str, bytes]:
         return "POST", "/events", item.body
 
-    def item_errors(self, response: BrevoResponse, size: int) -> dict[int, str]:
+    def refused_items(self, response: BrevoResponse, size: int) -> dict[int, str]:
         """`errors: [{eventIndex: [..], message}]` of a 207/400 → {position: message}."""
         failed: dict[int, str] = {}
         body = response.body

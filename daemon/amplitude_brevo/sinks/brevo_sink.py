@@ -104,7 +104,7 @@ class BatchSize:
 class BrevoSink:
     """Drains one queue into Brevo with `workers` batches at a time; single requests go `concurrency` at a time.
 
-    Subclasses set the class attributes and implement `batch_body`, `single_request` and `item_errors`.
+    Subclasses set the class attributes and implement `batch_body`, `single_request` and `refused_items`.
     `acks` is the daemon's Acknowledger: `await settle(sink, items, refused)` records Brevo's verdicts (dead
     letters named after each item's source, dedupe keys, checkpoints), `settle_dry(sink, items)` a dry run's.
     """
@@ -116,7 +116,8 @@ class BrevoSink:
     batch_budget = ""
     single_budget: str | None = None  # None: no single endpoint, a lone item goes as a batch of one
     max_batch_size = 1000
-    item_statuses: frozenset[int] = frozenset()  # statuses that are a verdict on items (see validate_response)
+    # Statuses that, with one of these Brevo error codes, are a verdict on items (see BrevoClient.call).
+    item_verdicts: Mapping[int, frozenset[str]] = {}
 
     def __init__(
         self,
@@ -156,7 +157,7 @@ class BrevoSink:
         """(method, path, body) of the single endpoint's request for one item (when `single_budget` is set)."""
         raise NotImplementedError
 
-    def item_errors(self, response: BrevoResponse, size: int) -> dict[int, str]:
+    def refused_items(self, response: BrevoResponse, size: int) -> dict[int, str]:
         """The items a batch answer names as refused: {position in the request: Brevo's message}."""
         raise NotImplementedError
 
@@ -281,7 +282,7 @@ class BrevoSink:
         try:
             return await self.client.call(
                 "POST", self.batch_path, self.batch_body([batch.items[i].body for i in chunk]),
-                budget=self.batch_budget, item_statuses=self.item_statuses,
+                budget=self.batch_budget, item_verdicts=self.item_verdicts,
                 context={"sink": self.name, "count": len(chunk)},
                 max_pause=MAX_PAUSE if self.single_budget is not None else None,
             )
@@ -294,9 +295,9 @@ class BrevoSink:
         """Settle what Brevo's answer decided for batch.items[chunk]; the indexes still to send one by one."""
         if response is None:
             return list(chunk)
-        errors = self.item_errors(response, len(chunk))
+        errors = self.refused_items(response, len(chunk))
         refused = {chunk[p]: self._reason(message) for p, message in errors.items()}
-        if validate_response(response.status, self.item_statuses) is Outcome.OK:
+        if validate_response(response.status) is Outcome.OK:
             self.sizer.accepted(len(chunk))
             if response.status == 207 and not errors:
                 # Some items were accepted but the answer does not say which failed: sending the request again
@@ -328,9 +329,9 @@ class BrevoSink:
             self.stats.single_requests += 1
             batch.requests += 1
             response = await self.client.call(method, path, body, budget=self.single_budget,
-                                              item_statuses=self.item_statuses, context={"sink": self.name})
+                                              item_verdicts=self.item_verdicts, context={"sink": self.name})
         refused = {}
-        if validate_response(response.status, self.item_statuses) is Outcome.FATAL:
+        if validate_response(response.status) is not Outcome.OK:  # call() returns only answers and verdicts
             refused[index] = self._reason(f"HTTP {response.status} {response.message}")
         self._settle(batch, [index], refused)
 
