@@ -77,7 +77,8 @@ async def test_a_contacts_shaped_sink_dead_letters_the_named_items_and_resends_t
         state = await StateStore.open(tmp_path / "state.db")
         try:
             client = BrevoClient(session, base_url=str(server.make_url("/v3")), api_key=Secret(KEY),
-                                 budgets=Budgets({"brevo_contacts": Limit(1000, 1)}), backoff=Backoff(0.001, 0.002))
+                                 budgets=Budgets({"brevo_contacts": Limit(1000, 1)}),
+                                 backoff=Backoff(0.001, 0.002, max_attempts=5))
             acks = RecordingAcks(state)
             sink = ContactsSink(queue=None, client=client, acks=acks, batch_size=10)
             batch = contacts(10)
@@ -124,32 +125,57 @@ def test_batch_size_policy():
     assert BatchSize(5000, 1000).current == 1000 and BatchSize(0, 1000).current == 1
 
 
-async def fill(queue: BatchQueue[Item], batch: list[Item]) -> None:
-    await queue.put_many(batch)
+class SmallBatches(BrevoEventsSink):
+    max_batch_size = 10
 
 
 async def test_stop_with_50000_items_behind_a_10_per_second_brevo_returns_within_2_seconds(tmp_path):
+    held, release = asyncio.Event(), asyncio.Event()
+    in_flight: set[str] = set()
+    batches = 0
+
+    async def hold_the_eleventh(request: web.Request) -> None:
+        nonlocal batches
+        if request.path == "/v3/events/batch":
+            batches += 1
+            if batches == 11:  # the second window's first request: in flight when the stop comes
+                in_flight.update(f"events:{e['event_properties']['amplitude_insert_id']}"
+                                 for e in orjson.loads(await request.read())["events"])
+                held.set()
+                await release.wait()
+
     # The events bucket at 10 requests/s, /events/batch counted in it, configured as the plan says (100/h).
     async with brevo_env(tmp_path, limits={"events": BucketLimit(10, 1.0)}, events_batch_bucket="events",
-                         budgets={"brevo_events_batch": Limit(100, 3600), "brevo_events": Limit(10, 1)}) as env:
+                         budgets={"brevo_events_batch": Limit(100, 3600), "brevo_events": Limit(10, 1)},
+                         hold=hold_the_eleventh) as env:
         queue: BatchQueue[Item] = BatchQueue("brevo_events", max_items=1000, max_wait=0.01, capacity=50_000)
         backlog = items(50_000)
-        await fill(queue, backlog)
-        sink = BrevoEventsSink(queue=queue, client=env.client, acks=env.acks, batch_size=10, workers=2)
+        await queue.put_many(backlog)
+        # One worker, batches of 10: the queue batch's two requests at a time, one held, one waiting.
+        sink = SmallBatches(queue=queue, client=env.client, acks=env.acks, batch_size=10, workers=1)
+        budget = env.client.budgets["brevo_events_batch"]
         running = asyncio.create_task(sink.run())
-        async with asyncio.timeout(10):
-            while sink.stats.batch_requests < 12:  # under way: some answered, some waiting for the window
-                await asyncio.sleep(0.01)
-        sink.stop()
-        stopped = time.monotonic()
+        try:
+            async with asyncio.timeout(10):
+                await held.wait()
+                while sink.stats.batch_requests <= budget.acquired_total:  # until one waits for the window
+                    await asyncio.sleep(0.01)
+            sink.stop()
+            stopped = time.monotonic()
+            for _ in range(20):  # the waiting requests give up while the held one is still on its way
+                await asyncio.sleep(0)
+        finally:
+            release.set()
         async with asyncio.timeout(5):
             await running
-        assert time.monotonic() - stopped < 2
+        # Well under the window's second: what waits for the window gives up at once.
+        assert time.monotonic() - stopped < 0.5
         settled = env.acks.keys()
         received = {f"events:{k}" for k in ids(env.brevo.events)}
-        assert set(settled) == received, "every request Brevo answered is settled, none unsent is"
-        assert 0 < len(settled) < 50_000 and len(queue) > 0
-        assert sink.stats.batch_requests > len(env.log), "requests waiting for the window were never sent"
+        assert in_flight and in_flight <= set(settled), "the request in flight at the stop finished and was settled"
+        assert set(settled) == received, "what Brevo received is settled, and nothing else was sent"
+        assert len(env.log) >= 11 and 0 < len(settled) < 50_000 and len(queue) > 0
+        assert sink.stats.batch_requests > budget.acquired_total == len(env.log), "those waiting were never sent"
         assert backlog[0].token.tracker.outstanding == 50_000 - len(settled), "the rest is left unacknowledged"
         assert await env.state.get_checkpoint("export.next_hour") is None
         assert env.brevo.rate_limited == 0
@@ -173,7 +199,8 @@ async def test_stop_while_waiting_for_a_batch_returns_at_once(tmp_path):
         await queue.put_many(items(3))  # a batch that waits max_wait for more
         sink = BrevoEventsSink(queue=queue, client=env.client, acks=env.acks)
         running = asyncio.create_task(sink.run())
-        await asyncio.sleep(0)
+        for _ in range(10):  # let the workers start waiting for the batch to fill
+            await asyncio.sleep(0)
         sink.stop()
         async with asyncio.timeout(1):
             await running
@@ -192,5 +219,6 @@ async def test_one_crashing_worker_stops_the_others_and_its_error_propagates(tmp
         async with asyncio.timeout(10):
             with pytest.raises(RuntimeError, match="disk full"):
                 await sink.run()
-        # run() returned: its TaskGroup has ended every worker, so nothing goes on sending.
+        left = [t for t in asyncio.all_tasks() if t.get_name().startswith("brevo_events.worker") and not t.done()]
+        assert left == [], "no worker goes on sending once run() has raised"
         assert len(env.log) <= 3 * 2, "each worker got at most its batch's first answers"
