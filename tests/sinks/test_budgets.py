@@ -177,24 +177,27 @@ def test_reload_restarts_from_a_new_configured_rate_and_keeps_what_was_learned_o
     assert budget.rate == Rate(10, 1.0), "and is learned again"
 
 
-def test_a_spent_one_second_window_pauses_until_it_ends_not_a_rounded_up_second_later():
+@pytest.mark.parametrize(
+    ("answers", "resume_in"),
+    [
+        # This request opened the window: it ends within 1 s of that answer, however `reset` rounds up.
+        ([(0, 202, 9), (0.6, 202, 0)], 0.4),
+        # No answer seen opened it: the countdown, rounded up to the second.
+        ([(0, 202, 3), (0.6, 202, 0)], 1.0),
+        # The next window's opening says nothing about the pause for this one.
+        ([(0, 202, 3), (0.6, 202, 0), (0.7, 202, 9)], 0.3),
+        # After a 429, at least its x-sib-ratelimit-reset (SPEC §7), whatever the window suggests.
+        ([(0, 202, 9), (0.5, 429, 0)], 1.0),
+    ],
+    ids=["window-opened", "reset", "next-window", "429"],
+)
+def test_a_spent_one_second_window_pauses_until_it_ends(answers, resume_in):
     clock = Clock()
     budget = Budget("b", Rate(10, 1), clock=clock)
-    budget.observe(202, answer(10, 9, 1))  # this request opened the window: it ends within 1 s of now
-    clock.now += 0.6
-    assert budget.observe(202, answer(10, 0, 1)) == pytest.approx(0.4)
-    assert budget.seconds_until_resume() == pytest.approx(0.4)
-
-
-def test_without_the_windows_opening_a_spent_window_pauses_for_the_reset():
-    clock = Clock()
-    budget = Budget("b", Rate(10, 1), clock=clock)
-    budget.observe(202, answer(10, 3, 1))
-    clock.now += 0.6
-    assert budget.observe(202, answer(10, 0, 1)) == 1
-    clock.now += 0.7
-    budget.observe(202, answer(10, 9, 1))  # an old window's opening says nothing about this one
-    assert budget.seconds_until_resume() == pytest.approx(0.3)
+    for advance, status, remaining in answers:
+        clock.now += advance
+        budget.observe(status, answer(10, remaining, 1))
+    assert budget.seconds_until_resume() == pytest.approx(resume_in)
 
 
 def test_requests_of_ours_in_flight_spend_the_window_too():
@@ -206,15 +209,6 @@ def test_requests_of_ours_in_flight_spend_the_window_too():
     clock.now += 0.3
     budget.observe(202, answer(10, 2, 1))
     assert budget.seconds_until_resume() == pytest.approx(0.7), "2 left, 2 of ours still coming: spent"
-
-
-def test_a_429_pauses_for_its_whole_reset_whatever_the_window_suggests():
-    clock = Clock()
-    budget = Budget("b", Rate(10, 1), clock=clock)
-    budget.observe(202, answer(10, 9, 1))
-    clock.now += 0.5
-    assert budget.observe(429, answer(10, 0, 1)) == 1
-    assert budget.seconds_until_resume() == pytest.approx(1.0), "SPEC §7: at least x-sib-ratelimit-reset"
 
 
 async def test_can_send_within_counts_the_limiters_refill():
