@@ -18,8 +18,9 @@ items of a batch answer, and which statuses are item verdicts. Everything else i
 * a batch endpoint whose budget is spent for longer than `max_pause` (an hourly window) hands its items to
   the single endpoint; a short wait (a 1-second window, a 429 with a short reset) is waited out;
 * `stop()`: no new batch is taken and no request not yet sent is sent (waits for a budget or a retry end
-  with `Stopping`); requests in flight finish and are settled, then `run()` returns. Items taken but not
-  settled stay unacknowledged, and the source reads them again after a restart.
+  with `Stopping`); requests in flight finish and are settled, then `run()` returns. Items taken but never
+  answered for stay unacknowledged and are released from the dedupe record's in-flight set, so the source
+  reads and queues them again (after a restart, or when a reload switches the path back on).
 """
 
 from __future__ import annotations
@@ -205,13 +206,14 @@ class BrevoSink:
             await asyncio.wait((taking, stopped), return_when=asyncio.FIRST_COMPLETED)
         finally:
             stopped.cancel()
-            if not taking.done():
-                taking.cancel()
+            taking.cancel()  # if it has not taken a batch yet
+        batch = None
         with contextlib.suppress(asyncio.CancelledError):
             batch = await taking
-            # Taken as the stop came: not sent, so left unacknowledged like the rest of the queue.
-            return None if self._stopping.is_set() else batch
-        return None
+        if batch is not None and self._stopping.is_set():
+            self._release(batch)  # taken as the stop came: never sent
+            return None
+        return batch
 
     # -- one batch --
     async def deliver(self, items: list[Item]) -> None:
@@ -226,6 +228,7 @@ class BrevoSink:
         except BaseException as exc:
             if isinstance(exc, asyncio.CancelledError | Stopping):
                 log.info("brevo.batch.interrupted", sink=self.name, count=len(items), settled=batch.settled)
+            self._release([item for item, answered in zip(items, batch.answered, strict=True) if not answered])
             await self._recorded(batch.recording)  # what Brevo answered for is recorded whatever stopped the rest
             raise
         await self._recorded(batch.recording)
@@ -335,6 +338,17 @@ class BrevoSink:
             refused[index] = self._reason(f"HTTP {response.status} {response.message}")
         self._settle(batch, [index], refused)
 
+    def _release(self, items: list[Item]) -> None:
+        """Items taken from the queue that Brevo never answered for: the sink stopped (or was cancelled) first.
+
+        They stay unacknowledged, so their source position holds its checkpoint back; and the dedupe record
+        no longer counts them as on their way, so that the next read of that position — after a restart, or
+        when a reload switches this path on again — queues them again, like the items still queued when the
+        daemon discards a stopped sink's queue. (A request cut off in flight may then be sent twice, as
+        after a kill.)
+        """
+        self.acks.dedupe.released([item.key for item in items if item.key is not None])
+
     def _reason(self, message: str) -> str:
         return f"Brevo refused the {self.noun}: {message}"
 
@@ -348,6 +362,8 @@ class BrevoSink:
         of its own so that a shutdown cancelling the batch cannot interrupt it half way.
         """
         settled = [batch.items[i] for i in indexes]
+        for i in indexes:
+            batch.answered[i] = True
         position = {index: n for n, index in enumerate(indexes)}
         letters = {position[i]: reason for i, reason in refused.items()}
         delivered = len(settled) - len(letters)
@@ -379,10 +395,11 @@ class BrevoSink:
 class _Batch:
     """One delivery's bookkeeping: its items, how many Brevo has answered for, and their recordings."""
 
-    __slots__ = ("items", "settled", "dead_lettered", "requests", "recording")
+    __slots__ = ("items", "answered", "settled", "dead_lettered", "requests", "recording")
 
     def __init__(self, items: list[Item]) -> None:
         self.items = items
+        self.answered = bytearray(len(items))  # per item: settled
         self.settled = 0
         self.dead_lettered = 0
         self.requests = 0
