@@ -107,7 +107,9 @@ class BrevoSink:
 
     Subclasses set the class attributes and implement `batch_body`, `single_request` and `refused_items`.
     `acks` is the daemon's Acknowledger: `await settle(sink, items, refused)` records Brevo's verdicts (dead
-    letters named after each item's source, dedupe keys, checkpoints), `settle_dry(sink, items)` a dry run's.
+    letters named after each item's source, dedupe keys, checkpoints), `settle_dry(sink, items)` a dry run's,
+    and its `dedupe.released(keys)` forgets items taken but never sent. Every item taken from the queue ends
+    in exactly one of the three.
     """
 
     role = "consumer"
@@ -194,7 +196,7 @@ class BrevoSink:
             try:
                 await self.deliver(batch)
             except Stopping:
-                return  # what it did not send stays unacknowledged and is read again after restart
+                return  # what it did not send is released (see _release)
 
     async def _next_batch(self) -> list[Item] | None:
         """The next batch, or None once the queue is closed and drained or the sink stops."""
