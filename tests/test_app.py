@@ -2,6 +2,7 @@
 
 import asyncio
 
+import orjson
 import pytest
 import yaml
 
@@ -358,5 +359,25 @@ async def test_readyz_fails_while_a_health_check_fails(tmp_path):
             daemon.runtime.health.ok("brevo /events")
             async with s.get(url) as r:
                 assert r.status == 200
+    finally:
+        await daemon.shutdown()
+
+
+async def test_a_reload_warns_about_a_newly_configured_capability_that_is_not_built(tmp_path, monkeypatch, capsys):
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    daemon = Daemon(make_cfg(tmp_path), config_path=path, install_signal_handlers=False)
+    await daemon.startup()
+    try:
+        path.write_text(yaml.safe_dump(base_config(tmp_path, connectors={
+            **base_config(tmp_path)["connectors"],
+            "brevo": {**base_config(tmp_path)["connectors"]["brevo"], "create_attributes": True}})))
+        capsys.readouterr()
+        assert await daemon.reload() is True  # the reload configures logging anew: JSON lines on stdout
+        lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        warned = [e["detail"] for e in lines if e["event"] == "config.not_built"]
+        assert len(warned) == 1 and warned[0].startswith("connectors.brevo.create_attributes")
     finally:
         await daemon.shutdown()

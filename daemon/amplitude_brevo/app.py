@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from .clients.http import make_session
-from .config import Config, ConfigError, load_config, secret_values
+from .config import Config, ConfigError, load_config, secret_values, unbuilt_settings
 from .health import Health
 from .logs import configure_logging, get_logger
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -350,6 +350,10 @@ class Daemon:
             new = _keep_fields(new, old, kept)
         changed = [name for name in type(new).model_fields if getattr(old, name) != getattr(new, name)]
         configure_logging(new.logging.level, new.logging.format, secret_values(new))
+        known = set(unbuilt_settings(old))
+        for message in unbuilt_settings(new):
+            if message not in known:  # what start-up said already is not repeated on every reload
+                get_logger("config").warning("config.not_built", detail=message)
         self.cfg = new
         if self.runtime:
             rt = self.runtime
