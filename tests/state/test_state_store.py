@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from amplitude_brevo.state import SCHEMA_VERSION, DeadLetter, StateError, StateStore, schema
-from amplitude_brevo.state import store as store_module
+from amplitude_brevo.state import dedupe as dedupe_module
 
 
 @pytest.fixture
@@ -332,9 +332,9 @@ async def test_commit_delivery_is_atomic_when_checkpoint_write_fails(st: StateSt
 def key_statements(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with the one-statement JSON1 path, and again with the per-key fallback (SQLite without JSON1)."""
     if request.param == "json_each":
-        assert store_module._JSON_EACH, "this SQLite has JSON1"
+        assert dedupe_module._JSON_EACH, "this SQLite has JSON1"
     else:
-        monkeypatch.setattr(store_module, "_JSON_EACH", False)
+        monkeypatch.setattr(dedupe_module, "_JSON_EACH", False)
     return request.param
 
 
@@ -385,7 +385,7 @@ async def test_expire_dedupe(st: StateStore) -> None:
 
 
 async def test_expire_dedupe_in_several_slices(st: StateStore, monkeypatch) -> None:
-    monkeypatch.setattr(store_module, "EXPIRE_SLICE", 100)
+    monkeypatch.setattr(dedupe_module, "EXPIRE_SLICE", 100)
     await st.commit_delivery([f"k{i}" for i in range(250)], sink="brevo_events", now=1.0)
     await st.commit_delivery(["keep"], sink="brevo_events", now=5.0)
     assert await st.expire_dedupe(2.0) == 250
