@@ -10,6 +10,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from amplitude_brevo.state import SCHEMA_VERSION, DeadLetter, StateError, StateStore, schema
 from amplitude_brevo.state import dedupe as dedupe_module
@@ -290,6 +291,70 @@ async def test_checkpoints(st: StateStore) -> None:
     await st.set_checkpoint("spool", "42")
     assert await st.get_checkpoint("export") == "2026-11-01T11"
     assert await st.checkpoints() == {"export": "2026-11-01T11", "spool": "42"}
+
+
+async def test_set_checkpoint_never_moves_back(st: StateStore) -> None:
+    await st.set_checkpoint("export.next_hour", "20261101T10")
+    await st.set_checkpoint("export.next_hour", "20261101T09")
+    assert await st.get_checkpoint("export.next_hour") == "20261101T10", "moving back is a no-op"
+    await st.set_checkpoint("export.next_hour", "20261101T10")
+    await st.set_checkpoint("export.next_hour", "20261101T11")
+    assert await st.get_checkpoint("export.next_hour") == "20261101T11", "moving forward works"
+    stamps = await st._run(lambda conn: conn.execute("SELECT updated_at FROM checkpoints").fetchall())
+    assert len(stamps) == 1
+
+
+async def test_a_refused_move_back_keeps_updated_at_and_is_logged(st: StateStore) -> None:
+    await st.commit_delivery([], sink="brevo_events", checkpoint=("spool", "00000000000000000042"), now=100.0)
+    with capture_logs() as logs:
+        await st.commit_delivery([], sink="brevo_events", checkpoint=("spool", "00000000000000000041"), now=200.0)
+        await st.commit_delivery([], sink="brevo_events", checkpoint=("spool", "00000000000000000042"), now=300.0)
+    row = await st._run(lambda conn: conn.execute("SELECT value, updated_at FROM checkpoints").fetchone())
+    assert row == ("00000000000000000042", 100.0)
+    refused = [e for e in logs if e["event"] == "state.checkpoint.not_moved_back"]
+    assert len(refused) == 1, "moving back is logged; re-writing the same value is not"
+    assert refused[0]["name"] == "spool"
+    assert (refused[0]["kept"], refused[0]["refused"]) == ("00000000000000000042", "00000000000000000041")
+
+
+async def test_commit_delivery_moving_a_checkpoint_back_still_records_the_keys(st: StateStore) -> None:
+    await st.commit_delivery(["k1"], sink="brevo_events", checkpoints=[("export", "h5"), ("spool", "s5")])
+    # One batch: keys, one checkpoint forward, one back — in one transaction.
+    await st.commit_delivery(
+        ["k2", "k3"], sink="brevo_events", checkpoint=("export", "h4"), checkpoints=[("spool", "s6")]
+    )
+    assert await st.unseen(["k1", "k2", "k3", "k4"]) == {"k4"}
+    assert await st.checkpoints() == {"export": "h5", "spool": "s6"}
+
+
+async def test_dead_letters_moving_a_checkpoint_back_still_store_the_letters(st: StateStore) -> None:
+    await st.set_checkpoint("export", "h5")
+    [letter] = await st.add_dead_letters(
+        [DeadLetter("export", "brevo_events", b"x", "r")], ("export", "h3"), checkpoints=[("other", "a")]
+    )
+    assert await st.get_dead_letter(letter) is not None
+    assert await st.checkpoints() == {"export": "h5", "other": "a"}
+    await st.add_dead_letters([], checkpoints=[("export", "h6"), ("other", "0")])
+    assert await st.checkpoints() == {"export": "h6", "other": "a"}
+
+
+async def test_spool_positions_padded_to_20_digits_order_as_numbers(st: StateStore) -> None:
+    # The contract of state/checkpoints.py: text order is position order, so spool ids are zero-padded.
+    for position in (9, 10, 99, 100, 2**63 - 1):
+        await st.set_checkpoint("spool", f"{position:020d}")
+    await st.set_checkpoint("spool", f"{100:020d}")
+    assert int(await st.get_checkpoint("spool")) == 2**63 - 1
+
+
+async def test_reset_checkpoint_deletes_it(st: StateStore) -> None:
+    await st.set_checkpoint("export", "20261101T10")
+    await st.set_checkpoint("spool", "1")
+    assert await st.reset_checkpoint("export") is True
+    assert await st.reset_checkpoint("export") is False
+    assert await st.checkpoints() == {"spool": "1"}
+    # After an explicit reset the checkpoint may start again from an earlier position.
+    await st.set_checkpoint("export", "20261101T00")
+    assert await st.get_checkpoint("export") == "20261101T00"
 
 
 async def test_commit_delivery_writes_keys_and_checkpoint(st: StateStore) -> None:

@@ -48,7 +48,8 @@ class DeadLetters(StoreBase):
 
         Dead-lettering counts as "handled" for checkpoint purposes (SPEC §7), so a batch whose
         items were partly delivered and partly rejected can move its checkpoint atomically with
-        the rejected items being recorded. ``checkpoint`` (one) and ``checkpoints`` (several) add up.
+        the rejected items being recorded. ``checkpoint`` (one) and ``checkpoints`` (several) add up;
+        each moves forward only (a value not past the stored one is ignored, the letters are still stored).
         """
         rows = [(d.source, d.sink, _encode_item(d.item), d.reason) for d in letters]
         moves = [*([checkpoint] if checkpoint else []), *checkpoints]

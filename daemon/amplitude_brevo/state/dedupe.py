@@ -45,7 +45,8 @@ class DedupeRecord(StoreBase):
         All of it happens in ONE transaction — the delivery guarantee of SPEC §7: after a crash either
         the keys and the checkpoints are all on disk, or none is and the batch is re-read and
         re-sent (and then stopped by the dedupe record if Brevo got it). A key already present
-        gets its ``delivered_at`` refreshed. ``checkpoint`` (one) and ``checkpoints`` (several) add up.
+        gets its ``delivered_at`` refreshed. ``checkpoint`` (one) and ``checkpoints`` (several) add up;
+        each moves forward only (a value not past the stored one is ignored, the keys are still recorded).
         """
         moves = [*([checkpoint] if checkpoint else []), *checkpoints]
         await self._run(_commit_delivery, list(keys), sink, moves, now_or(now))
