@@ -457,6 +457,62 @@ async def test_expire_dedupe_in_several_slices(st: StateStore, monkeypatch) -> N
     assert await st.unseen(["k0", "k249", "keep"]) == {"k0", "k249"}
 
 
+async def test_expire_dedupe_slice_deletes_the_oldest_up_to_limit(st: StateStore) -> None:
+    await st.commit_delivery([f"old{i}" for i in range(5)], sink="brevo_events", now=100.0)
+    await st.commit_delivery(["older"], sink="brevo_events", now=50.0)
+    await st.commit_delivery(["new"], sink="brevo_events", now=300.0)
+    assert await st.expire_dedupe_slice(200.0, 2) == 2
+    assert await st.unseen(["older", "new"]) == {"older"}, "oldest first"
+    assert await st.expire_dedupe_slice(200.0, 100) == 4
+    assert await st.expire_dedupe_slice(200.0, 100) == 0
+    assert await st.unseen(["new"]) == set()
+    with pytest.raises(ValueError):
+        await st.expire_dedupe_slice(200.0, 0)
+
+
+def _plan(conn: sqlite3.Connection, sql: str, params: tuple) -> list[str]:
+    return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+
+async def test_expire_dedupe_slice_searches_the_delivered_at_index(st: StateStore) -> None:
+    plan = await st._run(_plan, dedupe_module._EXPIRE_SLICE_SQL, (1.0, 10))
+    assert any("USING COVERING INDEX dedupe_delivered_at (delivered_at<?)" in step for step in plan), plan
+    assert any("USING PRIMARY KEY (key=?)" in step for step in plan), plan
+    assert not any(step.startswith("SCAN") for step in plan), plan
+
+
+async def test_expire_dedupe_slice_cost_does_not_grow_with_the_table(st: StateStore) -> None:
+    """Counted in SQLite VM steps (deterministic, unlike time): a slice over 20x the rows costs the same."""
+
+    def steps_of_one_slice(conn: sqlite3.Connection) -> int:
+        counted = [0]
+
+        def tick() -> int:
+            counted[0] += 1
+            return 0
+
+        conn.set_progress_handler(tick, 10)
+        try:
+            assert dedupe_module._expire_dedupe_slice(conn, 10.0, 20) == 20
+        finally:
+            conn.set_progress_handler(None, 0)
+        return counted[0]
+
+    await st.commit_delivery([f"old{i}" for i in range(100)], sink="brevo_events", now=1.0)
+    await st.commit_delivery([f"live{i}" for i in range(1_000)], sink="brevo_events", now=100.0)
+    small = await st._run(steps_of_one_slice)
+    await st.commit_delivery([f"more{i}" for i in range(20_000)], sink="brevo_events", now=100.0)
+    large = await st._run(steps_of_one_slice)
+    assert large < 2 * small + 10, (small, large)
+
+
+async def test_dedupe_count(st: StateStore) -> None:
+    assert await st.dedupe_count() == 0
+    await st.commit_delivery(["a", "b", "c"], sink="brevo_events")
+    await st.commit_delivery(["c", "d"], sink="brevo_orders")
+    assert await st.dedupe_count() == 4
+
+
 async def test_redelivery_refreshes_dedupe_time(st: StateStore) -> None:
     await st.commit_delivery(["k"], sink="brevo_events", now=100.0)
     await st.commit_delivery(["k"], sink="brevo_events", now=300.0)
