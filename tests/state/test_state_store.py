@@ -175,7 +175,9 @@ async def test_garbage_file_is_refused_and_left_untouched(db_path: Path) -> None
     assert str(db_path) in message
     assert "untouched" in message
     assert read_bytes(db_path) == garbage
-    assert sidecars(db_path) == []
+    assert sidecars(db_path) == ["state.db.lock"], "no -wal or -shm; the writer lock file stays (never deleted)"
+    with pytest.raises(StateError, match="not a usable SQLite database"):
+        await StateStore.open(db_path)  # the lock of the failed open was released
 
 
 async def test_corrupt_pages_are_refused_and_left_untouched(db_path: Path) -> None:

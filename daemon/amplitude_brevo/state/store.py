@@ -21,6 +21,13 @@ Durability. WAL with ``synchronous=FULL`` fsyncs the WAL on every COMMIT, so onc
 coroutine returns, its data survives power loss — ``spool_append`` relies on this before the ingest
 server answers 200, and ``commit_delivery`` before a checkpoint is considered advanced.
 
+One writer. ``open(path)`` takes an exclusive ``flock`` on ``<path>.lock`` (``state/lock.py``) and holds
+it until ``close()``; a second process opening the same file gets :class:`StateLocked` naming the holder's
+pid, before the state file is even read. ``open(path, lock=False)`` takes no lock: the CLI's ``status`` and
+``dlq`` commands read (and purge) while the daemon runs, SQLite serializing their transactions. Such a
+store never migrates the schema behind a running daemon: if the file needs migrating it takes the lock
+for the migration only, or refuses.
+
 Errors. Opening a file that is not a usable SQLite database, a foreign SQLite database, or one
 with a newer schema raises :class:`StateError` and leaves the file untouched; nothing is ever
 reset or deleted to "recover". SQLite errors from later operations are raised as ``StateError``
@@ -37,8 +44,9 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -46,15 +54,16 @@ from typing import Any, Self, TypeVar
 import structlog
 
 from amplitude_brevo.state import schema
-from amplitude_brevo.state.base import StateError
+from amplitude_brevo.state.base import StateError, StateLocked
 from amplitude_brevo.state.checkpoints import Checkpoints
 from amplitude_brevo.state.cohorts import CohortSnapshots
 from amplitude_brevo.state.dead_letters import DeadLetter, DeadLetters, StoredDeadLetter
 from amplitude_brevo.state.dedupe import DedupeRecord
+from amplitude_brevo.state.lock import WriterLock
 from amplitude_brevo.state.profiles import Profiles
 from amplitude_brevo.state.spool import IngestSpool
 
-__all__ = ["DeadLetter", "StateError", "StateStore", "StoredDeadLetter"]
+__all__ = ["DeadLetter", "StateError", "StateLocked", "StateStore", "StoredDeadLetter"]
 
 log = structlog.get_logger("amplitude_brevo.state")
 
@@ -82,6 +91,7 @@ class StateStore(Checkpoints, DedupeRecord, DeadLetters, Profiles, CohortSnapsho
         self._lookups = ThreadPoolExecutor(1, thread_name_prefix="amplitude-brevo-state-lookup")
         self._lookup_conn: sqlite3.Connection | None = None  # touched only on the lookup thread
         self._schema_version = 0
+        self._writer_lock: WriterLock | None = None  # held from open to close when opened with lock=True
         self._closed = False
         self._close_task: asyncio.Future[None] | None = None
 
@@ -91,17 +101,21 @@ class StateStore(Checkpoints, DedupeRecord, DeadLetters, Profiles, CohortSnapsho
     # ------------------------------------------------------------------ lifecycle
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str]) -> StateStore:
+    async def open(cls, path: str | os.PathLike[str], *, lock: bool = True) -> StateStore:
         """Open (creating or migrating as needed) the state file at ``path``.
 
         A missing parent directory is created with mode 0700 and a new file with mode 0600.
         Raises :class:`StateError` if the file is not a usable amplitude-brevo state file; in
         that case the file is left exactly as it was.
+
+        ``lock=True`` (the daemon, and anything that must be the only writer) takes the file's writer
+        lock until :meth:`close`, or raises :class:`StateLocked` naming the process that has it.
+        ``lock=False`` (read-mostly commands that run beside the daemon) takes none.
         """
         store = cls(Path(os.fspath(path)), ThreadPoolExecutor(1, thread_name_prefix="amplitude-brevo-state"))
         loop = asyncio.get_running_loop()
         try:
-            found, version, created = await loop.run_in_executor(store._executor, store._open_on_worker)
+            found, version, created = await loop.run_in_executor(store._executor, store._open_on_worker, lock)
         except Exception:
             # The worker already closed whatever it opened; its thread is idle.
             store._closed = True
@@ -118,11 +132,11 @@ class StateStore(Checkpoints, DedupeRecord, DeadLetters, Profiles, CohortSnapsho
         store._schema_version = version
         if found != version:
             log.info("state.migrated", path=str(store.path), from_version=found, to_version=version)
-        log.info("state.opened", path=str(store.path), schema_version=version, created=created)
+        log.info("state.opened", path=str(store.path), schema_version=version, created=created, locked=lock)
         return store
 
     async def close(self) -> None:
-        """Checkpoint the WAL into the main file, close the connection, stop the thread.
+        """Checkpoint the WAL into the main file, close the connection, release the lock, stop the threads.
 
         Idempotent; concurrent callers all wait for the same close. Operations queued before
         ``close()`` finish first (the worker runs in call order).
@@ -182,27 +196,35 @@ class StateStore(Checkpoints, DedupeRecord, DeadLetters, Profiles, CohortSnapsho
             name = getattr(fn, "__name__", "operation").lstrip("_")
             raise StateError(f"state {name} failed on {self.path}: {exc}") from exc
 
-    def _open_on_worker(self) -> tuple[int, int, bool]:
-        created = _prepare_file(self.path)
+    def _open_on_worker(self, lock: bool) -> tuple[int, int, bool]:
+        _prepare_directory(self.path)
+        # The lock comes before the first byte of the state file is read or created: a refused
+        # process leaves the file exactly as the holder has it.
+        held = WriterLock.acquire(self.path) if lock else None
         try:
-            conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot open state file {self.path}: {exc}") from exc
-        try:
-            found = _check_file(conn, self.path)
-            _configure(conn, self.path)
+            created = _prepare_file(self.path)
             try:
-                found, version = schema.migrate(conn)
+                conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
             except sqlite3.Error as exc:
-                raise StateError(
-                    f"migrating state file {self.path} from schema version {found} failed: {exc}; "
-                    f"each migration is one transaction, so the file stays at the last version that "
-                    f"completed"
-                ) from exc
+                raise StateError(f"cannot open state file {self.path}: {exc}") from exc
+            try:
+                found = _check_file(conn, self.path)
+                _configure(conn, self.path)
+                if held is None and found < schema.latest_version():
+                    # A migration is a writer's job: never change the schema under a running daemon.
+                    with _migration_lock(self.path, found):
+                        found, version = _migrate(conn, self.path, found)
+                else:
+                    found, version = _migrate(conn, self.path, found)
+            except BaseException:
+                conn.close()
+                raise
         except BaseException:
-            conn.close()
+            if held is not None:
+                held.release()
             raise
         self._conn = conn
+        self._writer_lock = held
         return found, version, created
 
     async def _run_lookup(self, fn: Callable[..., T], *args: Any) -> T:
@@ -233,10 +255,21 @@ class StateStore(Checkpoints, DedupeRecord, DeadLetters, Profiles, CohortSnapsho
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._release_lock()
+
+    def _release_lock(self) -> None:
+        held, self._writer_lock = self._writer_lock, None
+        if held is not None:
+            held.release()
 
     def _close_on_worker(self) -> None:
         conn, self._conn = self._conn, None
         if conn is None:
+            return
+        if self._writer_lock is None:
+            # Not the writer: the daemon may be running, and a TRUNCATE checkpoint would wait for it
+            # (up to busy_timeout). SQLite checkpoints by itself when the last connection closes.
+            conn.close()
             return
         try:
             # Fold the WAL back into the main file so a stopped daemon leaves one
@@ -249,16 +282,25 @@ class StateStore(Checkpoints, DedupeRecord, DeadLetters, Profiles, CohortSnapsho
             log.warning("state.wal_checkpoint.failed", path=str(self.path), error=str(exc))
         finally:
             conn.close()
+            # Only after the connection is closed: the next writer finds the WAL folded in.
+            self._release_lock()
 
 
 # ---------------------------------------------------------------------- opening
 
 
-def _prepare_file(path: Path) -> bool:
-    """Create the parent directory (0700) and an empty file (0600) if missing; True if created."""
+def _prepare_directory(path: Path) -> None:
+    """Create the parent directory (0700) if missing: the lock file and the state file live in it."""
     try:
         if not path.parent.exists():
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"cannot create the directory of state file {path}: {exc}") from exc
+
+
+def _prepare_file(path: Path) -> bool:
+    """Create an empty state file (0600) if missing; True if created."""
+    try:
         # Creating the file ourselves fixes its mode; SQLite gives -wal/-shm the same mode.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -267,6 +309,28 @@ def _prepare_file(path: Path) -> bool:
         raise StateError(f"cannot create state file {path}: {exc}") from exc
     os.close(fd)
     return True
+
+
+@contextmanager
+def _migration_lock(path: Path, found: int) -> Iterator[None]:
+    """The writer lock for the length of a migration by a store opened with ``lock=False``."""
+    why = f"needs migrating from schema version {found} to {schema.latest_version()}, which only its writer may do"
+    held = WriterLock.acquire(path, why=why)
+    try:
+        yield
+    finally:
+        held.release()
+
+
+def _migrate(conn: sqlite3.Connection, path: Path, found: int) -> tuple[int, int]:
+    try:
+        return schema.migrate(conn)
+    except sqlite3.Error as exc:
+        raise StateError(
+            f"migrating state file {path} from schema version {found} failed: {exc}; "
+            f"each migration is one transaction, so the file stays at the last version that "
+            f"completed"
+        ) from exc
 
 
 UNTOUCHED = (
