@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import stat
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import orjson
@@ -14,6 +15,7 @@ from structlog.testing import capture_logs
 
 from amplitude_brevo.state import SCHEMA_VERSION, DeadLetter, StateError, StateStore, schema
 from amplitude_brevo.state import dedupe as dedupe_module
+from amplitude_brevo.state import store as store_module
 
 
 @pytest.fixture
@@ -197,6 +199,85 @@ async def test_corrupt_pages_are_refused_and_left_untouched(db_path: Path) -> No
     assert str(db_path) in str(info.value)
     assert "untouched" in str(info.value)
     assert read_bytes(db_path) == bytes(data)
+
+
+async def test_a_corrupt_root_page_of_any_table_or_index_is_refused(tmp_path: Path) -> None:
+    """The open-time check enters every b-tree; scribbling over any one root page is caught."""
+    pristine = tmp_path / "pristine.db"
+    async with await StateStore.open(pristine) as st:
+        await st.commit_delivery([f"k{i}" for i in range(2000)], sink="brevo_events", checkpoint=("export", "h1"))
+        await st.add_dead_letters([DeadLetter("export", "brevo_events", b"x" * 300, "r")] * 50)
+        await st.put_profiles({"u1": {"plan": "pro"}})
+        await st.replace_cohort_members("c1", 7, ["u1", "u2"])
+        await st.spool_append("httpapi", [b"{}"])
+    with raw(pristine) as conn:
+        roots = conn.execute("SELECT name, rootpage FROM sqlite_master WHERE rootpage > 1").fetchall()
+    conn.close()
+    assert len(roots) >= 16, roots
+    data = read_bytes(pristine)
+    page_size = int.from_bytes(data[16:18], "big")
+
+    for name, root in roots:
+        db_path = tmp_path / f"{name}.db"
+        damaged = bytearray(data)
+        damaged[(root - 1) * page_size : root * page_size] = b"\xa5" * page_size
+        write_bytes(db_path, bytes(damaged))
+        with pytest.raises(StateError, match="is corrupt") as info:
+            await StateStore.open(db_path)
+        assert "untouched" in str(info.value), name
+        assert read_bytes(db_path) == bytes(damaged), name
+
+
+async def test_a_state_file_missing_a_table_is_refused(db_path: Path) -> None:
+    async with await StateStore.open(db_path) as st:
+        await st.spool_append("httpapi", [b"{}"])
+    with raw(db_path) as conn:
+        conn.execute("DROP TABLE ingest_spool")
+    conn.close()
+    before = read_bytes(db_path)
+    with pytest.raises(StateError) as info:
+        await StateStore.open(db_path)
+    assert str(info.value) == (
+        f"state file {db_path} is incomplete: schema version 1 lacks ingest_spool; "
+        f"{store_module.UNTOUCHED}"
+    )
+    assert read_bytes(db_path) == before
+
+
+async def test_the_open_time_check_does_not_grow_with_the_file(tmp_path: Path) -> None:
+    """Counted in SQLite VM steps (deterministic, unlike time): a 40x bigger file costs the same to check."""
+
+    def check_steps(path: Path) -> int:
+        counted = [0]
+
+        def tick() -> int:
+            counted[0] += 1
+            return 0
+
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.set_progress_handler(tick, 10)
+            assert store_module._check_file(conn, path) == 1
+        return counted[0]
+
+    small, large = tmp_path / "small.db", tmp_path / "large.db"
+    for path, scale in ((small, 1), (large, 40)):
+        async with await StateStore.open(path) as st:
+            await st.commit_delivery([f"events:{i:033d}" for i in range(1000 * scale)], sink="brevo_events")
+            await st.add_dead_letters([DeadLetter("export", "brevo_events", b"x" * 1000, "r")] * (50 * scale))
+    assert large.stat().st_size > 20 * small.stat().st_size
+    small_steps, large_steps = check_steps(small), check_steps(large)
+    assert large_steps < 2 * small_steps, (small_steps, large_steps)
+
+
+async def test_the_edge_probes_walk_each_btree_in_order(st: StateStore) -> None:
+    def plans(conn: sqlite3.Connection) -> dict[str, list[str]]:
+        objects = conn.execute("SELECT type, name, tbl_name, sql, rootpage FROM sqlite_master").fetchall()
+        return {probe: _plan(conn, probe, ()) for probe in store_module._edge_probes(conn, objects)}
+
+    probes = await st._run(plans)
+    assert len(probes) == 2 * 16, "both ends of every table and index"
+    for probe, plan in probes.items():
+        assert len(plan) == 1 and "TEMP B-TREE" not in plan[0], (probe, plan)
 
 
 async def test_newer_schema_is_refused(db_path: Path) -> None:
