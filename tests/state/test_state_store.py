@@ -596,6 +596,25 @@ async def test_dedupe_count(st: StateStore) -> None:
     assert await st.dedupe_count() == 4
 
 
+async def test_dedupe_count_holds_up_neither_the_writer_nor_the_lookups(st: StateStore, monkeypatch) -> None:
+    threads: list[int] = []
+    count = dedupe_module._dedupe_count
+
+    def recording_count(conn: sqlite3.Connection) -> int:
+        threads.append(threading.get_ident())
+        return count(conn)
+
+    monkeypatch.setattr(dedupe_module, "_dedupe_count", recording_count)
+    await st.commit_delivery(["a"], sink="brevo_events")
+    assert await st.dedupe_count() == 1
+    writer = await st._run(lambda conn: threading.get_ident())
+    lookup = await st._run_lookup(lambda conn: threading.get_ident())
+    assert threads and threads[0] not in (writer, lookup, threading.get_ident())
+    await st.close()
+    with pytest.raises(StateError, match="closed"):
+        await st.dedupe_count()
+
+
 async def test_redelivery_refreshes_dedupe_time(st: StateStore) -> None:
     await st.commit_delivery(["k"], sink="brevo_events", now=100.0)
     await st.commit_delivery(["k"], sink="brevo_events", now=300.0)

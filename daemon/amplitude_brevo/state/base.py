@@ -40,7 +40,9 @@ class StoreBase:
     """What a table mixin may use of :class:`~amplitude_brevo.state.store.StateStore`.
 
     ``_run(fn, *args)`` runs ``fn(conn, *args)`` on the writer thread (serialized, call order);
-    ``_run_lookup(fn, *args)`` runs it on the read-only lookup connection and its own thread.
+    ``_run_lookup(fn, *args)`` runs it on the read-only lookup connection and its own thread;
+    ``_run_apart(fn, *args)`` on a read-only connection and thread of its own, opened for that one call —
+    for long reads (counting a large table) that must hold up neither writes nor dedupe lookups.
     """
 
     path: Path
@@ -50,6 +52,9 @@ class StoreBase:
         raise NotImplementedError
 
     async def _run_lookup(self, fn: Callable[..., T], *args: Any) -> T:
+        raise NotImplementedError
+
+    async def _run_apart(self, fn: Callable[..., T], *args: Any) -> T:
         raise NotImplementedError
 
 

@@ -247,6 +247,21 @@ class StateStore(Checkpoints, DedupeRecord, DeadLetters, Profiles, CohortSnapsho
             name = getattr(fn, "__name__", "lookup").lstrip("_")
             raise StateError(f"state {name} failed on {self.path}: {exc}") from exc
 
+    async def _run_apart(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(conn, *args)`` on a read-only connection of its own, in a thread of its own."""
+        if self._closed:
+            raise StateError(f"state store {self.path} is closed")
+        return await asyncio.to_thread(self._call_apart, fn, args)
+
+    def _call_apart(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        try:
+            with closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)) as conn:
+                conn.execute("PRAGMA query_only = ON")
+                return fn(conn, *args)
+        except sqlite3.Error as exc:
+            name = getattr(fn, "__name__", "read").lstrip("_")
+            raise StateError(f"state {name} failed on {self.path}: {exc}") from exc
+
     def _close_lookups(self) -> None:
         conn, self._lookup_conn = self._lookup_conn, None
         if conn is not None:
