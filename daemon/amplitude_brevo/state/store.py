@@ -137,7 +137,7 @@ class StateStore(Checkpoints, DedupeRecord, DeadLetters, Profiles, CohortSnapsho
         return store
 
     async def close(self) -> None:
-        """Checkpoint the WAL into the main file, close the connection, release the lock, stop the threads.
+        """Close the store: as the writer, fold the WAL into the main file and release the lock; stop the threads.
 
         Idempotent; concurrent callers all wait for the same close. Operations queued before
         ``close()`` finish first (the worker runs in call order).
