@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -310,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         return runs
 
     runs = asyncio.run(processes())
+    shutil.rmtree(work)  # kept only when a run failed: the daemon's log is in it
     ready = {name: [r for r, _ in values] for name, values in runs.items()}
     stop = {name: [s for _, s in values] for name, values in runs.items()}
     print(f"(b) to READY=1  1 GB warm: {figures(ready['warm'])}")
