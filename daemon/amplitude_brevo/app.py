@@ -26,7 +26,7 @@ from .pipeline.acks import Acknowledger
 from .pipeline.dedupe import DedupeRecord
 from .pipeline.queue import BatchQueue
 from .sinks.budgets import Budgets
-from .state import StateStore
+from .state import StateLocked, StateStore
 
 log = get_logger("daemon")
 
@@ -176,6 +176,8 @@ class Daemon:
             loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         try:
             state = await StateStore.open(self.cfg.state.path)
+        except StateLocked as exc:  # another daemon, backfill or replay on this file: it names the holder
+            raise StartupError(str(exc)) from exc
         except Exception as exc:  # StateError (locked, corrupt …) and OS errors: a clear message, never a reset
             raise StartupError(f"cannot open state file {self.cfg.state.path}: {exc}") from exc
         self.runtime = rt = Runtime(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -189,12 +188,7 @@ def _with_state(args: argparse.Namespace, action, *, secrets: bool, lock: bool):
         return EXIT_RUNTIME
 
     async def go() -> int:
-        # TODO(merge): StateStore.open(path, *, lock=True) comes with the state store's locking; once both
-        # branches are merged, call StateStore.open(cfg.state.path, lock=lock) unconditionally.
-        if "lock" in inspect.signature(StateStore.open).parameters:
-            store = await StateStore.open(cfg.state.path, lock=lock)
-        else:
-            store = await StateStore.open(cfg.state.path)
+        store = await StateStore.open(cfg.state.path, lock=lock)
         try:
             return await action(store, cfg)
         finally:

@@ -15,7 +15,7 @@ import pytest
 
 import amplitude_brevo.sinks.brevo_client as brevo_client_module
 import amplitude_brevo.sources.amplitude_export as export_module
-import amplitude_brevo.state.store as store_module
+import amplitude_brevo.state.checkpoints as store_module
 from amplitude_brevo.app import Daemon
 from amplitude_brevo.backfill import run_backfill
 from amplitude_brevo.clients.amplitude import ExportResult, ExportStatus
