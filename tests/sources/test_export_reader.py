@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zipfile
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -258,3 +259,27 @@ async def test_line_numbers_are_physical_lines_for_every_reader(tmp_path):
     [(event, line, item, _)] = here.letters
     assert (event, line, item["line"]) == ("export.line.malformed", bad_line, bad_line)
     assert striped == here and here.rows == 3002 and bad_line > 3000
+
+
+async def test_children_get_only_what_the_interpreter_needs_of_the_environment(tmp_path, monkeypatch):
+    """The daemon's environment holds its secrets (keys expanded into the config): a reader child has none."""
+    path, member = export(tmp_path, rows_per_hour=50)
+    monkeypatch.setenv("AMPLITUDE_SECRET_KEY", "amp-secret-do-not-leak")
+    monkeypatch.setenv("PYTHON_API_TOKEN", "not-an-interpreter-setting")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/amplitude-brevo.service")
+    monkeypatch.setenv("LC_TIME", "C")
+    monkeypatch.setenv("PYTHONHASHSEED", "7")
+    reader = ReaderProcess(1)
+    try:
+        got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
+        assert got.rows == 50
+        (pid,) = reader.pids
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            names = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if item)
+    finally:
+        await reader.close()
+    assert b"AMPLITUDE_SECRET_KEY" not in names and b"PYTHON_API_TOKEN" not in names
+    assert b"CREDENTIALS_DIRECTORY" not in names
+    assert names[b"LC_TIME"] == b"C" and names[b"PYTHONHASHSEED"] == b"7" and b"PATH" in names
+    assert names[b"PYTHONPATH"].split(b":")[0] == str(Path(export_reader.__file__).resolve().parents[2]).encode()
+    assert not any(b"amp-secret" in value for value in names.values())

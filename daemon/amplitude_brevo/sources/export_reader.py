@@ -18,7 +18,7 @@ import os
 import pickle
 import sys
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from ..logs import get_logger
@@ -28,6 +28,36 @@ from .export_files import Member
 from .member_mapper import FRAME, MappedChunk, rules_args
 
 log = get_logger("amplitude_export")
+
+# What a reader child is given of the daemon's environment: what the interpreter and the C libraries read,
+# nothing else. The daemon's environment holds secrets (API keys expanded into the config, tokens); a child
+# reads files and writes pipes, and needs none of them. Every CPython setting is listed by name rather than
+# passed as `PYTHON*`, so a variable that merely starts with PYTHON (PYTHON_API_TOKEN) stays behind.
+# PYTHONPATH is not among them: it is computed (this package first, then the daemon's).
+CHILD_ENVIRONMENT = frozenset({
+    "PATH", "HOME", "TZ", "TMPDIR", "LANG", "LANGUAGE",
+    "LD_LIBRARY_PATH", "GLIBC_TUNABLES",  # finding libpython / isal's library; allocator tunables
+    "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONPLATLIBDIR", "PYTHONNOUSERSITE", "PYTHONUSERBASE",
+    "PYTHONOPTIMIZE", "PYTHONDEBUG", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONHASHSEED",
+    "PYTHONINTMAXSTRDIGITS", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONCOERCECLOCALE", "PYTHONUNBUFFERED",
+    "PYTHONWARNINGS", "PYTHONFAULTHANDLER", "PYTHONTRACEMALLOC", "PYTHONPROFILEIMPORTTIME", "PYTHONMALLOC",
+    "PYTHONMALLOCSTATS", "PYTHONDEVMODE", "PYTHONWARNDEFAULTENCODING", "PYTHONNODEBUGRANGES",
+    "PYTHONPERFSUPPORT", "PYTHONVERBOSE", "PYTHONCASEOK", "PYTHONEXECUTABLE",
+    "PYTHON_CPU_COUNT", "PYTHON_GIL", "PYTHON_FROZEN_MODULES", "PYTHON_PERF_JIT_SUPPORT",
+})
+CHILD_ENVIRONMENT_PREFIXES = ("LC_", "MALLOC_")  # locale categories; glibc malloc tuning (MALLOC_ARENA_MAX)
+
+
+def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a reader child: the variables of `environ` (default `os.environ`) named in
+    CHILD_ENVIRONMENT or starting with a CHILD_ENVIRONMENT_PREFIXES entry, and PYTHONPATH with this package
+    first (the child imports `amplitude_brevo` from where the daemon did)."""
+    environ = os.environ if environ is None else environ
+    env = {name: value for name, value in environ.items()
+           if name in CHILD_ENVIRONMENT or name.startswith(CHILD_ENVIRONMENT_PREFIXES)}
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, environ.get("PYTHONPATH")) if p)
+    return env
 
 
 class ReaderFailed(Exception):
@@ -53,9 +83,7 @@ class ReaderProcess:
     async def _started(self) -> list[asyncio.subprocess.Process]:
         if len(self._procs) != self.workers or any(proc.returncode is not None for proc in self._procs):
             await self.close()
-            package_root = str(Path(__file__).resolve().parents[2])
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+            env = child_environment()
             for _ in range(self.workers):
                 self._procs.append(await asyncio.create_subprocess_exec(
                     sys.executable, "-m", member_mapper.__name__, stdin=asyncio.subprocess.PIPE,
