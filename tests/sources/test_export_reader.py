@@ -14,7 +14,7 @@ from amplitude_brevo.sandbox.amplitude_sim import ExportFaults, build_export_zip
 from amplitude_brevo.sandbox.sample_data import DatasetSpec
 from amplitude_brevo.sources import export_reader, member_mapper
 from amplitude_brevo.sources.export_files import iter_lines, list_members
-from amplitude_brevo.sources.export_reader import ReaderFailed, ReaderProcess
+from amplitude_brevo.sources.export_reader import ReaderFailed, ReaderPool
 from amplitude_brevo.sources.member_mapper import MappedChunk, map_member
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
@@ -93,7 +93,7 @@ async def test_the_children_hand_over_what_map_member_computes_in_order(tmp_path
     path, member = export(tmp_path)
     with zipfile.ZipFile(path) as archive:
         expected = merged(list(map_member(archive, member, RULES)))
-    reader = ReaderProcess(workers)
+    reader = ReaderPool(workers)
     try:
         for _ in range(2):  # the same children read a second member
             got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
@@ -109,7 +109,7 @@ async def test_striped_children_agree_on_a_truncated_member(tmp_path, workers):
     path, member = export(tmp_path, faults=ExportFaults(truncate_member={"20261101T00"}))
     with zipfile.ZipFile(path) as archive:
         expected = merged(list(map_member(archive, member, RULES)))
-    reader = ReaderProcess(workers)
+    reader = ReaderPool(workers)
     try:
         got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
     finally:
@@ -119,7 +119,7 @@ async def test_striped_children_agree_on_a_truncated_member(tmp_path, workers):
 
 async def test_a_child_killed_mid_member_raises_reader_failed_and_the_next_read_starts_a_new_one(tmp_path):
     path, member = export(tmp_path, rows_per_hour=20_000)  # ~40 steps: the child cannot have sent all of its own
-    reader = ReaderProcess(2)
+    reader = ReaderPool(2)
     try:
         chunks = reader.map_member(path, member, RULES)
         await chunks.__anext__()
@@ -139,7 +139,7 @@ async def test_leaving_a_member_early_stops_the_child(tmp_path):
     from contextlib import aclosing
 
     path, member = export(tmp_path)
-    reader = ReaderProcess(2)
+    reader = ReaderPool(2)
     async with aclosing(reader.map_member(path, member, RULES)) as chunks:
         async for _ in chunks:
             procs = list(reader._procs)
@@ -149,6 +149,29 @@ async def test_leaving_a_member_early_stops_the_child(tmp_path):
     got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
     assert got.rows == 2000
     await reader.close()
+
+
+def test_the_pool_pauses_at_a_tenth_of_the_queue_and_resumes_at_a_fiftieth():
+    """Brevo the bottleneck (queue ≥ 10 % full): map here; back to children only once it is ≤ 2 %."""
+    from structlog.testing import capture_logs
+
+    queued = [0]
+    pool = ReaderPool(2, backlog=lambda: (queued[0], 100))
+    answers = []
+    with capture_logs() as logs:
+        for depth in (0, 9, 10, 50, 3, 2, 9, 0):
+            queued[0] = depth
+            answers.append((pool.in_process(), pool.paused))
+    assert answers == [(False, False), (False, False), (True, True), (True, True), (True, True), (False, False),
+                       (False, False), (False, False)], "hysteresis: 3 % is not drained yet, 9 % not backed up"
+    assert [(e["event"], e["queued"], e["capacity"]) for e in logs] == [
+        ("export.readers.paused", 10, 100), ("export.readers.resumed", 2, 100)]
+    assert logs[0]["reason"] and logs[1]["readers"] == 2
+    pool.workers = 0
+    queued[0] = 0
+    with capture_logs() as logs:
+        assert pool.in_process() is True and not pool.paused and logs == [], "no workers: always here, quietly"
+    assert ReaderPool(2).in_process() is False, "no backlog to watch: always the children"
 
 
 def test_rules_travel_to_the_child_whole():
@@ -167,7 +190,7 @@ async def test_without_children_members_are_mapped_here(tmp_path, monkeypatch):
         raise PermissionError(13, "Permission denied", args[0])
 
     monkeypatch.setattr(export_reader.asyncio, "create_subprocess_exec", refused)
-    reader = ReaderProcess(2)
+    reader = ReaderPool(2)
     got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
     assert got == expected and reader.workers == 0 and reader.pids == []
 
@@ -187,29 +210,33 @@ def test_leaving_map_member_early_stops_its_inflate_thread(tmp_path):
 
 @pytest.mark.parametrize("after", [0, 1, 4])
 async def test_switching_to_this_process_mid_member_hands_over_the_same_chunks(tmp_path, after):
-    """`in_process` turning True after `after` chunks: the children stop, this process maps the rest from
-    the next step; together the same chunks, in order, as one reader would give."""
+    """The queue backing up after `after` chunks: the children stop, this process maps the rest from the
+    next step; together the same chunks, in order, as one reader would give."""
     path, member = export(tmp_path, rows_per_hour=6000)
     with zipfile.ZipFile(path) as archive:
         expected = list(map_member(archive, member, RULES))
-    reader = ReaderProcess(2)
     seen: list[MappedChunk] = []
     children: list = []
+    backed_up = [True]
 
-    def in_process() -> bool:
+    def backlog() -> tuple[int, int]:
         children.extend(p for p in reader._procs if p not in children)
-        return len(seen) >= after
+        return (10 if backed_up[0] and len(seen) >= after else 0), 100
 
+    reader = ReaderPool(2, backlog)
     try:
-        async for chunk in reader.map_member(path, member, RULES, in_process):
+        async for chunk in reader.map_member(path, member, RULES):
             seen.append(chunk)
             if len(seen) > after:
                 assert reader.pids == [], "the children are stopped once the member is read here"
         assert seen == expected and len(expected) > 5
         assert (children == []) == (after == 0), "asked before the member: no child is started at all"
         assert all(p.returncode is not None for p in children)
-        got = merged([chunk async for chunk in reader.map_member(path, member, RULES, lambda: False)])
+        assert reader.paused
+        backed_up[0] = False
+        got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
         assert got == merged(expected) and len(reader.pids) == 2, "started again for a member read by children"
+        assert not reader.paused
     finally:
         await reader.close()
 
@@ -218,15 +245,15 @@ async def test_a_truncated_member_switched_mid_way_has_one_letter(tmp_path):
     path, member = export(tmp_path, rows_per_hour=6000, faults=ExportFaults(truncate_member={"20261101T00"}))
     with zipfile.ZipFile(path) as archive:
         expected = merged(list(map_member(archive, member, RULES)))
-    reader = ReaderProcess(2)
     count = [0]
 
-    def in_process() -> bool:
+    def backlog() -> tuple[int, int]:
         count[0] += 1
-        return count[0] > 2
+        return (10 if count[0] > 2 else 0), 100
 
+    reader = ReaderPool(2, backlog)
     try:
-        got = merged([chunk async for chunk in reader.map_member(path, member, RULES, in_process)])
+        got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
     finally:
         await reader.close()
     assert got == expected and [letter[0] for letter in got.letters] == ["export.member.truncated"]
@@ -251,7 +278,7 @@ async def test_line_numbers_are_physical_lines_for_every_reader(tmp_path):
     with zipfile.ZipFile(path) as archive:
         (member,) = list_members(archive)
         here = merged(list(map_member(archive, member, RULES)))
-    reader = ReaderProcess(2)
+    reader = ReaderPool(2)
     try:
         striped = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
     finally:
@@ -269,7 +296,7 @@ async def test_children_get_only_what_the_interpreter_needs_of_the_environment(t
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/amplitude-brevo.service")
     monkeypatch.setenv("LC_TIME", "C")
     monkeypatch.setenv("PYTHONHASHSEED", "7")
-    reader = ReaderProcess(1)
+    reader = ReaderPool(1)
     try:
         got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
         assert got.rows == 50

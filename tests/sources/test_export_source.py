@@ -563,15 +563,15 @@ async def test_a_reader_child_that_dies_mid_member_is_replaced_and_nothing_is_lo
 
     killed: list[int] = []
 
-    class KilledOnce(export_reader.ReaderProcess):
-        async def map_member(self, path, member, rules, in_process=None):
-            async for chunk in super().map_member(path, member, rules, in_process):
+    class KilledOnce(export_reader.ReaderPool):
+        async def map_member(self, path, member, rules):
+            async for chunk in super().map_member(path, member, rules):
                 yield chunk
                 if not killed:  # the child of this first chunk has most of the member still to send
                     killed.append(self.pids[0])
                     self._procs[0].kill()
 
-    monkeypatch.setattr(export_module, "ReaderProcess", KilledOnce)
+    monkeypatch.setattr(export_module, "ReaderPool", KilledOnce)
     monkeypatch.setattr(export_module, "CHUNK", 10)  # the first chunk's events are queued before the kill
     spec = dataset(hours=1, rows_per_hour=20_000)  # members of about ten chunks
     expected = expected_events(spec)
@@ -595,20 +595,20 @@ async def test_reader_children_pause_while_the_queue_is_backed_up_and_resume_onc
     async with lagging_source(tmp_path) as (source, queue):
         assert source.reader.workers == 2 and queue.capacity == 100
         with capture_logs() as logs:
-            assert source._map_in_process() is False
+            assert source.reader.in_process() is False
             await queue.put_many(list(range(9)))
-            assert source._map_in_process() is False
+            assert source.reader.in_process() is False
             await queue.put_many([9])
-            assert source._map_in_process() is True
+            assert source.reader.in_process() is True
             await queue.next_batch()  # 10 → 0 items queued
             await queue.put_many(list(range(3)))
-            assert source._map_in_process() is True, "hysteresis: 3 % is not drained yet"
+            assert source.reader.in_process() is True, "hysteresis: 3 % is not drained yet"
             await queue.next_batch()
-            assert source._map_in_process() is False
+            assert source.reader.in_process() is False
         assert [(e["event"], e["queued"]) for e in logs] == [("export.readers.paused", 10), ("export.readers.resumed", 0)]
         source.reader.workers = 0
         with capture_logs() as logs:
-            assert source._map_in_process() is True and logs == [], "export.readers: 0 always maps here, quietly"
+            assert source.reader.in_process() is True and logs == [], "export.readers: 0 always maps here, quietly"
 
 
 async def test_a_slow_brevo_backs_the_queue_up_and_the_rest_is_read_without_children(tmp_path, monkeypatch):
@@ -617,22 +617,19 @@ async def test_a_slow_brevo_backs_the_queue_up_and_the_rest_is_read_without_chil
     started: list[int] = []
     closed_while_paused: list[bool] = []
 
-    class Watched(export_reader.ReaderProcess):
+    class Watched(export_reader.ReaderPool):
         async def _started(self):
             procs = await super()._started()
             started.extend(p.pid for p in procs if p.pid not in started)
             return procs
 
-    monkeypatch.setattr(export_module, "ReaderProcess", Watched)
-    real_map_here = ExportSource._map_in_process
+        def in_process(self):
+            here = super().in_process()
+            if here:
+                closed_while_paused.append(self.pids == [])
+            return here
 
-    def map_here(self):
-        here = real_map_here(self)
-        if here:
-            closed_while_paused.append(self.reader.pids == [])
-        return here
-
-    monkeypatch.setattr(ExportSource, "_map_in_process", map_here)
+    monkeypatch.setattr(export_module, "ReaderPool", Watched)
     monkeypatch.setattr(export_module, "CHUNK", 10)  # queue as the member is read, not at its end
     spec = dataset(hours=2, rows_per_hour=6000)
     expected = expected_events(spec)

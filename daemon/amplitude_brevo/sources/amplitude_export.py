@@ -31,7 +31,7 @@ from ..pipeline.remap import BrevoEvent, MappingRules
 from ..retry import Backoff
 from ..state import DeadLetter, StateStore
 from .export_files import Member, list_members, open_export
-from .export_reader import ReaderFailed, ReaderProcess
+from .export_reader import ReaderFailed, ReaderPool
 from .member_mapper import MappedChunk
 
 log = get_logger("amplitude_export")
@@ -40,10 +40,6 @@ HOUR = timedelta(hours=1)
 DEDUPE_PREFIX = "events:"
 CHUNK = 1000  # dedupe lookups per round trip (and events queued at once)
 READER_ATTEMPTS = 3  # reader failures a member may cause before it is dead-lettered
-# The queue this full means Brevo, not reading, is the bottleneck: the reader children's cores buy nothing,
-# so members are mapped in this process and the children stop (~28 MiB each) until it drains to the second.
-READERS_PAUSE_AT = 0.1
-READERS_RESUME_AT = 0.02
 
 
 def floor_hour(moment: datetime) -> datetime:
@@ -124,8 +120,8 @@ class ExportSource:
         # flight: each collects the keys committed meanwhile (its lookup's answer may predate them).
         self._pending: _PendingChunk | None = None
         self._looking_up: list[_PendingChunk] = []
-        self.reader = ReaderProcess(cfg.export.readers)  # decode and remap members in child processes
-        self.readers_paused = False  # the queue is backed up: mapping in this process (see READERS_PAUSE_AT)
+        # Decode and remap members in child processes; in this one while the queue is backed up.
+        self.reader = ReaderPool(cfg.export.readers, backlog=lambda: (len(self.queue), self.queue.capacity))
         self.finished = asyncio.Event()  # backfill: every hour through `end` delivered
         self.read_cursor: datetime | None = None
         # A dry run reads and maps everything but records nothing: no checkpoint, no dead letters.
@@ -356,7 +352,7 @@ class ExportSource:
             candidates: list[BrevoEvent] = []
             counted = MappedChunk()  # rows and skips of this attempt, taken back if it fails
             try:
-                async with aclosing(self.reader.map_member(path, member, self.rules, self._map_in_process)) as chunks:
+                async with aclosing(self.reader.map_member(path, member, self.rules)) as chunks:
                     async for chunk in chunks:
                         candidates.extend(chunk.events())
                         letters = self._take(chunk, member, hour, counted)
@@ -380,20 +376,6 @@ class ExportSource:
                         reason=f"the export reader failed {attempt} times on this member: {exc}")])
                 elif not await self.backoff.sleep(attempt, stop=self.stopping):
                     raise _StopReading from exc
-
-    def _map_in_process(self) -> bool:
-        """Whether to map in this process rather than in the reader children: while the queue is backed up."""
-        if not self.reader.workers:
-            return True
-        depth, capacity = len(self.queue), self.queue.capacity
-        if not self.readers_paused and depth >= capacity * READERS_PAUSE_AT:
-            self.readers_paused = True
-            log.info("export.readers.paused", queued=depth, capacity=capacity,
-                     reason="the queue is backed up: Brevo is the bottleneck, reading in the daemon's process")
-        elif self.readers_paused and depth <= capacity * READERS_RESUME_AT:
-            self.readers_paused = False
-            log.info("export.readers.resumed", queued=depth, capacity=capacity, readers=self.reader.workers)
-        return self.readers_paused
 
     def _take(self, chunk: MappedChunk, member: Member, hour: datetime, counted: MappedChunk) -> list[DeadLetter]:
         """Count a chunk's rows and skips (also in `counted`), log its bad items, return them as dead letters."""

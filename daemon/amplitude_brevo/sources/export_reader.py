@@ -64,21 +64,58 @@ class ReaderFailed(Exception):
     """The reader child ended in the middle of a member (crashed, killed)."""
 
 
-class ReaderProcess:
-    """The parent's handle on `workers` reader children, started on first use and again after a failure.
+# The queue being fed this full means Brevo, not reading, is the bottleneck: the children's cores buy nothing,
+# so members are mapped in the daemon's process and the children stop (~28 MiB each) until it drains to the
+# second threshold. The gap between the two keeps the pool from starting and stopping children at every chunk.
+READERS_PAUSE_AT = 0.1
+READERS_RESUME_AT = 0.02
+
+
+class ReaderPool:
+    """The daemon's `workers` reader children, started on first use and again after a failure, and the
+    policy deciding when members are mapped in this process instead.
 
     Each member is striped over the children: child k maps the decompressed steps k, k + n, k + 2n, …
     and the parent reads their frames in turn, so chunks arrive in member order, streaming, with no
     buffering beyond the pipes.
+
+    `backlog()` returns (items queued, capacity) of the queue the chunks feed. Once it holds READERS_PAUSE_AT
+    of its capacity the pool pauses: the children are stopped and members are mapped here, until it is
+    down to READERS_RESUME_AT (asked before each member and after each chunk). `workers` may be changed at
+    any time (a reload); it applies from the next member.
     """
 
-    def __init__(self, workers: int = 1) -> None:
+    def __init__(self, workers: int = 1, backlog: Callable[[], tuple[int, int]] | None = None) -> None:
         self.workers = workers  # 0: map in this process, with no child (slower: it shares the GIL)
+        self.backlog = backlog
+        self._paused = False
         self._procs: list[asyncio.subprocess.Process] = []
 
     @property
     def pids(self) -> list[int]:
         return [proc.pid for proc in self._procs]
+
+    @property
+    def paused(self) -> bool:
+        """The queue is backed up: members are mapped in this process, the children are stopped."""
+        return self._paused
+
+    def in_process(self) -> bool:
+        """Whether to map the next step in this process: no workers, or paused by the backlog (which this
+        updates, logging `export.readers.paused` and `export.readers.resumed`)."""
+        if not self.workers:
+            return True
+        if self.backlog is None:
+            return False
+        queued, capacity = self.backlog()
+        if not self._paused and queued >= capacity * READERS_PAUSE_AT:
+            self._paused = True
+            log.info("export.readers.paused", queued=queued, capacity=capacity,
+                     reason="the queue is backed up: Brevo is the bottleneck, reading in the daemon's process")
+        elif self._paused and queued <= capacity * READERS_RESUME_AT:
+            self._paused = False
+            log.info("export.readers.resumed", queued=queued, capacity=capacity, readers=self.workers)
+        return self._paused
 
     async def _started(self) -> list[asyncio.subprocess.Process]:
         if len(self._procs) != self.workers or any(proc.returncode is not None for proc in self._procs):
@@ -91,16 +128,17 @@ class ReaderProcess:
                 ))
         return self._procs
 
-    async def map_member(self, path: str | os.PathLike[str], member: Member, rules: MappingRules,
-                         in_process: Callable[[], bool] | None = None) -> AsyncIterator[MappedChunk]:
+    async def map_member(self, path: str | os.PathLike[str], member: Member,
+                         rules: MappingRules) -> AsyncIterator[MappedChunk]:
         """The member's chunks, in order. Use with `contextlib.aclosing`: a member left before its end stops
         the children (their remaining frames would be read as the next member's).
 
-        `in_process`, asked before the member and after each chunk: True maps the rest of the member in
-        this process and stops the children (they are started again for a later member it answers False).
+        `in_process()` is asked before the member and after each chunk: once it answers True the rest of
+        the member is mapped in this process and the children are stopped (started again for a later member
+        it answers False).
         """
         procs = []
-        if self.workers and not (in_process and in_process()):
+        if not self.in_process():
             try:
                 procs = await self._started()
             except OSError as exc:
@@ -126,7 +164,7 @@ class ReaderProcess:
                 while (data := await _next_frame(procs[index % n])) is not None:
                     yield MappedChunk(*pickle.loads(data))
                     index += 1
-                    if in_process is not None and in_process():
+                    if self.in_process():
                         break
                 else:
                     # The child whose turn it was has ended; every other one ends now too.
