@@ -310,3 +310,38 @@ async def test_children_get_only_what_the_interpreter_needs_of_the_environment(t
     assert names[b"LC_TIME"] == b"C" and names[b"PYTHONHASHSEED"] == b"7" and b"PATH" in names
     assert names[b"PYTHONPATH"].split(b":")[0] == str(Path(export_reader.__file__).resolve().parents[2]).encode()
     assert not any(b"amp-secret" in value for value in names.values())
+
+
+async def test_a_line_over_the_limit_is_a_dead_letter_with_its_physical_line_for_every_reader(tmp_path, monkeypatch):
+    """A line longer than MAX_LINE_BYTES (here 1.5 MiB, over one 1 MiB step) is skipped, never held: one letter
+    with its line number (blank lines count) and its start, the same in this process and in striped children."""
+    import gzip
+
+    import orjson
+
+    from amplitude_brevo.sources import export_files
+
+    monkeypatch.setattr(export_files, "MAX_LINE_BYTES", 3 << 19)
+    good = [orjson.dumps({"event_type": "Purchase", "user_id": f"u{i}", "$insert_id": f"i{i}",
+                         "event_time": "2026-11-01 00:10:00.000000", "pad": "x" * 900}) for i in range(2500)]
+    huge = b'{"event_type": "Purchase", "pad": "' + b"z" * (3 << 20) + b'"}'
+    text = b"\n".join(line + (b"\n\n" if i % 9 == 0 else b"") for i, line in enumerate(good[:1200]))
+    text += b"\n" + huge + b"\n" + b"\n".join(good[1200:]) + b"\n"
+    huge_line = text.count(b"\n", 0, text.index(huge)) + 1
+    path = tmp_path / "huge-line.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("1/1_2026-11-01_0#0.json.gz", gzip.compress(text, 1))
+    with zipfile.ZipFile(path) as archive:
+        (member,) = list_members(archive)
+        here = merged(list(map_member(archive, member, RULES)))
+    reader = ReaderPool(2)
+    try:
+        striped = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
+    finally:
+        await reader.close()
+    [(event, line, item, reason)] = here.letters
+    assert (event, line, item["line"], item["bytes"]) == ("export.line.too_long", huge_line, huge_line, len(huge))
+    assert reason == f"line longer than {3 << 19} bytes ({len(huge)} bytes, skipped)"
+    assert item["text"] == huge[:4096].decode() and item["member"] == member.name
+    assert here.rows == 2501 and len(here.bodies) == 2500, "every other line is read"
+    assert striped == here

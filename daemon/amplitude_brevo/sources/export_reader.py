@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..logs import get_logger
 from ..pipeline.remap import MappingRules
-from . import member_mapper
+from . import export_files, member_mapper
 from .export_files import Member
 from .member_mapper import FRAME, MappedChunk, rules_args
 
@@ -158,7 +158,8 @@ class ReaderPool:
             try:
                 for k, proc in enumerate(procs):
                     assert proc.stdin is not None
-                    job = pickle.dumps((os.fspath(path), member.name, member.hour, member.partition, args, n, k))
+                    job = pickle.dumps((os.fspath(path), member.name, member.hour, member.partition, args, n, k,
+                                        export_files.MAX_LINE_BYTES))
                     proc.stdin.write(FRAME.pack(len(job)) + job)
                     await proc.stdin.drain()
                 while (data := await _next_frame(procs[index % n])) is not None:

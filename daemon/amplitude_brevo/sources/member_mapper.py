@@ -22,7 +22,7 @@ import msgspec
 
 from ..pipeline.remap import BrevoEvent, MappingRules, Rejected, Skipped, remap_event
 from ..pipeline.rows import row_decoder
-from .export_files import Member, TruncatedMember, is_blank, iter_text_steps
+from .export_files import LINE_PREFIX_BYTES, Member, OverlongLine, TruncatedMember, is_blank, iter_text_steps
 
 FRAME = struct.Struct("!I")
 _END = object()
@@ -51,9 +51,10 @@ def rules_args(rules: MappingRules) -> dict[str, Any]:
 
 
 def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *, stride: int = 1,
-               offset: int = 0, skip: int = 0) -> Iterator[MappedChunk]:
+               offset: int = 0, skip: int = 0, max_line: int | None = None) -> Iterator[MappedChunk]:
     """Read, decode and remap one member: a chunk per decompressed step. Never raises for bad data: a line
-    that is not JSON, a row remapping refuses or fails on, a damaged gzip stream all become dead letters.
+    that is not JSON or longer than `max_line` (see `iter_text_steps`), a row remapping refuses or fails
+    on, a damaged gzip stream all become dead letters.
 
     With `stride` n, only the steps whose index is `offset` modulo n are decoded and yielded: n readers
     each inflate the whole member (the steps are the same for all) and map a share of it. The first `skip`
@@ -62,14 +63,23 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
     decode = row_decoder.decode
     remap = remap_event
     line_no = 0  # physical lines before this step, blank ones included (what `sed -n Np` would show)
-    for index, step in enumerate(_prefetched(iter_text_steps(archive, member))):
+    for index, step in enumerate(_prefetched(iter_text_steps(archive, member, max_line))):
         mine = index >= skip and index % stride == offset
-        if isinstance(step, TruncatedMember):
+        if type(step) is not bytes:
+            if isinstance(step, TruncatedMember):
+                if mine:
+                    yield MappedChunk(letters=[(
+                        "export.member.truncated", None, {"member": member.name, "lines_read": line_no},
+                        f"truncated or corrupt gzip member after {line_no} lines: {step}")])
+                return
+            assert isinstance(step, OverlongLine)
+            line_no += 1
             if mine:
-                yield MappedChunk(letters=[(
-                    "export.member.truncated", None, {"member": member.name, "lines_read": line_no},
-                    f"truncated or corrupt gzip member after {line_no} lines: {step}")])
-            return
+                item = {**_line_item(member, line_no, step.prefix), "bytes": step.length}
+                yield MappedChunk(rows=1, letters=[(
+                    "export.line.too_long", line_no, item,
+                    f"line longer than {step.limit} bytes ({step.length} bytes, skipped)")])
+            continue
         if not mine:
             # Another reader's step: only counted, never split.
             line_no += step.count(b"\n") + (step[-1] != 10)
@@ -111,10 +121,10 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
 
 
 def _line_item(member: Member, line_no: int, line: bytes) -> dict[str, Any]:
-    return {"member": member.name, "line": line_no, "text": line[:4096].decode("utf-8", "replace")}
+    return {"member": member.name, "line": line_no, "text": line[:LINE_PREFIX_BYTES].decode("utf-8", "replace")}
 
 
-def _prefetched(steps: Iterator[bytes]) -> Iterator[bytes | TruncatedMember]:
+def _prefetched(steps: Iterator[bytes | OverlongLine]) -> Iterator[bytes | OverlongLine | TruncatedMember]:
     """`steps`, computed one ahead in a thread: isal inflates without the GIL while this thread remaps. A
     TruncatedMember is yielded (after the good lines), not raised. Left early, the thread is stopped."""
     ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
@@ -184,14 +194,16 @@ def child_main() -> int:
     rules_cache: dict[bytes, MappingRules] = {}
     try:
         while (frame := _read_frame(stdin)) is not None:
-            path, name, hour, partition, args, stride, offset = pickle.loads(frame)
+            path, name, hour, partition, args, stride, offset, max_line = pickle.loads(frame)
             key = pickle.dumps(args)
             rules = rules_cache.get(key)
             if rules is None:
                 rules_cache.clear()
                 rules = rules_cache[key] = MappingRules(**args)
             with zipfile.ZipFile(path) as archive:
-                for chunk in map_member(archive, Member(name, hour, partition), rules, stride=stride, offset=offset):
+                chunks = map_member(archive, Member(name, hour, partition), rules, stride=stride, offset=offset,
+                                    max_line=max_line)
+                for chunk in chunks:
                     _write_frame(stdout, pickle.dumps(
                         (chunk.rows, chunk.keys, chunk.bodies, chunk.letters, chunk.skipped),
                         protocol=pickle.HIGHEST_PROTOCOL))
