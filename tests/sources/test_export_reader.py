@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from amplitude_brevo.pipeline.remap import MappingRules, remap_event
+from amplitude_brevo.pipeline import remap
+from amplitude_brevo.pipeline.remap import EVENTS_SINK, MappingRules, SinkOutput, remap_event
 from amplitude_brevo.pipeline.rows import row_decoder
 from amplitude_brevo.sandbox.amplitude_sim import ExportFaults, build_export_zip
 from amplitude_brevo.sandbox.sample_data import DatasetSpec
@@ -36,8 +37,10 @@ def merged(chunks: list[MappedChunk]) -> MappedChunk:
     total = MappedChunk()
     for chunk in chunks:
         total.rows += chunk.rows
-        total.keys += chunk.keys
-        total.bodies += chunk.bodies
+        for name, out in chunk.outputs.items():
+            into = total.outputs.setdefault(name, SinkOutput())
+            into.keys += out.keys
+            into.bodies += out.bodies
         total.letters += chunk.letters
         for reason, count in chunk.skipped.items():
             total.skipped[reason] = total.skipped.get(reason, 0) + count
@@ -53,7 +56,8 @@ def test_map_member_is_remap_event_over_every_line(tmp_path):
     assert len(chunks) > 1
     assert got.rows == len(expected) == 2000
     events = [e for e in expected if hasattr(e, "body")]
-    assert got.keys == [e.dedupe_key for e in events] and got.bodies == [e.body for e in events]
+    out = got.outputs[EVENTS_SINK]
+    assert out.keys == ["events:" + e.dedupe_key for e in events] and out.bodies == [e.body for e in events]
     assert sum(got.skipped.values()) == len(expected) - len(events) and got.letters == []
 
 
@@ -67,9 +71,9 @@ def test_a_line_remapping_fails_on_becomes_a_dead_letter(tmp_path, monkeypatch):
             raise RuntimeError("surprise")
         return remap_event(row, rules)
 
-    monkeypatch.setattr(member_mapper, "remap_event", failing)
+    monkeypatch.setitem(remap.CONSUMERS, EVENTS_SINK, remap.Consumer(EVENTS_SINK, "events:", failing))
     with zipfile.ZipFile(path) as archive:
-        got = merged(list(map_member(archive, member, RULES)))
+        got = merged(list(map_member(archive, member, MappingRules(RULES.event_mapping, RULES.property_mapping))))
     assert got.rows == 50
     [(event, line, item, reason)] = got.letters
     assert (event, line, reason) == ("export.line.failed", 7, "cannot map the line: RuntimeError: surprise")
@@ -174,9 +178,10 @@ def test_the_pool_pauses_at_a_tenth_of_the_queue_and_resumes_at_a_fiftieth():
     assert ReaderPool(2).in_process() is False, "no backlog to watch: always the children"
 
 
-def test_rules_travel_to_the_child_whole():
+@pytest.mark.parametrize("sinks", [(EVENTS_SINK,), ()])
+def test_rules_travel_to_the_child_whole(sinks):
     rules = MappingRules(event_mapping={"A": "a"}, property_mapping={"x": "X"}, ext_id_field="crm_id",
-                         email_property="mail", anonymous="use_device_id")
+                         email_property="mail", anonymous="use_device_id", sinks=sinks)
     assert MappingRules(**member_mapper.rules_args(rules)) == rules
 
 
@@ -343,5 +348,34 @@ async def test_a_line_over_the_limit_is_a_dead_letter_with_its_physical_line_for
     assert (event, line, item["line"], item["bytes"]) == ("export.line.too_long", huge_line, huge_line, len(huge))
     assert reason == f"line longer than {3 << 19} bytes ({len(huge)} bytes, skipped)"
     assert item["text"] == huge[:4096].decode() and item["member"] == member.name
-    assert here.rows == 2501 and len(here.bodies) == 2500, "every other line is read"
+    assert here.rows == 2501 and len(here.outputs[EVENTS_SINK].bodies) == 2500, "every other line is read"
     assert striped == here
+
+
+def test_a_member_fans_out_to_every_consumer_and_a_row_is_dead_lettered_once(tmp_path, monkeypatch):
+    import gzip
+
+    import orjson
+
+    def profiles(row, rules):  # a second consumer: rejects what events also rejects, and more
+        if row.user_id == "bad":
+            return remap.Rejected("profiles: bad user", {"user_id": row.user_id})
+        return remap.BrevoEvent(None, orjson.dumps({"ext_id": row.user_id})) if row.user_id else None
+
+    monkeypatch.setitem(remap.CONSUMERS, "test_profiles", remap.Consumer("test_profiles", None, profiles))
+    rules = MappingRules(RULES.event_mapping, RULES.property_mapping, sinks=(EVENTS_SINK, "test_profiles"))
+    rows = [{"event_type": "Purchase", "user_id": "u1", "$insert_id": "i1", "event_time": "2026-11-01 00:10:00"},
+            {"event_type": "Purchase", "user_id": "bad", "$insert_id": "i2", "event_time": "not a time"},
+            {"event_type": "Sign Up", "user_id": "u3", "$insert_id": "i3", "event_time": "2026-11-01 00:10:00"}]
+    path = tmp_path / "fan-out.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("1/1_2026-11-01_0#0.json.gz", gzip.compress(b"\n".join(map(orjson.dumps, rows))))
+    with zipfile.ZipFile(path) as archive:
+        (member,) = list_members(archive)
+        got = merged(list(map_member(archive, member, rules)))
+    assert got.rows == 3 and got.skipped == {"unmapped": 1}
+    assert got.outputs[EVENTS_SINK].keys == ["events:i1"]
+    assert got.outputs["test_profiles"] == SinkOutput([None, None], [b'{"ext_id":"u1"}', b'{"ext_id":"u3"}'])
+    [(event, line, item, reason)] = got.letters
+    assert (event, line, reason) == ("export.row.rejected", 2, "unparseable event_time 'not a time'")
+    assert item["member"] == member.name

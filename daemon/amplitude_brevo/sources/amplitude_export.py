@@ -27,7 +27,7 @@ from ..config import Config
 from ..logs import get_logger
 from ..pipeline.acks import HourTracker, hour_key
 from ..pipeline.queue import BatchQueue
-from ..pipeline.remap import BrevoEvent, MappingRules
+from ..pipeline.remap import EVENTS_NAMESPACE, EVENTS_SINK, BrevoEvent, MappingRules
 from ..retry import Backoff
 from ..state import DeadLetter, StateStore
 from .export_files import Member, list_members, open_export
@@ -354,7 +354,10 @@ class ExportSource:
             try:
                 async with aclosing(self.reader.map_member(path, member, self.rules)) as chunks:
                     async for chunk in chunks:
-                        candidates.extend(chunk.events())
+                        out = chunk.outputs.get(EVENTS_SINK)
+                        if out is not None:  # its keys are in the record's namespace; a BrevoEvent's are not
+                            bare = len(EVENTS_NAMESPACE)
+                            candidates.extend(map(BrevoEvent, [key[bare:] for key in out.keys], out.bodies))
                         letters = self._take(chunk, member, hour, counted)
                         if len(candidates) >= CHUNK or letters:
                             await self._flush(hour, candidates, letters)

@@ -4,8 +4,8 @@ queueing and delivery.
 Decoding and remapping every line is CPU work for one thread, and in the daemon's process it shares the GIL
 with everything else. Reader children (`member_mapper`) do it on the other cores: the daemon sends each one
 the member to read (the window's temp file, the member, the mapping rules) on its stdin and reads back
-`MappedChunk`s — dedupe keys and Brevo bodies, dead letters, counts — one per decompressed megabyte, then an
-empty frame. The pipes are the backpressure: a child whose output is not read blocks on its next write.
+`MappedChunk`s — for each sink, dedupe keys and Brevo bodies; dead letters, counts — one per decompressed
+megabyte, then an empty frame. The pipes are the backpressure: a child whose output is not read blocks on its next write.
 
 A member the children fail on (one crashed, was killed) is read again by new children: chunks queued the
 first time are then filtered by the dedupe record and the in-flight set.
@@ -163,7 +163,7 @@ class ReaderPool:
                     proc.stdin.write(FRAME.pack(len(job)) + job)
                     await proc.stdin.drain()
                 while (data := await _next_frame(procs[index % n])) is not None:
-                    yield MappedChunk(*pickle.loads(data))
+                    yield MappedChunk.from_wire(pickle.loads(data))
                     index += 1
                     if self.in_process():
                         break

@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from ..pipeline.remap import BrevoEvent, MappingRules, Rejected, Skipped, remap_event
+from ..pipeline.remap import MappingRules, SinkOutput, row_mapper
 from ..pipeline.rows import row_decoder
 from .export_files import LINE_PREFIX_BYTES, Member, OverlongLine, TruncatedMember, is_blank, iter_text_steps
 
@@ -28,26 +28,36 @@ FRAME = struct.Struct("!I")
 _END = object()
 
 
+__all__ = ["FRAME", "MappedChunk", "SinkOutput", "map_member", "rules_args"]
+
+
 @dataclass(slots=True)
 class MappedChunk:
-    """What one decompressed step of a member became."""
+    """What one decompressed step of a member became: for each sink in `rules.sinks`, its outputs."""
 
     rows: int = 0
-    keys: list[str] = field(default_factory=list)  # dedupe keys of the Brevo events, in order
-    bodies: list[bytes] = field(default_factory=list)  # their bodies
+    outputs: dict[str, SinkOutput] = field(default_factory=dict)  # by sink name, e.g. "brevo_events"
     # (log event, line number or None, item, reason): bad lines, rejected rows, a truncated member
     letters: list[tuple[str, int | None, dict[str, Any], str]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
 
-    def events(self) -> list[BrevoEvent]:
-        return list(map(BrevoEvent, self.keys, self.bodies))
+    def to_wire(self) -> tuple[Any, ...]:
+        """Plain lists and dicts for the pipe (cheaper to pickle than the objects); `from_wire` undoes it."""
+        outputs = {name: (out.keys, out.bodies) for name, out in self.outputs.items()}
+        return self.rows, outputs, self.letters, self.skipped
+
+    @classmethod
+    def from_wire(cls, wire: tuple[Any, ...]) -> MappedChunk:
+        rows, outputs, letters, skipped = wire
+        return cls(rows, {name: SinkOutput(keys, bodies) for name, (keys, bodies) in outputs.items()},
+                   letters, skipped)
 
 
 def rules_args(rules: MappingRules) -> dict[str, Any]:
     """What rebuilds `rules` in the child (the derived fields are computed there)."""
     return {"event_mapping": dict(rules.event_mapping), "property_mapping": dict(rules.property_mapping),
             "ext_id_field": rules.ext_id_field, "email_property": rules.email_property,
-            "anonymous": rules.anonymous}
+            "anonymous": rules.anonymous, "sinks": tuple(rules.sinks)}
 
 
 def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *, stride: int = 1,
@@ -61,7 +71,7 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
     steps are inflated only (someone else mapped them); line numbers count them all the same.
     """
     decode = row_decoder.decode
-    remap = remap_event
+    sinks = rules.sinks
     line_no = 0  # physical lines before this step, blank ones included (what `sed -n Np` would show)
     for index, step in enumerate(_prefetched(iter_text_steps(archive, member, max_line))):
         mine = index >= skip and index % stride == offset
@@ -84,8 +94,9 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
             # Another reader's step: only counted, never split.
             line_no += step.count(b"\n") + (step[-1] != 10)
             continue
-        chunk = MappedChunk()
-        keys, bodies, letters, skipped = chunk.keys, chunk.bodies, chunk.letters, chunk.skipped
+        chunk = MappedChunk(outputs={name: SinkOutput() for name in sinks})
+        letters = chunk.letters
+        map_row = row_mapper(rules, chunk.outputs, chunk.skipped)  # every consumer, on the row decoded once
         lines = step.split(b"\n")
         if not lines[-1]:
             lines.pop()  # what follows the step's last newline
@@ -96,7 +107,7 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
                 continue
             rows += 1
             try:
-                result = remap(decode(line), rules)
+                rejected = map_row(decode(line))
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 letters.append(("export.line.malformed", line_no, _line_item(member, line_no, line),
                                 f"malformed JSON line: {exc}"))
@@ -105,17 +116,9 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
                 letters.append(("export.line.failed", line_no, _line_item(member, line_no, line),
                                 f"cannot map the line: {type(exc).__name__}: {exc}"))
                 continue
-            kind = type(result)
-            if kind is BrevoEvent:
-                keys.append(result.dedupe_key)  # type: ignore[union-attr]
-                bodies.append(result.body)  # type: ignore[union-attr]
-            elif kind is Skipped:
-                reason = result.reason  # type: ignore[union-attr]
-                skipped[reason] = skipped.get(reason, 0) + 1
-            else:
-                assert isinstance(result, Rejected)
-                letters.append(("export.row.rejected", line_no, {**result.item, "member": member.name},
-                                result.reason))
+            if rejected is not None:
+                letters.append(("export.row.rejected", line_no, {**rejected.item, "member": member.name},
+                                rejected.reason))
         chunk.rows = rows
         yield chunk
 
@@ -204,9 +207,7 @@ def child_main() -> int:
                 chunks = map_member(archive, Member(name, hour, partition), rules, stride=stride, offset=offset,
                                     max_line=max_line)
                 for chunk in chunks:
-                    _write_frame(stdout, pickle.dumps(
-                        (chunk.rows, chunk.keys, chunk.bodies, chunk.letters, chunk.skipped),
-                        protocol=pickle.HIGHEST_PROTOCOL))
+                    _write_frame(stdout, pickle.dumps(chunk.to_wire(), protocol=pickle.HIGHEST_PROTOCOL))
             _write_frame(stdout, b"")
             stdout.flush()
     except BrokenPipeError:
