@@ -130,8 +130,7 @@ def iter_text_steps(archive: zipfile.ZipFile, member: Member,
                         continue
                     if skipping is not None or pending:
                         end = chunk.find(b"\n")
-                        if skipping is None and (end < 0 and pending_size + len(chunk) > limit
-                                                 or pending_size + end > limit):
+                        if skipping is None and pending_size + (len(chunk) if end < 0 else end) > limit:
                             start = chunk[:LINE_PREFIX_BYTES if end < 0 else min(end, LINE_PREFIX_BYTES)]
                             skipping = OverlongLine(_head([*pending, start]), pending_size, limit)
                             pending, pending_size = [], 0
