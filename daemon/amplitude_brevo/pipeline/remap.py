@@ -417,10 +417,11 @@ class Consumer:
 
     `remap(row, rules)` returns the sink's output for the row (an object with `dedupe_key` and `body`, like
     `BrevoEvent`), a `Skipped` (counted under its reason), a `Rejected` (dead-lettered) or None (the row is
-    not for this sink: nothing counted). It gets every row, mapped by another consumer or not; the row's
-    `event_properties` and `user_properties` are still raw JSON, decoded by the consumers that read them
-    (a second consumer reading user properties shares `rules.user_properties`' struct, and should share its
-    decoding of the row's properties rather than decode them again).
+    not for this sink: nothing counted). It gets every row, whatever the other consumers made of it (a
+    profile consumer sees the rows events skip as unmapped). The row's `event_properties` and
+    `user_properties` are still raw JSON: a consumer decodes what it reads, and only for rows it keeps. The
+    user-properties struct (`rules.user_properties`) is shared; once two consumers decode it, memoize that
+    decode per row (on the identity of `row.user_properties`) so a row's properties are decoded once.
     """
 
     sink: str  # the sink's name: the key of its output (MappedChunk.outputs)
@@ -465,8 +466,8 @@ def map_row(row: ExportRow, rules: MappingRules, outputs: Sequence[SinkOutput],
 def row_mapper(rules: MappingRules, outputs: Mapping[str, SinkOutput],
                skipped: dict[str, int]) -> Callable[[ExportRow], Rejected | None]:
     """`map_row` bound to a chunk's outputs (one per name in `rules.sinks`) and skip counts: what the reader's
-    loop calls for each row. With one consumer (the usual case) it is specialized, so fanning out costs a
-    row no more than calling that consumer did."""
+    loop calls for each row. With one consumer (the usual case) it is a closure without the loop: the fan-out
+    costs a row one function call."""
     if len(rules._consumers) != 1:
         ordered = [outputs[name] for name in rules.sinks]
         return lambda row: map_row(row, rules, ordered, skipped)
