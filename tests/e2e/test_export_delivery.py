@@ -385,3 +385,55 @@ async def test_a_row_fanned_out_to_two_sinks_reaches_both_once_through_kills(tmp
     assert max([*originals.values(), *copies.values()]) <= 2
     # SPEC §7: only the requests in flight at a kill: 2 sinks × 2 workers × batching.max_items, per kill.
     assert len(unrecorded) <= 3 * 2 * 2 * cfg["batching"]["max_items"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _queue_depth(port: int) -> int:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith('amplitude_brevo_queue_depth{sink="brevo_events"}'):
+                return int(float(line.split()[-1]))
+    return 0
+
+
+async def _readyz(port: int) -> int:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/readyz") as r:
+        return r.status
+
+
+async def test_an_export_host_answering_bare_404s_skips_no_hour(tmp_path, sandbox):
+    """A proxy or wrong host answering HTML 404s for a while: retried as an outage (readyz failing), never
+    taken as empty hours; once it answers properly every hour is read and delivered."""
+    expected = expected_events()
+    await sandbox.post(sandbox.amplitude_control + "/faults", {"html_404_seconds": 6})
+    port = _free_port()
+    cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s"},
+                         admin={"listen": f"127.0.0.1:{port}"})
+    cfg_path = write_config(tmp_path / "config.yaml", cfg)
+    daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+    try:
+        failed = await daemon.wait_for_log("export.window.failed", timeout=30)
+        assert "404" in failed["reason"] and failed["hint"]
+        assert await _readyz(port) == 503
+        async with asyncio.timeout(90):
+            while (_checkpoint(tmp_path / "state.db") or "") < "20261101T06":
+                assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
+                await asyncio.sleep(0.5)
+        assert await _readyz(port) == 200, "recovered"
+        assert not daemon.events("export.window.empty"), "no hour was taken as empty"
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert await daemon.wait(30) == 0
+    counts = _ids((await sandbox.received())["events"])
+    assert set(counts) == set(expected) and max(counts.values()) == 1
