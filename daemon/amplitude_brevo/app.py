@@ -410,6 +410,15 @@ class Daemon:
             for queue in rt.queues.values():
                 dropped = await queue.discard(lambda item: item.token.tracker is tracker)
                 rt.dedupe.released([i.key for i in dropped if i.key is not None])
+                for item in dropped:
+                    tracker.done(item.token.position)
+            # Items of it that a sink still has in flight keep their keys in flight until Brevo answers:
+            # the successor must not start before, or it would skip them as "on their way" and could move
+            # its checkpoint past them while their answer is still unrecorded.
+            try:
+                await asyncio.wait_for(tracker.wait_idle(), self.cfg.shutdown_timeout)
+            except TimeoutError:
+                log.warning("component.stop.in_flight", component=component.name, items=tracker.outstanding)
         elif component.role != "producer" and component.name in rt.queues:
             dropped = await rt.queues[component.name].discard()
             rt.dedupe.released([i.key for i in dropped if getattr(i, "key", None) is not None])
