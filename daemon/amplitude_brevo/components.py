@@ -20,7 +20,7 @@ def brevo_client(runtime: Runtime, stop: asyncio.Event) -> BrevoClient:
     brevo = runtime.cfg.connectors.brevo
     return BrevoClient(
         runtime.session, base_url=brevo.api_url, api_key=brevo.api_key, budgets=runtime.budgets,
-        metrics=runtime.metrics, stop=stop,
+        metrics=runtime.metrics, stop=stop, health=runtime.health,
     )
 
 

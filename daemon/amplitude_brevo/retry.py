@@ -6,6 +6,10 @@ import asyncio
 import random
 from dataclasses import dataclass
 
+# Past this many doublings any base has passed any cap; the exponent stops growing there, so that attempt
+# 10**9 costs what attempt 60 does (2 ** 1024 no longer fits a float: a long outage used to crash the sink).
+_MAX_DOUBLINGS = 1000
+
 
 @dataclass(frozen=True)
 class Backoff:
@@ -22,7 +26,8 @@ class Backoff:
     max_attempts: int | None = None
 
     def delay(self, attempt: int, floor: float = 0.0, rng: random.Random | None = None) -> float:
-        ceiling = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
+        doublings = min(max(0, attempt - 1), _MAX_DOUBLINGS)
+        ceiling = min(self.cap, self.base * 2.0**doublings)
         draw = (rng or random).uniform(0, ceiling)
         return max(floor, draw)
 

@@ -692,6 +692,70 @@ async def test_outage_window_then_recovery(sim: Sim) -> None:
     assert len((await sim.received())["events"]) == 1
 
 
+async def test_not_found_fault_answers_404_pages_on_every_path_for_n_requests(sim: Sim) -> None:
+    control = await sim.post("/_sandbox/brevo/faults", json={"not_found_requests": 3})
+    assert control.status == 200 and control.body["not_found_requests"] == 3
+    for method, path, body in (("POST", "/v3/events", event()), ("POST", "/v3/events/batch", {"events": [event()]}),
+                               ("GET", "/v3/contacts/attributes", None)):
+        reply = await sim.call(method, path, json=body)
+        assert reply.status == 404 and b"<h1>404 Not Found</h1>" in reply.body, "a proxy's page, not Brevo's JSON"
+        assert not set(RL_HEADERS) & set(reply.headers)
+    assert (await sim.post("/v3/events", json=event())).status == 204
+    assert len((await sim.received())["events"]) == 1
+    assert_brevo_error(await sim.post("/_sandbox/brevo/faults", json={"not_found_requests": -1}), 400)
+
+
+async def test_not_found_fault_for_n_seconds(start_sim) -> None:
+    now = [100.0]
+    sim = await start_sim()
+    sim.state.clock = lambda: now[0]
+    control = await sim.post("/_sandbox/brevo/faults", json={"not_found_seconds": 40})
+    assert control.body["not_found_until"] == 140.0
+    assert (await sim.post("/v3/events", json=event())).status == 404
+    now[0] = 139.9
+    assert (await sim.post("/v3/events/batch", json={"events": [event()]})).status == 404
+    now[0] = 140.0
+    assert (await sim.post("/v3/events", json=event())).status == 204
+
+
+@pytest.mark.parametrize(
+    ("bucket", "limit", "shared"), [("other", "100", False), ("events", "10", True)]
+)
+async def test_events_batch_bucket_layouts(start_sim, bucket: str, limit: str, shared: bool) -> None:
+    sim = await start_sim(limits=None, events_batch_bucket=bucket)
+    assert sim.state.bucket_for("POST", "/v3/events/batch") == bucket
+    single = await sim.post("/v3/events", json=event())
+    batch = await sim.post("/v3/events/batch", json={"events": [event()]})
+    assert single.headers["x-sib-ratelimit-limit"] == "10" and single.headers["x-sib-ratelimit-remaining"] == "9"
+    assert batch.status == 202 and batch.headers["x-sib-ratelimit-limit"] == limit
+    if shared:  # one window for both paths: 10 a second
+        assert batch.headers["x-sib-ratelimit-remaining"] == "8"
+        assert int(batch.headers["x-sib-ratelimit-reset"]) <= 1
+    else:  # the "all other endpoints" window: 100 an hour
+        assert batch.headers["x-sib-ratelimit-remaining"] == "99"
+        assert 3500 < int(batch.headers["x-sib-ratelimit-reset"]) <= 3600
+    assert (await sim.received())["requests"] == ({"events": 2} if shared else {"events": 1, "other": 1})
+
+
+def test_events_batch_bucket_must_be_known() -> None:
+    with pytest.raises(ValueError, match="events_batch_bucket"):
+        make_brevo_app(api_key=KEY, events_batch_bucket="contacts")
+
+
+def test_sandbox_flag_picks_the_events_batch_bucket() -> None:
+    import argparse
+
+    from amplitude_brevo.sandbox.server import Sandbox, add_sandbox_arguments, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_sandbox_arguments(parser)
+    assert options_from_args(parser.parse_args([])).brevo_events_batch_bucket == "other"
+    options = options_from_args(parser.parse_args(["--events-batch-bucket", "events"]))
+    assert Sandbox(options).brevo_app[BREVO_STATE].bucket_for("POST", "/v3/events/batch") == "events"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--events-batch-bucket", "nope"])
+
+
 async def test_latency_is_added(start_sim) -> None:
     sim = await start_sim(faults=BrevoFaults(latency=0.2))
     started = time.monotonic()

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from structlog.testing import capture_logs
 
+from amplitude_brevo.health import Health
 from amplitude_brevo.retry import Backoff
 from amplitude_brevo.sandbox.brevo_sim import BREVO_STATE, BrevoFaults, make_brevo_app
 from amplitude_brevo.secrets import Secret
@@ -26,7 +27,7 @@ from amplitude_brevo.sinks.brevo_client import (
     Stopping,
     validate_response,
 )
-from amplitude_brevo.sinks.budgets import Budgets
+from amplitude_brevo.sinks.budgets import Budgets, Rate
 
 KEY = "xkeysib-0123456789abcdef-client-test"
 EVENT = {"event_name": "order_completed", "identifiers": {"ext_id": "user-1"}}
@@ -63,15 +64,22 @@ async def client_for(app: web.Application | None, *, key: str = KEY, backoff: Ba
     ("status", "outcome"),
     [
         (200, Outcome.OK), (201, Outcome.OK), (202, Outcome.OK), (204, Outcome.OK), (207, Outcome.OK),
-        (400, Outcome.FATAL), (402, Outcome.FATAL), (404, Outcome.FATAL), (405, Outcome.FATAL),
-        (406, Outcome.FATAL), (409, Outcome.FATAL), (413, Outcome.FATAL), (422, Outcome.FATAL),
+        (400, Outcome.FATAL), (402, Outcome.FATAL), (406, Outcome.FATAL), (409, Outcome.FATAL), (413, Outcome.FATAL), (422, Outcome.FATAL),
         (401, Outcome.RETRY), (403, Outcome.RETRY),  # a key or IP fix is a reload away: hold, don't drop
         (408, Outcome.RETRY), (425, Outcome.RETRY), (429, Outcome.RETRY),
         (500, Outcome.RETRY), (502, Outcome.RETRY), (503, Outcome.RETRY), (504, Outcome.RETRY),
+        # No such endpoint here (a wrong api_url, a proxy): an outage, retried, never a verdict on items.
+        (404, Outcome.UNAVAILABLE), (405, Outcome.UNAVAILABLE), (501, Outcome.UNAVAILABLE),
     ],
 )
 def test_validate_response(status, outcome):
     assert validate_response(status) is outcome
+
+
+def test_an_endpoint_may_declare_404_a_verdict_on_its_items():
+    # contacts: 404 document_not_found "No contact found for indexes 3,4"
+    assert validate_response(404, item_statuses={404}) is Outcome.FATAL
+    assert validate_response(405, item_statuses={404}) is Outcome.UNAVAILABLE
 
 
 @pytest.mark.parametrize(
@@ -204,3 +212,78 @@ async def test_a_bytes_payload_is_sent_as_the_json_body_it_already_is():
         await client.call("POST", "/events", EVENT)
     assert received[0] == (body, "application/json"), "as is, not re-encoded (1.50 stays 1.50)"
     assert received[1][0] == orjson.dumps(EVENT), "a dict is encoded"
+
+
+async def test_stop_makes_requests_waiting_for_budget_give_up_and_lets_the_one_in_flight_finish():
+    release = asyncio.Event()
+    arrived = asyncio.Event()
+
+    @web.middleware
+    async def hold(request: web.Request, handler: Any) -> web.StreamResponse:
+        arrived.set()
+        await release.wait()
+        return await handler(request)
+
+    app = make_brevo_app(api_key=KEY)
+    app.middlewares.insert(0, hold)
+    stop = asyncio.Event()
+    async with client_for(app, stop=stop) as client:
+        client.budgets["brevo_events"].reconfigure(Rate(1, 3600))  # one request an hour
+        calls = [asyncio.create_task(client.call("POST", "/events", EVENT)) for _ in range(51)]
+        try:
+            async with asyncio.timeout(5):
+                await arrived.wait()
+            await asyncio.sleep(0)
+            assert sum(task.done() for task in calls) == 0, "one in flight, fifty waiting for the budget"
+            stop.set()
+            in_flight, waiting = calls[0], calls[1:]  # tasks start in order: the first took the token
+            done, pending = await asyncio.wait(waiting, timeout=0.5)
+            assert len(done) == 50, "all give up promptly"
+            assert all(isinstance(task.exception(), Stopping) for task in done)
+            assert not in_flight.done()
+        finally:
+            release.set()  # the request already sent is not abandoned
+        assert (await in_flight).status == 204
+    assert len(app[BREVO_STATE].events) == 1
+
+
+async def test_a_404_page_fails_health_until_the_path_answers_and_an_item_level_404_does_not():
+    health = Health()
+    app = make_brevo_app(api_key=KEY, faults=BrevoFaults(not_found_requests=2))
+    async with client_for(app, backoff=Backoff(base=0.001, cap=0.002)) as client:
+        client.health = health
+        failing: list[dict[str, Any]] = []
+        with capture_logs() as logs:
+            task = asyncio.create_task(client.call("POST", "/events", EVENT))
+            while not task.done():
+                failing.append(health.failing)
+                await asyncio.sleep(0)
+            assert (await task).status == 204
+        assert any("brevo /events" in f for f in failing), "readiness failed meanwhile"
+        assert health.healthy
+        (failed,) = [e for e in logs if e["event"] == "health.failing"]
+        assert failed["check"] == "brevo /events" and failed["reason"].startswith("HTTP 404 <html>")
+        assert len([e for e in logs if e["event"] == "health.recovered"]) == 1
+
+
+async def test_a_caller_may_declare_brevos_404_an_item_verdict_and_a_404_page_stays_an_outage():
+    health = Health()
+    answers = [(404, "text/html", "<html>404 Not Found</html>"),
+               (404, "application/json", '{"code": "document_not_found", "message": "No contact found for indexes 3,4"}')]
+
+    async def contacts_batch(request: web.Request) -> web.Response:
+        status, ctype, text = answers.pop(0)
+        return web.Response(status=status, content_type=ctype, text=text)
+
+    app = web.Application()
+    app.router.add_post("/v3/contacts/batch", contacts_batch)
+    async with client_for(app) as client:
+        client.health = health
+        with capture_logs() as logs:
+            response = await client.call("POST", "/contacts/batch", {"contacts": []},
+                                         item_verdicts={404: {"document_not_found"}})
+    assert response.status == 404 and response.code == "document_not_found"
+    assert response.message == "document_not_found: No contact found for indexes 3,4"
+    assert answers == [], "the 404 page was retried as an outage, Brevo's 404 returned as a verdict"
+    assert [e["check"] for e in logs if e["event"] == "health.failing"] == ["brevo /contacts/batch"]
+    assert health.healthy

@@ -6,7 +6,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from amplitude_brevo.sinks.budgets import Budget, Budgets, Rate, bucket_for
+from amplitude_brevo.sinks.budgets import (
+    Budget,
+    BudgetPaused,
+    Budgets,
+    Rate,
+    Stopping,
+    bucket_for,
+    window_for,
+)
 
 
 @pytest.mark.parametrize(
@@ -90,3 +98,177 @@ async def test_requests_in_flight_count_against_the_servers_remaining():
     await fresh.acquire()
     fresh.release()  # a transport error: no answer will come for it
     assert fresh.observe(200, {"x-sib-ratelimit-remaining": "1", "x-sib-ratelimit-reset": "1"}) is None
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def answer(limit: int, remaining: int, reset: float) -> dict[str, str]:
+    return {"x-sib-ratelimit-limit": str(limit), "x-sib-ratelimit-remaining": str(remaining),
+            "x-sib-ratelimit-reset": str(reset)}
+
+
+@pytest.mark.parametrize(("reset", "window"), [(0, 1.0), (1, 1.0), (0.4, 1.0), (2, 60.0), (60, 60.0),
+                                                (61, 3600.0), (3500, 3600.0), (86400, 86400.0), (90000, 90000.0)])
+def test_window_for(reset, window):
+    assert window_for(reset) == window
+
+
+def test_a_budget_starts_at_its_configured_rate_and_learns_brevos_per_second_window():
+    from structlog.testing import capture_logs
+
+    clock = Clock()
+    budget = Budget("brevo_events_batch", Rate(100, 3600), clock=clock)
+    assert budget.rate == Rate(100, 3600.0)
+    with capture_logs() as logs:
+        for remaining in (9, 8, 7):
+            budget.observe(202, answer(10, remaining, 1))
+            clock.now += 0.1
+    assert budget.rate == Rate(10, 1.0) and budget.configured == Rate(100, 3600.0)
+    learned = [e for e in logs if e["event"] == "brevo.budget.learned"]
+    assert [(e["budget"], e["requests"], e["per"], e["was"]) for e in learned] == [
+        ("brevo_events_batch", 10, 1.0, "100/3600s")
+    ], "logged once per change"
+
+
+def test_an_hourly_window_is_learned_from_a_countdown_seen_after_it_opened():
+    clock = Clock()
+    budget = Budget("brevo_events_batch", Rate(1000, 1), clock=clock)
+    budget.observe(202, answer(100, 57, 3500))
+    assert budget.rate == Rate(100, 3600.0)
+    clock.now += 10
+    budget.observe(202, answer(100, 56, 3490))
+    assert budget.rate == Rate(100, 3600.0)
+
+
+def test_a_new_limit_is_learned_again():
+    from structlog.testing import capture_logs
+
+    budget = Budget("b", Rate(10, 1), clock=Clock())
+    with capture_logs() as logs:
+        budget.observe(202, answer(10, 9, 1))  # what was configured: nothing to learn
+        budget.observe(202, answer(100, 99, 3599))
+        budget.observe(202, answer(10, 9, 1))
+    assert budget.rate == Rate(10, 1.0)
+    assert [(e["requests"], e["per"]) for e in logs if e["event"] == "brevo.budget.learned"] == [(100, 3600.0), (10, 1.0)]
+
+
+def test_answers_without_the_headers_keep_the_configured_rate():
+    budget = Budget("b", Rate(5, 1), clock=Clock())
+    budget.observe(204, {})
+    budget.observe(204, {"x-sib-ratelimit-limit": "junk", "x-sib-ratelimit-reset": "1"})
+    budget.observe(204, {"x-sib-ratelimit-limit": "0", "x-sib-ratelimit-reset": "1"})
+    assert budget.rate == Rate(5, 1.0)
+
+
+def test_reload_restarts_from_a_new_configured_rate_and_keeps_what_was_learned_otherwise():
+    budget = Budget("b", Rate(100, 3600), clock=Clock())
+    budget.observe(202, answer(10, 9, 1))
+    budget.reconfigure(Rate(100, 3600))
+    assert budget.rate == Rate(10, 1.0), "same config: what Brevo said still holds"
+    budget.reconfigure(Rate(20, 1))
+    assert budget.rate == Rate(20, 1.0) == budget.configured
+    budget.observe(202, answer(10, 9, 1))
+    assert budget.rate == Rate(10, 1.0), "and is learned again"
+
+
+@pytest.mark.parametrize(
+    ("answers", "resume_in"),
+    [
+        # This request opened the window: it ends within 1 s of that answer, however `reset` rounds up.
+        ([(0, 202, 9), (0.6, 202, 0)], 0.4),
+        # No answer seen opened it: the countdown, rounded up to the second.
+        ([(0, 202, 3), (0.6, 202, 0)], 1.0),
+        # The next window's opening says nothing about the pause for this one.
+        ([(0, 202, 3), (0.6, 202, 0), (0.7, 202, 9)], 0.3),
+        # After a 429, at least its x-sib-ratelimit-reset (SPEC §7), whatever the window suggests.
+        ([(0, 202, 9), (0.5, 429, 0)], 1.0),
+    ],
+    ids=["window-opened", "reset", "next-window", "429"],
+)
+def test_a_spent_one_second_window_pauses_until_it_ends(answers, resume_in):
+    clock = Clock()
+    budget = Budget("b", Rate(10, 1), clock=clock)
+    for advance, status, remaining in answers:
+        clock.now += advance
+        budget.observe(status, answer(10, remaining, 1))
+    assert budget.seconds_until_resume() == pytest.approx(resume_in)
+
+
+def test_requests_of_ours_in_flight_spend_the_window_too():
+    clock = Clock()
+    budget = Budget("b", Rate(10, 1), clock=clock)
+    budget._in_flight = 4  # four requests on their way at once
+    budget.observe(202, answer(10, 9, 1))
+    assert budget.seconds_until_resume() == 0, "9 left, 3 of ours still coming"
+    clock.now += 0.3
+    budget.observe(202, answer(10, 2, 1))
+    assert budget.seconds_until_resume() == pytest.approx(0.7), "2 left, 2 of ours still coming: spent"
+
+
+async def test_can_send_within_counts_the_limiters_refill():
+    budget = Budget("b", Rate(2, 1.0))
+    assert budget.can_send_within(0, 2) and not budget.can_send_within(0, 3)
+    assert budget.can_send_within(1.0, 4), "two more drip in within a second"
+    budget.pause_for(10)
+    assert not budget.can_send_within(5) and budget.can_send_within(11)
+
+
+async def test_acquire_stops_at_once_when_stop_is_already_set():
+    stop = asyncio.Event()
+    stop.set()
+    with pytest.raises(Stopping):
+        await Budget("b", Rate(1000, 1)).acquire(stop)
+
+
+async def test_a_caller_waiting_for_a_token_stops_when_stop_is_set():
+    budget = Budget("b", Rate(1, 3600))
+    stop = asyncio.Event()
+    await budget.acquire(stop)  # the hour's one token
+    waiting = asyncio.create_task(budget.acquire(stop))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    stop.set()
+    async with asyncio.timeout(1):
+        with pytest.raises(Stopping):
+            await waiting
+    assert budget.acquired_total == 1
+
+
+async def test_a_caller_waiting_for_a_spent_window_stops_when_stop_is_set():
+    budget = Budget("b", Rate(1000, 1))
+    budget.pause_for(3600)
+    stop = asyncio.Event()
+    waiting = asyncio.create_task(budget.acquire(stop))
+    await asyncio.sleep(0)
+    stop.set()
+    async with asyncio.timeout(1):
+        with pytest.raises(Stopping):
+            await waiting
+
+
+async def test_a_caller_waiting_on_the_old_rate_moves_to_the_learned_one():
+    budget = Budget("b", Rate(1, 3600))
+    await budget.acquire()
+    waiting = asyncio.create_task(budget.acquire())  # the next token of 1 an hour: in an hour
+    await asyncio.sleep(0)
+    budget.observe(202, answer(1000, 999, 1))
+    async with asyncio.timeout(1):
+        await waiting
+
+
+async def test_acquire_with_max_pause_refuses_a_long_wait():
+    budget = Budget("b", Rate(1, 3600))
+    await budget.acquire(max_pause=5)
+    with pytest.raises(BudgetPaused):
+        await budget.acquire(max_pause=5)
+    budget = Budget("c", Rate(1000, 1))
+    budget.pause_for(60)
+    with pytest.raises(BudgetPaused) as paused:
+        await budget.acquire(max_pause=5)
+    assert paused.value.seconds == pytest.approx(60, abs=1)

@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_ATTRIBUTES",
     "DEFAULT_LIMITS",
     "DEFAULT_LISTS",
+    "EVENTS_BATCH_BUCKETS",
     "make_brevo_app",
 ]
 
@@ -54,9 +55,17 @@ class BrevoFaults:
     outage_until: float = 0.0  # time.monotonic() deadline: until then every /v3 request gets 503
     seed: int = 0  # faults are drawn from random.Random(seed) so runs are reproducible
     reject_ext_ids: frozenset[str] = frozenset()  # events for these ext_ids fail validation (an item Brevo refuses)
+    # A wrong host or a proxy in front: every /v3 path answers 404 with an HTML page, until this
+    # time.monotonic() deadline and for this many more requests (set `not_found_seconds` at runtime).
+    not_found_until: float = 0.0
+    not_found_requests: int = 0
 
 
 BUCKETS = ("events", "contacts", "orders", "other", "events_batch")
+# Where /events/batch is counted when no `events_batch` limit is set: Brevo's table does not say. "other"
+# (100 per hour on General, the table's reading) or "events" (shared with /events, 10 per second).
+EVENTS_BATCH_BUCKETS = ("other", "events")
+NOT_FOUND_PAGE = "<html><head><title>404 Not Found</title></head><body><h1>404 Not Found</h1><hr>nginx</body></html>"
 
 # Brevo "General" plan (reference §6). The RPH caps of the RPS buckets are not modelled; "other" is 100 RPH.
 DEFAULT_LIMITS: dict[str, BucketLimit] = {
@@ -360,11 +369,15 @@ class BrevoState:
         attributes: list[dict[str, Any]] | None = None,
         lists: dict[int, str] | None = None,
         events_batch_max: int = EVENTS_BATCH_MAX,
+        events_batch_bucket: str = "other",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        if events_batch_bucket not in EVENTS_BATCH_BUCKETS:
+            raise ValueError(f"events_batch_bucket must be one of {EVENTS_BATCH_BUCKETS}, not {events_batch_bucket!r}")
         self.api_key = api_key
         self.clock = clock
         self.events_batch_max = events_batch_max
+        self.events_batch_bucket = events_batch_bucket
         self._initial_limits = {**DEFAULT_LIMITS, **(limits or {})}
         self._initial_faults = faults or BrevoFaults()
         self._initial_attributes = [
@@ -419,8 +432,8 @@ class BrevoState:
             return "events"
         if method == "POST" and path == "/v3/orders/status":
             return "orders"
-        if path == "/v3/events/batch" and "events_batch" in self.windows:
-            return "events_batch"
+        if path == "/v3/events/batch":
+            return "events_batch" if "events_batch" in self.windows else self.events_batch_bucket
         return "other"
 
     def set_limit(self, bucket: str, limit: BucketLimit | None) -> None:
@@ -432,13 +445,18 @@ class BrevoState:
     # ---- faults -----------------------------------------------------------------------------------------------
 
     def draw_fault(self) -> tuple[str, int] | None:
-        """Draw this request's fault: ("outage", 503), ("reset", 0), ("error", status) or None.
+        """Draw this request's fault: ("not_found", 404), ("outage", 503), ("reset", 0), ("error", status) or None.
 
         The RNG is advanced by the same amount on every request, so a given seed and request sequence always
         produces the same faults whatever the rates are.
         """
         f = self.faults
         reset_draw, error_draw, status_draw = self.rng.random(), self.rng.random(), self.rng.random()
+        if f.not_found_requests > 0:
+            f.not_found_requests -= 1
+            return ("not_found", 404)
+        if f.not_found_until and self.clock() < f.not_found_until:
+            return ("not_found", 404)
         if f.outage_until and self.clock() < f.outage_until:
             return ("outage", 503)
         if reset_draw < f.reset_rate:
@@ -449,14 +467,14 @@ class BrevoState:
         return None
 
     def update_faults(self, body: dict[str, Any]) -> None:
-        known = {f.name for f in fields(BrevoFaults)} | {"outage_seconds"}
+        known = {f.name for f in fields(BrevoFaults)} | {"outage_seconds", "not_found_seconds"}
         unknown = set(body) - known
         if unknown:
             raise _bad(f"Unknown fault field(s): {sorted(unknown)}")
         for key in ("error_rate", "reset_rate"):
             if key in body and not (_is_number(body[key]) and 0 <= body[key] <= 1):
                 raise _bad(f"{key} must be a number between 0 and 1")
-        for key in ("latency", "outage_until", "outage_seconds"):
+        for key in ("latency", "outage_until", "outage_seconds", "not_found_until", "not_found_seconds"):
             if key in body and not (_is_number(body[key]) and body[key] >= 0):
                 raise _bad(f"{key} must be a non-negative number")
         if "error_statuses" in body and not (
@@ -465,13 +483,19 @@ class BrevoState:
             raise _bad("error_statuses must be a list of integers")
         if "seed" in body and not _is_int(body["seed"]):
             raise _bad("seed must be an integer")
-        for key in ("error_rate", "reset_rate", "latency", "outage_until"):
+        if "not_found_requests" in body and not (_is_int(body["not_found_requests"]) and body["not_found_requests"] >= 0):
+            raise _bad("not_found_requests must be a non-negative integer")
+        for key in ("error_rate", "reset_rate", "latency", "outage_until", "not_found_until"):
             if key in body:
                 setattr(self.faults, key, float(body[key]))
         if "error_statuses" in body:
             self.faults.error_statuses = tuple(body["error_statuses"])
         if "outage_seconds" in body:
             self.faults.outage_until = self.clock() + float(body["outage_seconds"])
+        if "not_found_seconds" in body:
+            self.faults.not_found_until = self.clock() + float(body["not_found_seconds"])
+        if "not_found_requests" in body:
+            self.faults.not_found_requests = body["not_found_requests"]
         if "seed" in body:
             self.faults.seed = body["seed"]
             self.rng = random.Random(body["seed"])
@@ -1492,6 +1516,9 @@ def _injected(
             request.transport.abort()
         # Writing this response fails on the aborted transport; aiohttp treats that as a client disconnect.
         return web.Response(status=500)
+    if kind == "not_found":
+        # Not Brevo answering: no rate-limit headers, no JSON.
+        return web.Response(status=404, text=NOT_FOUND_PAGE, content_type="text/html")
     if kind == "outage":
         return _error_response(503, "service_unavailable", "Sandbox outage: service temporarily unavailable")
     if status == 429:
@@ -1591,8 +1618,12 @@ def make_brevo_app(
     attributes: list[dict[str, Any]] | None = None,
     lists: dict[int, str] | None = None,
     events_batch_max: int = EVENTS_BATCH_MAX,
+    events_batch_bucket: str = "other",
 ) -> web.Application:
-    """Build the simulator app; `app[BREVO_STATE]` is the live state."""
+    """Build the simulator app; `app[BREVO_STATE]` is the live state.
+
+    `events_batch_bucket`: which rate bucket `/events/batch` spends, "other" or "events" (EVENTS_BATCH_BUCKETS).
+    """
     app = web.Application(middlewares=[brevo_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[BREVO_STATE] = BrevoState(
         api_key=api_key,
@@ -1601,6 +1632,7 @@ def make_brevo_app(
         attributes=attributes,
         lists=lists,
         events_batch_max=events_batch_max,
+        events_batch_bucket=events_batch_bucket,
     )
     r = app.router
     r.add_post("/v3/contacts", create_contact)

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from ..config import parse_hour
 from .amplitude_sim import ExportFaults, make_amplitude_app
-from .brevo_sim import BrevoFaults, BucketLimit, make_brevo_app
+from .brevo_sim import EVENTS_BATCH_BUCKETS, BrevoFaults, BucketLimit, make_brevo_app
 from .sample_data import DatasetSpec
 
 SANDBOX_AMPLITUDE_KEY = "sandbox-amplitude-key"
@@ -37,6 +37,7 @@ class SandboxOptions:
     brevo_limits: dict[str, BucketLimit] | None = None
     export_faults: ExportFaults | None = None
     brevo_faults: BrevoFaults | None = None
+    brevo_events_batch_bucket: str = "other"  # the rate bucket /events/batch spends: "other" or "events"
 
 
 class Sandbox:
@@ -52,7 +53,8 @@ class Sandbox:
             members_per_hour=options.members_per_hour,
         )
         self.brevo_app = make_brevo_app(
-            api_key=options.brevo_api_key, limits=options.brevo_limits, faults=options.brevo_faults
+            api_key=options.brevo_api_key, limits=options.brevo_limits, faults=options.brevo_faults,
+            events_batch_bucket=options.brevo_events_batch_bucket,
         )
         self._runners: list[web.AppRunner] = []
         self.amplitude_url = ""
@@ -93,6 +95,11 @@ def add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rows-per-hour", type=int, default=2000, help="export rows per hour (default 2000)")
     parser.add_argument("--users", type=int, default=500, help="distinct users in the sample data (default 500)")
     parser.add_argument("--seed", type=int, default=42, help="sample data seed (default 42)")
+    parser.add_argument(
+        "--events-batch-bucket", choices=EVENTS_BATCH_BUCKETS, default="other",
+        help="Brevo rate bucket of POST /events/batch: other (100 per hour, the published table's reading) "
+             "or events (shared with POST /events, 10 per second); default other",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> SandboxOptions:
@@ -102,7 +109,8 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
         seed=args.seed, start=parse_hour(args.start), hours=args.hours,
         rows_per_hour=args.rows_per_hour, users=args.users,
     )
-    return SandboxOptions(host=args.host, amplitude_port=args.amplitude_port, brevo_port=args.brevo_port, spec=spec)
+    return SandboxOptions(host=args.host, amplitude_port=args.amplitude_port, brevo_port=args.brevo_port, spec=spec,
+                          brevo_events_batch_bucket=args.events_batch_bucket)
 
 
 async def run_sandbox(args: argparse.Namespace) -> int:

@@ -5,17 +5,21 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import orjson
 
+from ..health import Health
 from ..logs import get_logger
 from ..metrics import Metrics
 from ..retry import Backoff
 from ..secrets import Secret
-from .budgets import Budgets, bucket_for
+from .budgets import BudgetPaused, Budgets, Stopping, bucket_for
+
+__all__ = ["BrevoClient", "BrevoResponse", "BudgetPaused", "Outcome", "Stopping", "validate_response"]
 
 log = get_logger("brevo_client")
 
@@ -23,7 +27,14 @@ log = get_logger("brevo_client")
 class Outcome(enum.Enum):
     OK = "ok"
     RETRY = "retry"  # 429, 425, 408, 5xx, connection errors, timeouts; 401/403 too (a key fix is a reload away)
+    UNAVAILABLE = "unavailable"  # 404/405/501: no such endpoint here (wrong host or path, a proxy): an outage
     FATAL = "fatal"  # other 4xx: the request itself is wrong; its items go to the dead-letter queue
+
+
+# Statuses that say "this endpoint is not here" rather than "this item is wrong" — unless a caller says
+# its endpoint answers 404 for an item (e.g. a contact that does not exist).
+UNAVAILABLE_STATUSES = frozenset({404, 405, 501})
+URL_HINT = "check connectors.brevo.api_url (https://api.brevo.com/v3) and any proxy in between"
 
 
 @dataclass
@@ -33,6 +44,12 @@ class BrevoResponse:
     body: Any  # parsed JSON, raw text, or None
 
     @property
+    def code(self) -> str | None:
+        """Brevo's error `code` (reference §0.1), when the body is Brevo's JSON error."""
+        code = self.body.get("code") if isinstance(self.body, dict) else None
+        return code if isinstance(code, str) else None
+
+    @property
     def message(self) -> str:
         if isinstance(self.body, dict):
             code, message = self.body.get("code"), self.body.get("message")
@@ -40,31 +57,30 @@ class BrevoResponse:
         return str(self.body or f"HTTP {self.status}")
 
 
-def validate_response(status: int) -> Outcome:
-    """The one place that decides what an HTTP status means for delivery."""
+def validate_response(status: int, item_statuses: Collection[int] = ()) -> Outcome:
+    """The one place that decides what an HTTP status means for delivery.
+
+    `item_statuses` are statuses the endpoint uses as a verdict on an item (contacts: 404 "No contact
+    found"), which are then FATAL rather than UNAVAILABLE.
+    """
     if 200 <= status < 300:
         return Outcome.OK
+    if status in UNAVAILABLE_STATUSES and status not in item_statuses:
+        return Outcome.UNAVAILABLE
     if status in (401, 403, 408, 425, 429) or status >= 500:
         return Outcome.RETRY
     return Outcome.FATAL
-
-
-class BudgetPaused(Exception):
-    """The budget is paused for longer than the caller is willing to wait (it may use another endpoint)."""
-
-    def __init__(self, budget: str, seconds: float) -> None:
-        super().__init__(f"{budget} paused for {seconds:.0f} s")
-        self.budget, self.seconds = budget, seconds
-
-
-class Stopping(Exception):
-    """The daemon is stopping while a request waits to be retried; the caller leaves the batch unacked."""
 
 
 class BrevoClient:
     """Sends requests under the budget of their bucket and retries what is retriable, for ever by default.
 
     The API key is read from the live config on each request, so a SIGHUP key rotation applies at once.
+    `stop` (the daemon's stopping event) makes requests that wait — for a budget token, a spent rate
+    window or a retry — give up with `Stopping`; a request already sent is never abandoned. With `health`,
+    a path answering as if it did not exist (404/405/501) fails the readiness check `brevo <path>` until
+    it answers again: that is an outage (a wrong `api_url`, a proxy), retried like one, and no verdict on
+    the items, which nothing dead-letters.
     """
 
     def __init__(
@@ -77,6 +93,7 @@ class BrevoClient:
         metrics: Metrics | None = None,
         backoff: Backoff | None = None,
         stop: asyncio.Event | None = None,
+        health: Health | None = None,
     ) -> None:
         self.session = session
         self.base_url = base_url.rstrip("/")
@@ -85,6 +102,7 @@ class BrevoClient:
         self.metrics = metrics
         self.backoff = backoff or Backoff()
         self.stop = stop
+        self.health = health
         self.rate_limited_total = 0
 
     def reconfigure(self, *, base_url: str, api_key: Secret) -> None:
@@ -94,13 +112,18 @@ class BrevoClient:
     def __repr__(self) -> str:
         return f"BrevoClient(base_url={self.base_url!r}, api_key='***')"
 
-    async def send_once(self, method: str, path: str, payload: Any = None, *, budget: str | None = None) -> BrevoResponse:
+    async def send_once(
+        self, method: str, path: str, payload: Any = None, *, budget: str | None = None,
+        max_pause: float | None = None,
+    ) -> BrevoResponse:
         """One attempt: wait for the budget, send, read the rate-limit headers. Transport errors raise.
 
         `payload` is encoded as JSON, unless it is `bytes`: a JSON body encoded by the caller, sent as is.
+        Raises `Stopping` if the daemon stops before the budget lets the request go, `BudgetPaused` if that
+        would take longer than `max_pause`.
         """
         bucket = self.budgets[budget] if budget else self.budgets.for_request(method, path)
-        await bucket.acquire()
+        await bucket.acquire(self.stop, max_pause)
         headers = {"api-key": self._api_key.reveal(), "accept": "application/json"}
         data = None
         if payload is not None:
@@ -135,31 +158,42 @@ class BrevoClient:
     async def call(
         self, method: str, path: str, payload: Any = None, *, budget: str | None = None,
         context: dict[str, Any] | None = None, max_pause: float | None = None,
+        item_verdicts: Mapping[int, Collection[str]] | None = None,
     ) -> BrevoResponse:
         """Send until the answer is OK or FATAL; retriable failures back off with full jitter.
 
-        With `max_pause`, a 429 whose reset is further away than that raises `BudgetPaused` instead of
-        waiting (the events sink then uses `/events`). Raises `Stopping` if the daemon stops while waiting to
-        retry, so the caller leaves its items
-        unacknowledged (they are read again after restart, and the dedupe record filters what did arrive).
+        `item_verdicts` names statuses that, with one of the given Brevo error codes in the body, are a
+        verdict on items rather than an outage — contacts: `{404: {"document_not_found"}}` ("No contact
+        found for indexes 3,4"), while a proxy's 404 page stays an outage. With `max_pause`, a budget that would make the request wait
+        longer than that (a spent hourly window, a 429 with a long reset) raises `BudgetPaused` instead of
+        waiting (the events sink then uses `/events`); a shorter wait is waited out and the same request sent
+        again. Raises `Stopping` if the daemon stops while waiting to
+        send or to retry, so the caller leaves its items unacknowledged (they are read again after restart,
+        and the dedupe record filters what did arrive).
         """
         attempt = 0
         bucket_name = budget or bucket_for(method, path)
+        check = f"brevo {path}"
         while True:
             attempt += 1
             started = time.monotonic()
             floor = 0.0
             try:
-                response = await self.send_once(method, path, payload, budget=budget)
+                response = await self.send_once(method, path, payload, budget=budget, max_pause=max_pause)
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 outcome, reason = Outcome.RETRY, f"{type(exc).__name__}: {exc}"
                 if self.metrics:
                     self.metrics.http_responses.labels(api="brevo", status="error").inc()
             else:
-                outcome = validate_response(response.status)
+                verdict = item_verdicts is not None and response.code in item_verdicts.get(response.status, ())
+                outcome = validate_response(response.status, (response.status,) if verdict else ())
                 reason = f"HTTP {response.status} {response.message}"
-                if outcome is not Outcome.RETRY:
+                if outcome in (Outcome.OK, Outcome.FATAL):
+                    if self.health is not None:
+                        self.health.ok(check)  # the endpoint answered as one
                     return response
+                if outcome is Outcome.UNAVAILABLE and self.health is not None:
+                    self.health.fail(check, reason[:300], hint=URL_HINT)
                 if response.status == 429:
                     floor = self.budgets[bucket_name].seconds_until_resume()
                     if max_pause is not None and floor > max_pause:

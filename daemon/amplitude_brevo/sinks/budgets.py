@@ -1,4 +1,11 @@
-"""One rate budget per Brevo rate bucket: an aiolimiter leaky bucket plus the server's own word on pacing."""
+"""One rate budget per Brevo rate bucket: an aiolimiter leaky bucket, paced by what Brevo's answers say.
+
+A budget starts at its configured rate (`rate_limits`, from the plan's published table) and then learns the
+real one from `x-sib-ratelimit-limit` / `-reset` on its answers: `/events/batch` and `/orders/status/batch` are
+in no published bucket, and may turn out to allow 10 requests a second where the table suggests 100 an hour
+(or the other way round). Brevo's windows are fixed: `remaining` counts down within one and `reset` says when
+it ends; the budget pauses every caller while a window is spent, and after a 429 for at least its `reset`.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +17,19 @@ from dataclasses import dataclass
 
 from aiolimiter import AsyncLimiter
 
+from ..logs import get_logger
+
+log = get_logger("budgets")
+
 # Which budget a Brevo path spends (reference/brevo-api.md §6). Every /contacts/* call shares one bucket.
 _EVENTS = "brevo_events"
 _CONTACTS = "brevo_contacts"
 _ORDERS = "brevo_orders"
 _OTHER = "brevo_other"
+
+# Brevo states its limits per second and per hour; a countdown seen a while into a window reads shorter
+# than the window, so the window learned is the smallest of these that holds the longest countdown seen.
+_WINDOWS = (1.0, 60.0, 3600.0, 86400.0)
 
 
 def bucket_for(method: str, path: str) -> str:
@@ -32,84 +47,212 @@ def bucket_for(method: str, path: str) -> str:
     return _OTHER
 
 
+class Stopping(Exception):
+    """The daemon is stopping: a request that was waiting for its budget or its retry will not be sent."""
+
+
+class BudgetPaused(Exception):
+    """The budget is paused for longer than the caller is willing to wait (it may use another endpoint)."""
+
+    def __init__(self, budget: str, seconds: float) -> None:
+        super().__init__(f"{budget} paused for {seconds:.0f} s")
+        self.budget, self.seconds = budget, seconds
+
+
 @dataclass(frozen=True)
 class Rate:
     requests: int
     per: float
 
+    def __str__(self) -> str:
+        return f"{self.requests}/{self.per:g}s"
+
+
+def window_for(longest_reset: float) -> float:
+    """The window length a `x-sib-ratelimit-reset` countdown of up to `longest_reset` seconds belongs to."""
+    for window in _WINDOWS:
+        if longest_reset <= window:
+            return window
+    return longest_reset
+
 
 class Budget:
-    """A leaky-bucket limiter that also honours `x-sib-ratelimit-*` feedback.
+    """A leaky-bucket limiter for one Brevo bucket that also honours `x-sib-ratelimit-*` feedback.
 
-    The limiter spreads our own requests evenly; the server's headers tell us when its window is spent
-    (remaining 0) or when we were refused (429), and then every caller waits until the window resets.
+    The limiter spreads our own requests; the server's headers say how large its window really is
+    (learned, see the module docstring), when the window is spent (`remaining` no larger than our requests
+    still in flight) and when we were refused (429). Then every caller waits: until the window ends, or
+    after a 429 at least `reset` seconds. A window's end is known to the second from `reset`, and more
+    closely from the answer that opened the window (`remaining == limit - 1`): it ends at most one window
+    length after that answer. Pausing for a whole rounded-up second at the end of each 1-second window
+    would halve the rate.
     """
 
-    def __init__(self, name: str, rate: Rate, on_wait: Callable[[str, float], None] | None = None) -> None:
+    def __init__(
+        self, name: str, rate: Rate, on_wait: Callable[[str, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.name = name
         self._on_wait = on_wait
+        self._clock = clock
+        self.configured = rate  # the starting point (config); `rate` is what is in use
         self.rate = rate
         self._limiter = AsyncLimiter(rate.requests, rate.per)
-        self._resume_at = 0.0  # monotonic time before which nobody may send
+        self._renewed = asyncio.Event()  # set (and replaced) when the limiter is: its waiters move over
+        self._limit_seen: int | None = None  # x-sib-ratelimit-limit of the last answer that had one
+        self._longest_reset = 0.0  # the longest countdown seen with that limit
+        self._spent_until = 0.0  # clock time until which the server's window is spent
+        self._refused_until = 0.0  # clock time before which nobody may send after a 429
+        self._window_ends = 0.0  # clock time by which the server's current window ends (0: unknown)
         self._in_flight = 0  # requests sent whose answer has not been observed yet
         self.wait_seconds_total = 0.0
         self.acquired_total = 0
 
+    def __repr__(self) -> str:
+        return f"Budget({self.name!r}, rate={self.rate}, configured={self.configured})"
+
     def reconfigure(self, rate: Rate) -> None:
+        """A new configured rate (reload): it replaces what was learned, which is then learned again."""
+        if rate != self.configured:
+            self.configured = rate
+            self._limit_seen, self._longest_reset = None, 0.0
+            self._use(rate)
+
+    def _use(self, rate: Rate) -> None:
         if rate != self.rate:
-            # Callers already waiting on the old limiter finish on it; new callers use the new rate.
             self.rate = rate
             self._limiter = AsyncLimiter(rate.requests, rate.per)
+            self._renewed.set()
+            self._renewed = asyncio.Event()
 
-    async def acquire(self) -> float:
-        """Wait for permission to send one request; returns the seconds waited."""
-        started = time.monotonic()
-        while (delay := self._resume_at - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
-        await self._limiter.acquire()
+    # -- waiting --
+    async def acquire(self, stop: asyncio.Event | None = None, max_pause: float | None = None) -> float:
+        """Wait for permission to send one request; returns the seconds waited.
+
+        Raises `Stopping` if `stop` is set before permission is given (at once if it is set already), and
+        `BudgetPaused` if the wait would be longer than `max_pause`.
+        """
+        started = self._clock()
+        await self._wait_resume(stop, max_pause)
+        if max_pause is not None and not self.can_send_within(max_pause):
+            raise BudgetPaused(self.name, self.rate.per / self.rate.requests)
+        await self._take_token(stop)
         # The server may have said "window spent" while we waited for a token: honour it before sending.
-        while (delay := self._resume_at - time.monotonic()) > 0:
-            await asyncio.sleep(delay)
+        await self._wait_resume(stop, max_pause)
         self._in_flight += 1
-        waited = time.monotonic() - started
+        waited = self._clock() - started
         self.wait_seconds_total += waited
         self.acquired_total += 1
         if self._on_wait is not None:
             self._on_wait(self.name, waited)
         return waited
 
+    async def _wait_resume(self, stop: asyncio.Event | None, max_pause: float | None) -> None:
+        while (delay := self.seconds_until_resume()) > 0:
+            if max_pause is not None and delay > max_pause:
+                raise BudgetPaused(self.name, delay)
+            if not await _wait_unless(asyncio.sleep(delay), stop):
+                raise Stopping(f"{self.name}: stopped while waiting {delay:.1f} s for the rate window")
+        if stop is not None and stop.is_set():
+            raise Stopping(f"{self.name}: stopped before sending")
+
+    async def _take_token(self, stop: asyncio.Event | None) -> None:
+        while True:
+            limiter, renewed = self._limiter, self._renewed
+            if limiter.has_capacity():
+                await limiter.acquire()  # does not wait
+                return
+            # Wait for a token, unless the daemon stops or the rate changes (then on the new limiter).
+            events = (stop, renewed) if stop is not None else (renewed,)
+            if await _wait_unless(limiter.acquire(), *events):
+                return
+            if stop is not None and stop.is_set():
+                raise Stopping(f"{self.name}: stopped while waiting for a token")
+
+    def can_send_within(self, seconds: float, amount: int = 1) -> bool:
+        """True when `amount` more requests could go out within `seconds` (counting the limiter's refill)."""
+        if self.seconds_until_resume() > seconds:
+            return False
+        return self._limiter.has_capacity(amount - seconds * self.rate.requests / self.rate.per)
+
     def has_capacity(self, amount: int = 1) -> bool:
         """True when `amount` requests could go out now without waiting."""
-        return self.seconds_until_resume() == 0 and self._limiter.has_capacity(amount)
+        return self.can_send_within(0.0, amount)
 
     def seconds_until_resume(self) -> float:
-        return max(0.0, self._resume_at - time.monotonic())
+        return max(0.0, self._spent_until - self._clock(), self._refused_until - self._clock())
 
     def pause_for(self, seconds: float) -> None:
         """Nobody sends on this budget for `seconds` (e.g. after a 429)."""
-        self._resume_at = max(self._resume_at, time.monotonic() + max(0.0, seconds))
+        self._refused_until = max(self._refused_until, self._clock() + max(0.0, seconds))
 
     def release(self) -> None:
         """A request got no answer (transport error): stop counting it as in flight."""
         self._in_flight = max(0, self._in_flight - 1)
 
+    # -- the server's word --
     def observe(self, status: int, headers: Mapping[str, str]) -> float | None:
-        """Read `x-sib-ratelimit-*` from a response; returns the reset delay applied, if any.
+        """Read `x-sib-ratelimit-*` from an answer; returns the pause it caused (seconds), if any.
 
         `remaining` counts what the server has seen; requests of ours still on their way will spend it
         too, so the window is treated as spent once `remaining` does not exceed them.
         """
         self.release()
+        now = self._clock()
+        limit = _number(headers.get("x-sib-ratelimit-limit"))
         reset = _number(headers.get("x-sib-ratelimit-reset"))
         remaining = _number(headers.get("x-sib-ratelimit-remaining"))
+        if limit is not None and limit >= 1 and reset is not None and reset >= 0:
+            self._learn(int(limit), reset)
+            if status != 429 and remaining == limit - 1:
+                # This request opened the window: it ends within one window of now, however `reset` rounds.
+                self._window_ends = now + self.rate.per
         if status == 429:
             delay = reset if reset is not None and reset > 0 else 1.0
             self.pause_for(delay)
             return delay
         if remaining is not None and remaining <= self._in_flight and reset is not None:
-            self.pause_for(reset)
-            return reset
+            until = now + reset
+            if now < self._window_ends < until:
+                until = self._window_ends
+            self._spent_until = max(self._spent_until, until)
+            return until - now
         return None
+
+    def _learn(self, limit: int, reset: float) -> None:
+        if limit != self._limit_seen:
+            self._limit_seen, self._longest_reset = limit, 0.0
+        self._longest_reset = max(self._longest_reset, reset)
+        learned = Rate(limit, window_for(self._longest_reset))
+        if learned != self.rate:
+            log.info("brevo.budget.learned", budget=self.name, requests=learned.requests, per=learned.per,
+                     was=str(self.rate), configured=str(self.configured))
+            self._use(learned)
+
+
+async def _wait_unless(awaitable: object, *events: asyncio.Event | None) -> bool:
+    """Await `awaitable` unless one of `events` is set first (then it is cancelled); True if it completed."""
+    waiting = [e for e in events if e is not None]
+    if not waiting:
+        await awaitable  # type: ignore[misc]
+        return True
+    if any(e.is_set() for e in waiting):
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()
+        return False
+    main = asyncio.ensure_future(awaitable)  # type: ignore[arg-type]
+    watchers = [asyncio.ensure_future(e.wait()) for e in waiting]
+    try:
+        await asyncio.wait([main, *watchers], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (main, *watchers):
+            if not task.done():
+                task.cancel()
+    if not main.done() or main.cancelled():
+        await asyncio.gather(main, return_exceptions=True)
+        return False
+    main.result()  # its error, if any
+    return True
 
 
 def _number(value: str | None) -> float | None:
@@ -126,10 +269,12 @@ class Budgets:
     """The set of budgets, built from `config.rate_limits` and reconfigurable on reload."""
 
     def __init__(
-        self, rate_limits: Mapping[str, object], on_wait: Callable[[str, float], None] | None = None
+        self, rate_limits: Mapping[str, object], on_wait: Callable[[str, float], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._budgets: dict[str, Budget] = {}
         self._on_wait = on_wait
+        self._clock = clock
         self.reconfigure(rate_limits)
 
     def reconfigure(self, rate_limits: Mapping[str, object]) -> None:
@@ -138,7 +283,7 @@ class Budgets:
             if name in self._budgets:
                 self._budgets[name].reconfigure(rate)
             else:
-                self._budgets[name] = Budget(name, rate, self._on_wait)
+                self._budgets[name] = Budget(name, rate, self._on_wait, self._clock)
 
     def __getitem__(self, name: str) -> Budget:
         return self._budgets[name]
