@@ -1,4 +1,4 @@
-"""Export throughput benchmark: the real export path against the single-core gzip + orjson limit, and peak RSS.
+"""Export throughput benchmark: the real export path against the single-core ISA-L + orjson limit, and peak RSS.
 
 What it does (`python bench/export_throughput.py [--rows N] [--big]`):
 
@@ -6,8 +6,10 @@ What it does (`python bench/export_throughput.py [--rows N] [--big]`):
    subprocess, and caches it under /tmp/amplitude-brevo-bench/ keyed by layout and seed.
 2. Serves that file on 127.0.0.1 as `GET /api/2/export` with the simulator's Basic auth (a static route:
    the simulator's on-the-fly generation is slower than the reader and would be what we measure).
-3. Baseline, in a fresh subprocess: for every member, stdlib `gzip` decompression + `orjson.loads` of every
-   line — the single-core limit the issue compares against; isal + orjson is printed for reference.
+3. Baselines, each in a fresh subprocess on one core: for every member, gzip decompression + `orjson.loads`
+   of every line. The target's is the fastest full parse of the file: ISA-L (isal's `igzip`, faster here than
+   streaming through `isal_zlib` by hand) + orjson. Stdlib `gzip` + orjson (~1.6× slower), the former
+   baseline, is printed beside it, with the ratio against it.
 4. Stages, in a fresh subprocess (reference only): `iter_lines`, then + `row_decoder`, then + `remap_event`.
 5. Pipeline, in a fresh subprocess: the real `ExportSource` for one window (download with
    `AmplitudeClient.download_export` to a temp file, read, decode, remap, dedupe lookups against a real
@@ -18,7 +20,7 @@ What it does (`python bench/export_throughput.py [--rows N] [--big]`):
    (`export.readers`, the config default) together at their highest: every 100 ms each process's peak
    since the last sample (VmHWM, then reset with /proc/PID/clear_refs), summed. Each process's own peak
    and the summed PSS (shared pages counted once) are printed beside it, and the CPU seconds of both.
-6. Steps 3 (stdlib gzip) and 5 run `--repeat` times, alternately. The ratio is the median of each
+6. Steps 3 (both baselines) and 5 run `--repeat` times, alternately. Each ratio is the median of each
    pipeline run over the baseline run just before it: this machine's speed drifts by tens of percent within
    a minute, and adjacent runs share the conditions. Every run is printed.
 7. Once more with the real sink's delivery record (the dedupe keys and checkpoint committed to SQLite per
@@ -28,7 +30,7 @@ What it does (`python bench/export_throughput.py [--rows N] [--big]`):
 
 `--hold` makes the sink wait while the queue is below capacity (a slow Brevo): peak RSS then includes a full
 queue of `--queue-capacity` events. `--profile` runs the pipeline under cProfile. `--check` exits 1 when a
-target (ratio ≥ 0.7, peak RSS ≤ 150 MB) is missed.
+target (ratio against ISA-L ≥ 0.7, peak RSS ≤ 150 MB) is missed.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def phase_build(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# phase: baseline, gzip (or isal) + orjson.loads of every line (child)
+# phase: baseline, ISA-L (or stdlib gzip) + orjson.loads of every line (child, one core)
 
 
 def phase_baseline(args: argparse.Namespace) -> None:
@@ -533,37 +535,41 @@ async def orchestrate(args: argparse.Namespace) -> int:
         pipe_args += ["--profile"] if args.profile else []
         pipe_args += ["--no-tune"] if args.no_tune else []
         pipe_args += ["--readers", str(args.readers)] if args.readers is not None else []
-        gz_runs, pipe_runs = [], []
+        gz_runs, isal_runs, pipe_runs = [], [], []
         for i in range(args.repeat):
-            print(f"run {i + 1}/{args.repeat}: baseline, pipeline ...", flush=True)
+            print(f"run {i + 1}/{args.repeat}: baselines (stdlib gzip, ISA-L), pipeline ...", flush=True)
             gz_runs.append(await child("baseline", *common, "--codec", "gzip"))
+            isal_runs.append(await child("baseline", *common, "--codec", "isal"))
             pipe_runs.append(await child("pipeline", *pipe_args))
-        isal = await child("baseline", *common, "--codec", "isal")
         stages = None if args.no_stages else await child("stages", *common)
         recorded = None if args.no_record else await child("pipeline", *pipe_args, "--record")
     finally:
         await runner.cleanup()
-    return report(args, zip_path, meta, gz_runs, isal, stages, pipe_runs, recorded)
+    return report(args, zip_path, meta, gz_runs, isal_runs, stages, pipe_runs, recorded)
 
 
 def report(args: argparse.Namespace, zip_path: Path, meta: dict[str, Any], gz_runs: list[dict[str, Any]],
-           isal: dict[str, Any], stages: dict[str, Any] | None, pipe_runs: list[dict[str, Any]],
+           isal_runs: list[dict[str, Any]], stages: dict[str, Any] | None, pipe_runs: list[dict[str, Any]],
            recorded: dict[str, Any] | None) -> int:
     rows = meta["rows"]
-    ratios = [p["rows_per_s"] / g["rows_per_s"] for g, p in zip(gz_runs, pipe_runs, strict=True)]
-    ratio = statistics.median(ratios)
-    # The pair whose ratio is the median (the upper one for an even count) is the one shown in detail.
-    gz, pipe = sorted(zip(gz_runs, pipe_runs, strict=True), key=lambda gp: gp[1]["rows_per_s"] / gp[0]["rows_per_s"])[
-        len(ratios) // 2]
+    ratios = [p["rows_per_s"] / i["rows_per_s"] for i, p in zip(isal_runs, pipe_runs, strict=True)]
+    ratio = statistics.median(ratios)  # the target figure: against the fastest full parse
+    gz_ratios = [p["rows_per_s"] / g["rows_per_s"] for g, p in zip(gz_runs, pipe_runs, strict=True)]
+    gz_ratio = statistics.median(gz_ratios)
+    # The run whose ISA-L ratio is the median (the upper one for an even count) is the one shown in detail.
+    median_run = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
+    gz, isal, pipe = gz_runs[median_run], isal_runs[median_run], pipe_runs[median_run]
     mb = lambda n: f"{n / 1e6:,.1f} MB"  # noqa: E731
     print()
     print(f"export          {zip_path}")
     print(f"                {rows:,} rows in {meta['members']} members over {meta['hours']} h; "
           f"{mb(meta['compressed_bytes'])} zip, {mb(gz['uncompressed_bytes'])} uncompressed "
           f"({gz['uncompressed_bytes'] / rows:,.0f} B/row)")
-    print(f"baseline        stdlib gzip + orjson.loads: {gz['rows_per_s']:>10,.0f} rows/s  ({gz['seconds']:.2f} s, "
-          f"peak RSS {gz['peak_rss_mib']:.0f} MiB); runs {_runs(gz_runs)}")
-    print(f"  reference     isal igzip + orjson.loads:  {isal['rows_per_s']:>10,.0f} rows/s  ({isal['seconds']:.2f} s)")
+    print(f"baseline        ISA-L igzip + orjson.loads: {isal['rows_per_s']:>10,.0f} rows/s  ({isal['seconds']:.2f} s, "
+          f"peak RSS {isal['peak_rss_mib']:.0f} MiB, one core); runs {_runs(isal_runs)}   (the target's)")
+    print(f"  former        stdlib gzip + orjson.loads: {gz['rows_per_s']:>10,.0f} rows/s  ({gz['seconds']:.2f} s, "
+          f"peak RSS {gz['peak_rss_mib']:.0f} MiB); runs {_runs(gz_runs)}; ISA-L is "
+          f"{isal['rows_per_s'] / gz['rows_per_s']:.2f}x faster")
     if stages:
         for name, label in (("lines", "iter_lines"), ("decode", "+ row_decoder"), ("remap", "+ remap_event")):
             st = stages[name]
@@ -583,10 +589,12 @@ def report(args: argparse.Namespace, zip_path: Path, meta: dict[str, Any], gz_ru
     print(f"                queue capacity {pipe['queue_capacity']:,} ({'held full: slow sink' if pipe['hold'] else 'drained as fast as possible'}),"
           f" max depth seen {pipe['queue_max']:,}")
     by_run = ", ".join(f"{r:.2f}" for r in ratios)
-    print(f"ratio           {ratio:.2f}   (target ≥ {RATIO_TARGET}; median of the runs' ratios: {by_run})")
+    print(f"ratio           {ratio:.2f} of ISA-L + orjson   (target ≥ {RATIO_TARGET}; median of the runs' ratios: {by_run})")
+    print(f"                {gz_ratio:.2f} of stdlib gzip + orjson   (the former baseline; runs "
+          f"{', '.join(f'{r:.2f}' for r in gz_ratios)})")
     if recorded:
         print(f"with record     the real sink's SQLite delivery record: {recorded['rows_per_s']:,.0f} rows/s "
-              f"({recorded['rows_per_s'] / gz['rows_per_s']:.2f} of the baseline above; commits "
+              f"({recorded['rows_per_s'] / isal['rows_per_s']:.2f} of the ISA-L baseline above; commits "
               f"{recorded['commit_seconds']:.2f} s awaited over {recorded['commit_calls']} calls; queue up to "
               f"{recorded['queue_max']:,}, peak RSS {recorded['together_mib']:.1f} MiB)"
               f" — not a target")
@@ -611,7 +619,7 @@ def report(args: argparse.Namespace, zip_path: Path, meta: dict[str, Any], gz_ru
     if pipe["rows"] != rows or pipe["delivered"] != pipe["mapped"] - pipe["deduplicated"]:
         problems.append("the pipeline did not read and deliver every row")
     if ratio < RATIO_TARGET:
-        problems.append(f"ratio {ratio:.2f} < {RATIO_TARGET}")
+        problems.append(f"ratio {ratio:.2f} of ISA-L + orjson < {RATIO_TARGET}")
     if total_mib * MIB / 1e6 > RSS_TARGET_MB:
         problems.append(f"peak RSS {total_mib * MIB / 1e6:.0f} MB > {RSS_TARGET_MB:.0f} MB")
     if args.big and gz["uncompressed_bytes"] < 1e9:
@@ -636,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="batching.max_wait in seconds (default 0.1, not the daemon's 2 s: with one window, the "
                         "last partial batch would wait that long once, which is latency, not throughput)")
     parser.add_argument("--hold", action="store_true", help="slow sink: keep the queue full (worst-case memory)")
-    parser.add_argument("--repeat", type=int, default=3, help="baseline and pipeline runs, alternately (default 3)")
+    parser.add_argument("--repeat", type=int, default=3, help="baselines and pipeline runs, alternately (default 3)")
     parser.add_argument("--readers", type=int, default=None,
                         help="export.readers for the pipeline (default: the config default, 2)")
     parser.add_argument("--no-record", action="store_true",

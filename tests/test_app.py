@@ -2,7 +2,9 @@
 
 import asyncio
 
+import orjson
 import pytest
+import structlog
 import yaml
 
 from amplitude_brevo.app import Daemon
@@ -309,12 +311,48 @@ async def test_a_stopped_source_leaves_no_item_behind_in_a_queue_or_in_flight(tm
         other = OffsetTracker("other", "other", str)
         queue = rt.queue("brevo_events")
         await queue.put_many([Item("events:1", b"{}", source.tracker.token(1)), Item("events:2", b"{}", other.token(1))])
+        source.tracker.add(1, 1)
+        other.add(1, 1)
         rt.dedupe.inflight.update({"events:1", "events:2"})
         path.write_text(yaml.safe_dump(base_config(tmp_path, sync={"events": False})))
         assert await daemon.reload() is True
         assert [i.key for i in await queue.discard()] == ["events:2"], "only the retired source's items go"
         assert rt.dedupe.inflight == {"events:2"}
-        assert source.tracker.closed
+        assert source.tracker.closed and source.tracker.outstanding == 0
+    finally:
+        await daemon.shutdown()
+
+
+async def test_a_source_replaced_while_its_items_are_in_flight_waits_for_their_answers(tmp_path, monkeypatch):
+    """Its successor must not start while a sink still has the old source's items in flight: it would skip
+    them as "on their way" and could move the checkpoint past them before their answer is recorded."""
+    from amplitude_brevo.pipeline.acks import OffsetTracker
+
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    events = []
+
+    class Source(Stoppable):
+        def __init__(self, rt):
+            super().__init__("source", "producer", events)
+            self.tracker = OffsetTracker("test", "test", str)
+            self.sinks = tuple(sorted(rt.cfg.event_mapping))  # a new mapping: a new set of sinks
+
+    daemon = Daemon(make_cfg(tmp_path), config_path=path, components=lambda rt: [Source(rt)],
+                    install_signal_handlers=False)
+    await daemon.startup()
+    try:
+        old = daemon.components["source"]
+        old.tracker.add(1, 1)  # one item in a sink's request
+        path.write_text(yaml.safe_dump(base_config(tmp_path, event_mapping={"Other": "other"})))
+        reload = asyncio.create_task(daemon.reload())
+        await asyncio.sleep(0.05)
+        assert not reload.done() and daemon.components.get("source") is None, "waiting for the answer"
+        old.tracker.done(1)  # Brevo answered, the acknowledger recorded it
+        assert await asyncio.wait_for(reload, 5) is True
+        assert daemon.components["source"] is not old
     finally:
         await daemon.shutdown()
 
@@ -358,5 +396,26 @@ async def test_readyz_fails_while_a_health_check_fails(tmp_path):
             daemon.runtime.health.ok("brevo /events")
             async with s.get(url) as r:
                 assert r.status == 200
+    finally:
+        await daemon.shutdown()
+
+
+async def test_a_reload_warns_about_a_newly_configured_capability_that_is_not_built(tmp_path, monkeypatch, capsys):
+    for k, v in SECRETS.items():
+        monkeypatch.setenv(k, v)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+    daemon = Daemon(make_cfg(tmp_path), config_path=path, install_signal_handlers=False)
+    await daemon.startup()
+    try:
+        path.write_text(yaml.safe_dump(base_config(tmp_path, connectors={
+            **base_config(tmp_path)["connectors"],
+            "brevo": {**base_config(tmp_path)["connectors"]["brevo"], "create_attributes": True}})))
+        capsys.readouterr()
+        assert await daemon.reload() is True  # the reload configures logging anew: JSON lines on stdout
+        lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+        structlog.reset_defaults()  # not onto capsys's stream, which closes after this test
+        warned = [e["detail"] for e in lines if e["event"] == "config.not_built"]
+        assert len(warned) == 1 and warned[0].startswith("connectors.brevo.create_attributes")
     finally:
         await daemon.shutdown()

@@ -17,7 +17,7 @@ import aiohttp
 from aiohttp import web
 
 from .clients.http import make_session
-from .config import Config, ConfigError, load_config, secret_values
+from .config import Config, ConfigError, load_config, secret_values, unbuilt_settings
 from .health import Health
 from .logs import configure_logging, get_logger
 from .metrics import CONTENT_TYPE_LATEST, Metrics
@@ -26,7 +26,7 @@ from .pipeline.acks import Acknowledger
 from .pipeline.dedupe import DedupeRecord
 from .pipeline.queue import BatchQueue
 from .sinks.budgets import Budgets
-from .state import StateStore
+from .state import StateLocked, StateStore
 
 log = get_logger("daemon")
 
@@ -176,6 +176,8 @@ class Daemon:
             loop.add_signal_handler(signal.SIGUSR1, dump_tasks)
         try:
             state = await StateStore.open(self.cfg.state.path)
+        except StateLocked as exc:  # another daemon, backfill or replay on this file: it names the holder
+            raise StartupError(str(exc)) from exc
         except Exception as exc:  # StateError (locked, corrupt …) and OS errors: a clear message, never a reset
             raise StartupError(f"cannot open state file {self.cfg.state.path}: {exc}") from exc
         self.runtime = rt = Runtime(
@@ -350,6 +352,10 @@ class Daemon:
             new = _keep_fields(new, old, kept)
         changed = [name for name in type(new).model_fields if getattr(old, name) != getattr(new, name)]
         configure_logging(new.logging.level, new.logging.format, secret_values(new))
+        known = set(unbuilt_settings(old))
+        for message in unbuilt_settings(new):
+            if message not in known:  # what start-up said already is not repeated on every reload
+                get_logger("config").warning("config.not_built", detail=message)
         self.cfg = new
         if self.runtime:
             rt = self.runtime
@@ -404,6 +410,15 @@ class Daemon:
             for queue in rt.queues.values():
                 dropped = await queue.discard(lambda item: item.token.tracker is tracker)
                 rt.dedupe.released([i.key for i in dropped if i.key is not None])
+                for item in dropped:
+                    tracker.done(item.token.position)
+            # Items of it that a sink still has in flight keep their keys in flight until Brevo answers:
+            # the successor must not start before, or it would skip them as "on their way" and could move
+            # its checkpoint past them while their answer is still unrecorded.
+            try:
+                await asyncio.wait_for(tracker.wait_idle(), self.cfg.shutdown_timeout)
+            except TimeoutError:
+                log.warning("component.stop.in_flight", component=component.name, items=tracker.outstanding)
         elif component.role != "producer" and component.name in rt.queues:
             dropped = await rt.queues[component.name].discard()
             rt.dedupe.released([i.key for i in dropped if getattr(i, "key", None) is not None])

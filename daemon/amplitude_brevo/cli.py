@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import os
 import sys
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ import orjson
 
 from . import __version__
 from .config import Config, ConfigError, load_config, render_config, secret_values, unbuilt_settings
+from .durations import hour_key, parse_hour
 from .logs import configure_logging, get_logger
 from .tuning import tune_runtime
 
@@ -92,8 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _hour(text: str) -> datetime:
-    from .config import parse_hour
-
     try:
         return parse_hour(text)
     except ValueError as exc:
@@ -189,12 +187,7 @@ def _with_state(args: argparse.Namespace, action, *, secrets: bool, lock: bool):
         return EXIT_RUNTIME
 
     async def go() -> int:
-        # TODO(merge): StateStore.open(path, *, lock=True) comes with the state store's locking; once both
-        # branches are merged, call StateStore.open(cfg.state.path, lock=lock) unconditionally.
-        if "lock" in inspect.signature(StateStore.open).parameters:
-            store = await StateStore.open(cfg.state.path, lock=lock)
-        else:
-            store = await StateStore.open(cfg.state.path)
+        store = await StateStore.open(cfg.state.path, lock=lock)
         try:
             return await action(store, cfg)
         finally:
@@ -222,7 +215,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         }
         tail = report["checkpoints"].get("export.next_hour")
         if tail:
-            next_hour = datetime.strptime(tail, "%Y%m%dT%H").replace(tzinfo=UTC)
+            next_hour = parse_hour(tail)
             # Everything before next_hour is delivered: the lag is how far that point is behind now.
             report["export_lag_seconds"] = max(0, int((datetime.now(UTC) - next_hour).total_seconds()))
         if args.json:
@@ -312,7 +305,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return EXIT_RUNTIME
     summary = {
         "event": "backfill.summary",
-        "start": args.start.strftime("%Y%m%dT%H"), "end": args.end.strftime("%Y%m%dT%H"),
+        "start": hour_key(args.start), "end": hour_key(args.end),
         "complete": result.complete, "dry_run": args.dry_run, "seconds": round(result.seconds, 1),
         **result.source, **result.sink, "rate_limited": result.rate_limited,
     }

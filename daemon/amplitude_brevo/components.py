@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 
 from .app import Component, Runtime
-from .clients.amplitude import AmplitudeClient
+from .clients.amplitude import AmplitudeClient, export_temp_dir
 from .durations import hour_key
 from .pipeline.remap import EVENTS_SINK, enabled_sinks
 from .sinks.brevo_client import BrevoClient
@@ -21,7 +20,7 @@ def brevo_client(runtime: Runtime, stop: asyncio.Event) -> BrevoClient:
     brevo = runtime.cfg.connectors.brevo
     return BrevoClient(
         runtime.session, base_url=brevo.api_url, api_key=brevo.api_key, budgets=runtime.budgets,
-        metrics=runtime.metrics, stop=stop,
+        metrics=runtime.metrics, stop=stop, health=runtime.health,
     )
 
 
@@ -29,13 +28,8 @@ def amplitude_client(runtime: Runtime) -> AmplitudeClient:
     amp = runtime.cfg.connectors.amplitude
     return AmplitudeClient(
         runtime.session, api_url=amp.api_url, api_key=amp.api_key, secret_key=amp.secret_key,
-        metrics=runtime.metrics, temp_dir=str(export_temp_dir(runtime)),
+        metrics=runtime.metrics, temp_dir=str(export_temp_dir(runtime.cfg.state.path)),
     )
-
-
-def export_temp_dir(runtime: Runtime) -> Path:
-    """Export zips are streamed next to the state file, not to /tmp (often RAM under systemd's PrivateTmp)."""
-    return Path(runtime.cfg.state.path).parent / "export-tmp"
 
 
 def sink_components(runtime: Runtime, *, dry_run: bool = False) -> list[Component]:

@@ -385,3 +385,110 @@ async def test_a_row_fanned_out_to_two_sinks_reaches_both_once_through_kills(tmp
     assert max([*originals.values(), *copies.values()]) <= 2
     # SPEC §7: only the requests in flight at a kill: 2 sinks × 2 workers × batching.max_items, per kill.
     assert len(unrecorded) <= 3 * 2 * 2 * cfg["batching"]["max_items"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _queue_depth(port: int) -> int:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/metrics") as r:
+        for line in (await r.text()).splitlines():
+            if line.startswith('amplitude_brevo_queue_depth{sink="brevo_events"}'):
+                return int(float(line.split()[-1]))
+    return 0
+
+
+async def _readyz(port: int) -> int:
+    import aiohttp
+
+    async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/readyz") as r:
+        return r.status
+
+
+async def test_an_export_host_answering_bare_404s_skips_no_hour(tmp_path, sandbox):
+    """A proxy or wrong host answering HTML 404s for a while: retried as an outage (readyz failing), never
+    taken as empty hours; once it answers properly every hour is read and delivered."""
+    expected = expected_events()
+    await sandbox.post(sandbox.amplitude_control + "/faults", {"html_404_seconds": 6})
+    port = _free_port()
+    cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s"},
+                         admin={"listen": f"127.0.0.1:{port}"})
+    cfg_path = write_config(tmp_path / "config.yaml", cfg)
+    daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+    try:
+        failed = await daemon.wait_for_log("export.window.failed", timeout=30)
+        assert "404" in failed["reason"] and failed["hint"]
+        assert await _readyz(port) == 503
+        async with asyncio.timeout(90):
+            while (_checkpoint(tmp_path / "state.db") or "") < "20261101T06":
+                assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
+                await asyncio.sleep(0.5)
+        assert await _readyz(port) == 200, "recovered"
+        empty = [e for e in daemon.events("export.window.empty") if e["start"] <= "20261101T05"]
+        assert not empty, "no hour with data was taken as empty"
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert await daemon.wait(30) == 0
+    counts = _ids((await sandbox.received())["events"])
+    assert set(counts) == set(expected) and max(counts.values()) == 1
+
+
+async def test_sigterm_with_a_full_queue_behind_a_slow_brevo_exits_at_once_and_loses_nothing(tmp_path):
+    """50,000 events queued behind a 10 request/s Brevo: SIGTERM stops the sink after its requests in flight,
+    leaves the queue unacknowledged and exits 0 within 2 s; the next start delivers the rest, once each."""
+    sb = await SandboxProcess.start(hours=6, rows_per_hour=12_000)
+    try:
+        await sb.post(sb.control + "/limits", {"events": {"requests": 10, "per": 1}, "events_batch": {"requests": 10, "per": 1}})
+        port = _free_port()
+        cfg = sandbox_config(tmp_path, sb, export={"start": "2026-11-01T00", "lag": "0s"},
+                             admin={"listen": f"127.0.0.1:{port}"}, shutdown_timeout="20s",
+                             rate_limits={"brevo_events": {"requests": 10, "per": "1s"},
+                                          "brevo_events_batch": {"requests": 10, "per": "1s"}})
+        cfg["batching"] = {"max_items": 1000, "max_wait": "200ms", "queue_capacity": 50_000}
+        cfg["connectors"]["brevo"]["events_batch_size"] = 1  # single /events: 10 events/s
+        cfg_path = write_config(tmp_path / "config.yaml", cfg)
+        daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+        await daemon.wait_for_log("daemon.started", timeout=30)
+        async with asyncio.timeout(90):
+            while await _queue_depth(port) < 49_000:
+                assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
+                await asyncio.sleep(0.5)
+        started = time.monotonic()
+        daemon.proc.send_signal(signal.SIGTERM)
+        code = await daemon.wait(10)
+        took = time.monotonic() - started
+        assert code == 0, daemon.all_output()[-3000:]
+        assert took < 2, f"exit took {took:.1f} s"
+        assert not daemon.events("daemon.shutdown.incomplete"), "nothing was cut off mid-request"
+        assert daemon.events("daemon.stopping")[0]["queued_items"] >= 49_000
+        first = _ids((await sb.received())["events"])
+        assert len(first) < 1000 and max(first.values()) == 1
+
+        await sb.post(sb.control + "/limits", {"events": {"requests": 1000, "per": 1},
+                                               "events_batch": {"requests": 1000, "per": 1}})
+        cfg["rate_limits"] = {"brevo_events": {"requests": 1000, "per": "1s"},
+                              "brevo_events_batch": {"requests": 1000, "per": "1s"}}
+        cfg["connectors"]["brevo"]["events_batch_size"] = 500
+        write_config(cfg_path, cfg)
+        expected = expected_events(rows_per_hour=12_000)
+        daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+        try:
+            async with asyncio.timeout(120):
+                while (_checkpoint(tmp_path / "state.db") or "") < "20261101T06":
+                    assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
+                    await asyncio.sleep(0.5)
+        finally:
+            daemon.proc.send_signal(signal.SIGTERM)
+            assert await daemon.wait(30) == 0
+        counts = _ids((await sb.received())["events"])
+        assert set(counts) == set(expected), "nothing is missing"
+        assert max(counts.values()) == 1, "no event reached Brevo twice"
+    finally:
+        await sb.stop()

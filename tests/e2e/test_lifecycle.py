@@ -75,3 +75,46 @@ async def test_unusable_state_file_fails_start_with_clear_error(tmp_path, proces
     line = await proc.wait_for_log("daemon.startup_failed")
     assert str(state) in line["error"]
     assert state.read_bytes() == b"this is not a database" * 100
+
+
+async def test_one_writer_per_state_file(tmp_path, processes):
+    """A second `run`, a `backfill` or a `dlq replay` on a running daemon's state file refuses, naming the
+    holder's pid, and sends nothing; `status` and `dlq list` still read the file (without the API keys)."""
+    import os
+    import sys
+
+    cfg_path = write_config(tmp_path / "config.yaml", base_config(tmp_path))
+    daemon = await DaemonProcess.start("run", "-c", str(cfg_path))
+    processes.append(daemon)
+    await daemon.wait_for_log("daemon.started")
+    pid = str(daemon.proc.pid)
+
+    second = await DaemonProcess.start("run", "-c", str(cfg_path))
+    processes.append(second)
+    assert await second.wait(30) == 1
+    failed = second.events("daemon.startup_failed")
+    assert failed and pid in failed[0]["error"] and "in use" in failed[0]["error"], second.all_output()[-2000:]
+
+    backfill = await DaemonProcess.start("backfill", "-c", str(cfg_path), "--start", "2026-11-01T00",
+                                         "--end", "2026-11-01T00")
+    processes.append(backfill)
+    assert await backfill.wait(30) == 1
+    assert pid in backfill.all_output()
+
+    replay = await DaemonProcess.start("dlq", "replay", "--all", "-c", str(cfg_path))
+    processes.append(replay)
+    assert await replay.wait(30) == 1
+    assert pid in replay.all_output()
+
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
+    import asyncio
+
+    for args in (("status",), ("dlq", "list")):
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "amplitude_brevo", *args, "-c", str(cfg_path), env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await proc.communicate()
+        assert proc.returncode == 0, (args, err.decode())
+    assert daemon.proc.returncode is None, "the running daemon is untouched"
+    daemon.proc.send_signal(signal.SIGTERM)
+    assert await daemon.wait(15) == 0

@@ -52,3 +52,24 @@ async def test_a_discarded_lookup_leaves_nothing_behind(state):
     lookup = record.lookup(["events:a"])
     record.discard(lookup)
     assert record._pending == [] and record.inflight == set()
+
+
+async def test_expiry_deletes_entries_older_than_the_window_in_slices(state, monkeypatch):
+    import amplitude_brevo.pipeline.dedupe as dedupe_module
+
+    monkeypatch.setattr(dedupe_module, "EXPIRE_SLICE", 3)
+    await state.commit_delivery([f"events:old{n}" for n in range(7)], sink="brevo_events", now=1000.0)
+    await state.commit_delivery(["events:new"], sink="brevo_events", now=5000.0)
+    calls = []
+    real = state.expire_dedupe_slice
+
+    async def counted(older_than, limit):
+        calls.append(limit)
+        return await real(older_than, limit)
+
+    monkeypatch.setattr(state, "expire_dedupe_slice", counted)
+    record = DedupeRecord(state, window=3600)
+    assert await record.expire_once(now=5000.0) == 7
+    assert calls == [3, 3, 3], "bounded slices, not one long delete"
+    assert await state.unseen([f"events:old{n}" for n in range(7)] + ["events:new"]) == {
+        f"events:old{n}" for n in range(7)}

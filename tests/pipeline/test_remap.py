@@ -9,17 +9,24 @@ from typing import Any
 import orjson
 import pytest
 
+from amplitude_brevo.pipeline import remap as remap_module
 from amplitude_brevo.pipeline.remap import (
+    EVENTS_NAMESPACE,
+    EVENTS_SINK,
     MAX_EVENT_PROPERTIES_BYTES,
     BrevoEvent,
+    Consumer,
     MappingRules,
     Rejected,
+    SinkOutput,
     Skipped,
     brevo_key,
     clean_properties,
     contact_value,
     iso_utc,
+    map_row,
     remap_event,
+    row_mapper,
 )
 from amplitude_brevo.pipeline.rows import ExportRow, row_decoder
 
@@ -373,3 +380,112 @@ def test_values_that_cannot_be_re_encoded_are_rejected_not_raised(line, reason):
     assert isinstance(result, Rejected), result
     assert reason in result.reason
     assert result.item["uuid"] == "u"
+
+
+# -- fan-out: every enabled consumer, on the row decoded once --------------------------------------------------
+
+PROFILES = "test_profiles"  # a stand-in for the next consumer (contacts): every row with a user id, mapped or not
+
+
+def profiles(row: ExportRow, rules: MappingRules) -> Any:
+    if not row.user_id:
+        return None  # not for this consumer: nothing counted
+    if row.user_id == "bad":
+        return Rejected("profiles: bad user", {"user_id": row.user_id})
+    if row.user_id == "skip":
+        return Skipped("profiles.skipped")
+    return BrevoEvent(None, b'{"ext_id":' + orjson.dumps(row.user_id) + b"}")  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def two_consumers(monkeypatch):
+    seen: list[tuple[str, int]] = []
+
+    def watch(name, remap):
+        def consumer(row, rules):
+            seen.append((name, id(row)))
+            return remap(row, rules)
+        return consumer
+
+    monkeypatch.setitem(remap_module.CONSUMERS, EVENTS_SINK,
+                        Consumer(EVENTS_SINK, EVENTS_NAMESPACE, watch("events", remap_event)))
+    monkeypatch.setitem(remap_module.CONSUMERS, PROFILES, Consumer(PROFILES, None, watch("profiles", profiles)))
+    rules = MappingRules(RULES.event_mapping, RULES.property_mapping, sinks=(EVENTS_SINK, PROFILES))
+    return rules, seen
+
+
+def fan_out(rows: list[ExportRow], rules: MappingRules, general: bool = False):
+    outputs = {name: SinkOutput() for name in rules.sinks}
+    skipped: dict[str, int] = {}
+    if general:
+        ordered = [outputs[name] for name in rules.sinks]
+        rejections = [map_row(r, rules, ordered, skipped) for r in rows]
+    else:
+        bound = row_mapper(rules, outputs, skipped)
+        rejections = [bound(r) for r in rows]
+    return outputs, skipped, rejections
+
+
+def test_one_row_feeds_every_consumer_from_one_decode(two_consumers):
+    rules, seen = two_consumers
+    rows = [row(), row(event_type="Page View"), row(user_id=None, **{"$insert_id": "anon"}), row(user_id="skip")]
+    outputs, skipped, rejections = fan_out(rows, rules)
+    assert [name for name, _ in seen] == ["events", "profiles"] * 4
+    assert [i for _, i in seen[::2]] == [i for _, i in seen[1::2]], "both consumers get the same decoded row"
+    events, people = outputs[EVENTS_SINK], outputs[PROFILES]
+    assert events.keys == ["events:insert-1", "events:insert-1"] and len(events.bodies) == 2
+    assert events.bodies[0] == remap_event(rows[0], RULES).body  # type: ignore[union-attr]
+    # The unmapped "Page View" still reaches the profile consumer; its outputs carry no dedupe key.
+    assert people.keys == [None, None] and people.bodies == [b'{"ext_id":"user-1"}'] * 2
+    assert skipped == {"unmapped": 1, "anonymous": 1, "profiles.skipped": 1}, \
+        "events' skips are counted as they always were, each consumer's under its own reason"
+    assert rejections == [None] * 4
+
+
+def test_a_row_rejected_by_several_consumers_is_one_rejection_the_first_ones(two_consumers):
+    rules, _ = two_consumers
+    rows = [row(user_id="bad", event_time="yesterday"), row(user_id="bad"), row(event_time="yesterday"),
+            row(user_id="skip", event_type="Page View")]
+    outputs, skipped, rejections = fan_out(rows, rules)
+    assert [r.reason if r else None for r in rejections] == [
+        "unparseable event_time 'yesterday'", "profiles: bad user", "unparseable event_time 'yesterday'", None]
+    assert outputs[EVENTS_SINK].keys == ["events:insert-1"], "rejected by profiles only: still an event"
+    assert outputs[PROFILES].bodies == [b'{"ext_id":"user-1"}'], "rejected by events only: still a profile"
+    assert skipped == {"unmapped": 1, "profiles.skipped": 1}
+
+
+@pytest.mark.parametrize("sinks", [(EVENTS_SINK,), ()])
+def test_the_bound_row_mapper_does_what_map_row_does(sinks):
+    rules = MappingRules(RULES.event_mapping, RULES.property_mapping, sinks=sinks)
+    rows = [row(), row(event_type="Page View"), row(user_id=None), row(event_type=None),
+            row(**{"$insert_id": "other"}), row(event_properties={"notes": "x" * 60_000})]
+    fast, general = fan_out(rows, rules), fan_out(rows, rules, general=True)
+    assert fast == general
+    if sinks:
+        outputs, skipped, rejections = fast
+        assert outputs[EVENTS_SINK].keys == ["events:insert-1", "events:other"]
+        assert skipped == {"unmapped": 1, "anonymous": 1} and sum(r is not None for r in rejections) == 2
+    else:
+        assert fast == ({}, {}, [None] * len(rows)), "no consumer enabled: rows are only counted"
+
+
+def test_sinks_name_known_consumers_once():
+    with pytest.raises(ValueError, match="sinks"):
+        MappingRules(RULES.event_mapping, {}, sinks=("brevo_nowhere",))
+    with pytest.raises(ValueError, match="sinks"):
+        MappingRules(RULES.event_mapping, {}, sinks=(EVENTS_SINK, EVENTS_SINK))
+
+
+@pytest.mark.parametrize(("sync_events", "mapping", "sinks"), [
+    (True, {"Purchase": "order_completed"}, (EVENTS_SINK,)),
+    (False, {"Purchase": "order_completed"}, ()),
+    (True, {}, ()),
+])
+def test_from_config_enables_the_events_consumer_when_events_are_synced_and_mapped(sync_events, mapping, sinks):
+    from amplitude_brevo.config import parse_config
+
+    cfg = parse_config({
+        "connectors": {"amplitude": {"api_key": "k", "secret_key": "s"}, "brevo": {"api_key": "xkeysib-k"}},
+        "sync": {"events": sync_events}, "event_mapping": mapping,
+    })
+    assert MappingRules.from_config(cfg).sinks == sinks

@@ -20,6 +20,7 @@ from aiohttp.test_utils import TestServer
 
 from amplitude_brevo.sandbox.amplitude_sim import (
     AMPLITUDE_EXPORT_STATE,
+    HTML_404_BODY,
     MALFORMED_LINE,
     ExportFaults,
     build_export_zip,
@@ -318,6 +319,24 @@ async def test_truncated_member_and_malformed_line(sim):
                     malformed.append((hour, line))
         assert broken == [1]
         assert malformed == [(2, MALFORMED_LINE)]
+
+
+async def test_html_404_fault_answers_like_a_proxy_for_a_number_of_requests_or_a_while(sim):
+    server, session, faults = sim
+    url = server.make_url("/_sandbox/amplitude/faults")
+    async with session.post(url, json={"html_404_requests": 2}) as r:
+        assert (await r.json())["html_404_requests"] == 2
+    for auth in (AUTH, None):  # the proxy answers before any authentication
+        status, content_type, body = await _export(server, session, _key(0), _key(0), auth=auth)
+        assert (status, content_type, body) == (404, "text/html", HTML_404_BODY)
+    assert (await _export(server, session, _key(0), _key(0)))[0] == 200
+    async with session.post(url, json={"html_404_seconds": 600}) as r:
+        assert 0 < (await r.json())["html_404_remaining_seconds"] <= 600
+    assert [(await _export(server, session, _key(0), _key(0)))[0] for _ in range(3)] == [404] * 3
+    async with session.post(url, json={"reset": True}) as r:
+        assert (await r.json())["html_404_remaining_seconds"] == 0
+    assert (await _export(server, session, _key(0), _key(0)))[0] == 200
+    assert faults.html_404_requests == 0
 
 
 async def test_control_routes_update_faults(sim):

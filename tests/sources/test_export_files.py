@@ -168,3 +168,55 @@ def test_line_chunks_hold_the_same_lines_in_lists(tmp_path, monkeypatch):
     # whitespace-only lines are dropped, anything else (even a NUL) is passed on for the decoder to judge
     assert [line for c in chunks for line in c] == lines[:100] + [b"\x00"] + lines[100:]
 
+
+
+def test_a_line_over_the_limit_is_skipped_not_held_and_stands_as_one_step(tmp_path, monkeypatch):
+    import amplitude_brevo.sources.export_files as export_files
+
+    monkeypatch.setattr(export_files, "_READ_SIZE", 64)
+    short = [orjson.dumps({"uuid": f"row-{i}"}) for i in range(6)]
+    long_kept = b'{"pad": "' + b"k" * 180 + b'"}'  # 191 bytes, over several reads: at the limit, kept
+    too_long = b'{"pad": "' + b"x" * 1000 + b'"}'
+    too_long_at_a_newline = b"y" * 250  # ends exactly where a read starts its next line
+    text = b"\n".join([short[0], b"", too_long, short[1], long_kept, too_long_at_a_newline, short[2],
+                       b"  ", short[3], b"z" * 300]) + b"\n" + short[4] + b"\n" + b"w" * 500  # no final newline
+    path = tmp_path / "long.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("1/1_2026-11-01_0#0.json.gz", gzip.compress(text))
+    with open_export(path) as archive:
+        (member,) = list_members(archive)
+        steps = list(export_files.iter_text_steps(archive, member, max_line=191))
+    overlong = [s for s in steps if isinstance(s, export_files.OverlongLine)]
+    assert [(s.length, s.limit) for s in overlong] == [(len(too_long), 191), (250, 191), (300, 191), (500, 191)]
+    # The prefix is what was read before the line was found too long (LINE_PREFIX_BYTES when the limit is larger)
+    for s, line in zip(overlong, [too_long, b"y" * 250, b"z" * 300, b"w" * 500], strict=True):
+        assert line.startswith(s.prefix) and len(s.prefix) > 191
+    # Each skipped line is one physical line in place; the other text passes through unchanged.
+    rebuilt = b"".join(b"<long>" + b"\n" * (s is not steps[-1]) if isinstance(s, export_files.OverlongLine) else s
+                       for s in steps)
+    assert rebuilt == b"\n".join([short[0], b"", b"<long>", short[1], long_kept, b"<long>", short[2], b"  ",
+                                  short[3], b"<long>", short[4], b"<long>"])
+
+
+def test_a_member_without_newlines_is_read_in_bounded_memory(tmp_path, monkeypatch):
+    """20 MB with no newline (compressing to a few KB): never more than about the limit is held."""
+    import tracemalloc
+
+    import amplitude_brevo.sources.export_files as export_files
+
+    monkeypatch.setattr(export_files, "MAX_LINE_BYTES", 1 << 20)
+    path = tmp_path / "no-newlines.zip"
+    size = 20 << 20
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("1/1_2026-11-01_0#0.json.gz", gzip.compress(b"{" + b"a" * (size - 1), 1))
+    with open_export(path) as archive:
+        (member,) = list_members(archive)
+        tracemalloc.start()
+        try:
+            (step,) = export_files.iter_text_steps(archive, member)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert isinstance(step, export_files.OverlongLine) and step.length == size
+    assert step.prefix == b"{" + b"a" * (export_files.LINE_PREFIX_BYTES - 1)
+    assert peak < 5 << 20, f"peak {peak / 2**20:.1f} MiB while reading a {size >> 20} MiB line"

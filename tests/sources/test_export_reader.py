@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import zipfile
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
-from amplitude_brevo.pipeline.remap import MappingRules, remap_event
+from amplitude_brevo.pipeline import remap
+from amplitude_brevo.pipeline.remap import EVENTS_SINK, MappingRules, SinkOutput, remap_event
 from amplitude_brevo.pipeline.rows import row_decoder
 from amplitude_brevo.sandbox.amplitude_sim import ExportFaults, build_export_zip
 from amplitude_brevo.sandbox.sample_data import DatasetSpec
 from amplitude_brevo.sources import export_reader, member_mapper
 from amplitude_brevo.sources.export_files import iter_lines, list_members
 from amplitude_brevo.sources.export_reader import ReaderFailed, ReaderPool
-from amplitude_brevo.sources.member_mapper import MappedChunk, SinkOutput, map_member
+from amplitude_brevo.sources.member_mapper import MappedChunk, map_member
 
 START = datetime(2026, 11, 1, tzinfo=UTC)
 RULES = MappingRules(event_mapping={"Page View": "page_viewed", "Purchase": "order_completed"},
@@ -35,10 +37,10 @@ def merged(chunks: list[MappedChunk]) -> MappedChunk:
     total = MappedChunk()
     for chunk in chunks:
         total.rows += chunk.rows
-        for sink, output in chunk.outputs.items():
-            into = total.outputs.setdefault(sink, SinkOutput())
-            into.keys += output.keys
-            into.bodies += output.bodies
+        for name, out in chunk.outputs.items():
+            into = total.outputs.setdefault(name, SinkOutput())
+            into.keys += out.keys
+            into.bodies += out.bodies
         total.letters += chunk.letters
         for reason, count in chunk.skipped.items():
             total.skipped[reason] = total.skipped.get(reason, 0) + count
@@ -54,8 +56,8 @@ def test_map_member_is_remap_event_over_every_line(tmp_path):
     assert len(chunks) > 1
     assert got.rows == len(expected) == 2000
     events = [e for e in expected if hasattr(e, "body")]
-    output = got.outputs["brevo_events"]
-    assert output.keys == ["events:" + e.dedupe_key for e in events] and output.bodies == [e.body for e in events]
+    out = got.outputs[EVENTS_SINK]
+    assert out.keys == ["events:" + e.dedupe_key for e in events] and out.bodies == [e.body for e in events]
     assert sum(got.skipped.values()) == len(expected) - len(events) and got.letters == []
 
 
@@ -69,9 +71,9 @@ def test_a_line_remapping_fails_on_becomes_a_dead_letter(tmp_path, monkeypatch):
             raise RuntimeError("surprise")
         return remap_event(row, rules)
 
-    monkeypatch.setattr(member_mapper, "remap_event", failing)
+    monkeypatch.setitem(remap.CONSUMERS, EVENTS_SINK, remap.Consumer(EVENTS_SINK, "events:", failing))
     with zipfile.ZipFile(path) as archive:
-        got = merged(list(map_member(archive, member, RULES)))
+        got = merged(list(map_member(archive, member, MappingRules(RULES.event_mapping, RULES.property_mapping))))
     assert got.rows == 50
     [(event, line, item, reason)] = got.letters
     assert (event, line, reason) == ("export.line.failed", 7, "cannot map the line: RuntimeError: surprise")
@@ -153,9 +155,33 @@ async def test_leaving_a_member_early_stops_the_child(tmp_path):
     await reader.close()
 
 
-def test_rules_travel_to_the_child_whole():
+def test_the_pool_pauses_at_a_tenth_of_the_queue_and_resumes_at_a_fiftieth():
+    """Brevo the bottleneck (queue ≥ 10 % full): map here; back to children only once it is ≤ 2 %."""
+    from structlog.testing import capture_logs
+
+    queued = [0]
+    pool = ReaderPool(2, backlog=lambda: (queued[0], 100))
+    answers = []
+    with capture_logs() as logs:
+        for depth in (0, 9, 10, 50, 3, 2, 9, 0):
+            queued[0] = depth
+            answers.append((pool.in_process(), pool.paused))
+    assert answers == [(False, False), (False, False), (True, True), (True, True), (True, True), (False, False),
+                       (False, False), (False, False)], "hysteresis: 3 % is not drained yet, 9 % not backed up"
+    assert [(e["event"], e["queued"], e["capacity"]) for e in logs] == [
+        ("export.readers.paused", 10, 100), ("export.readers.resumed", 2, 100)]
+    assert logs[0]["reason"] and logs[1]["readers"] == 2
+    pool.workers = 0
+    queued[0] = 0
+    with capture_logs() as logs:
+        assert pool.in_process() is True and not pool.paused and logs == [], "no workers: always here, quietly"
+    assert ReaderPool(2).in_process() is False, "no backlog to watch: always the children"
+
+
+@pytest.mark.parametrize("sinks", [(EVENTS_SINK,), ()])
+def test_rules_travel_to_the_child_whole(sinks):
     rules = MappingRules(event_mapping={"A": "a"}, property_mapping={"x": "X"}, ext_id_field="crm_id",
-                         email_property="mail", anonymous="use_device_id")
+                         email_property="mail", anonymous="use_device_id", sinks=sinks)
     assert MappingRules(**member_mapper.rules_args(rules)) == rules
 
 
@@ -189,21 +215,21 @@ def test_leaving_map_member_early_stops_its_inflate_thread(tmp_path):
 
 @pytest.mark.parametrize("after", [0, 1, 4])
 async def test_switching_to_this_process_mid_member_hands_over_the_same_chunks(tmp_path, after):
-    """`in_process` turning True after `after` chunks: the children stop, this process maps the rest from
-    the next step; together the same chunks, in order, as one reader would give."""
+    """The queue backing up after `after` chunks: the children stop, this process maps the rest from the
+    next step; together the same chunks, in order, as one reader would give."""
     path, member = export(tmp_path, rows_per_hour=6000)
     with zipfile.ZipFile(path) as archive:
         expected = list(map_member(archive, member, RULES))
-    reader = ReaderPool(2)
     seen: list[MappedChunk] = []
     children: list = []
+    backed_up = [True]
 
-    def in_process() -> bool:
+    def backlog() -> tuple[int, int]:
         children.extend(p for p in reader._procs if p not in children)
-        return len(seen) >= after
+        return (10 if backed_up[0] and len(seen) >= after else 0), 100
 
+    reader = ReaderPool(2, backlog)
     try:
-        reader._map_in_process = in_process  # the pause policy, answering as the test says
         async for chunk in reader.map_member(path, member, RULES):
             seen.append(chunk)
             if len(seen) > after:
@@ -211,9 +237,11 @@ async def test_switching_to_this_process_mid_member_hands_over_the_same_chunks(t
         assert seen == expected and len(expected) > 5
         assert (children == []) == (after == 0), "asked before the member: no child is started at all"
         assert all(p.returncode is not None for p in children)
-        reader._map_in_process = lambda: False
+        assert reader.paused
+        backed_up[0] = False
         got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
         assert got == merged(expected) and len(reader.pids) == 2, "started again for a member read by children"
+        assert not reader.paused
     finally:
         await reader.close()
 
@@ -222,15 +250,14 @@ async def test_a_truncated_member_switched_mid_way_has_one_letter(tmp_path):
     path, member = export(tmp_path, rows_per_hour=6000, faults=ExportFaults(truncate_member={"20261101T00"}))
     with zipfile.ZipFile(path) as archive:
         expected = merged(list(map_member(archive, member, RULES)))
-    reader = ReaderPool(2)
     count = [0]
 
-    def in_process() -> bool:
+    def backlog() -> tuple[int, int]:
         count[0] += 1
-        return count[0] > 2
+        return (10 if count[0] > 2 else 0), 100
 
+    reader = ReaderPool(2, backlog)
     try:
-        reader._map_in_process = in_process
         got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
     finally:
         await reader.close()
@@ -264,3 +291,91 @@ async def test_line_numbers_are_physical_lines_for_every_reader(tmp_path):
     [(event, line, item, _)] = here.letters
     assert (event, line, item["line"]) == ("export.line.malformed", bad_line, bad_line)
     assert striped == here and here.rows == 3002 and bad_line > 3000
+
+
+async def test_children_get_only_what_the_interpreter_needs_of_the_environment(tmp_path, monkeypatch):
+    """The daemon's environment holds its secrets (keys expanded into the config): a reader child has none."""
+    path, member = export(tmp_path, rows_per_hour=50)
+    monkeypatch.setenv("AMPLITUDE_SECRET_KEY", "amp-secret-do-not-leak")
+    monkeypatch.setenv("PYTHON_API_TOKEN", "not-an-interpreter-setting")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", "/run/credentials/amplitude-brevo.service")
+    monkeypatch.setenv("LC_TIME", "C")
+    monkeypatch.setenv("PYTHONHASHSEED", "7")
+    reader = ReaderPool(1)
+    try:
+        got = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
+        assert got.rows == 50
+        (pid,) = reader.pids
+        with open(f"/proc/{pid}/environ", "rb") as environ:
+            names = dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if item)
+    finally:
+        await reader.close()
+    assert b"AMPLITUDE_SECRET_KEY" not in names and b"PYTHON_API_TOKEN" not in names
+    assert b"CREDENTIALS_DIRECTORY" not in names
+    assert names[b"LC_TIME"] == b"C" and names[b"PYTHONHASHSEED"] == b"7" and b"PATH" in names
+    assert names[b"PYTHONPATH"].split(b":")[0] == str(Path(export_reader.__file__).resolve().parents[2]).encode()
+    assert not any(b"amp-secret" in value for value in names.values())
+
+
+async def test_a_line_over_the_limit_is_a_dead_letter_with_its_physical_line_for_every_reader(tmp_path, monkeypatch):
+    """A line longer than MAX_LINE_BYTES (here 1.5 MiB, over one 1 MiB step) is skipped, never held: one letter
+    with its line number (blank lines count) and its start, the same in this process and in striped children."""
+    import gzip
+
+    import orjson
+
+    from amplitude_brevo.sources import export_files
+
+    monkeypatch.setattr(export_files, "MAX_LINE_BYTES", 3 << 19)
+    good = [orjson.dumps({"event_type": "Purchase", "user_id": f"u{i}", "$insert_id": f"i{i}",
+                         "event_time": "2026-11-01 00:10:00.000000", "pad": "x" * 900}) for i in range(2500)]
+    huge = b'{"event_type": "Purchase", "pad": "' + b"z" * (3 << 20) + b'"}'
+    text = b"\n".join(line + (b"\n\n" if i % 9 == 0 else b"") for i, line in enumerate(good[:1200]))
+    text += b"\n" + huge + b"\n" + b"\n".join(good[1200:]) + b"\n"
+    huge_line = text.count(b"\n", 0, text.index(huge)) + 1
+    path = tmp_path / "huge-line.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("1/1_2026-11-01_0#0.json.gz", gzip.compress(text, 1))
+    with zipfile.ZipFile(path) as archive:
+        (member,) = list_members(archive)
+        here = merged(list(map_member(archive, member, RULES)))
+    reader = ReaderPool(2)
+    try:
+        striped = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
+    finally:
+        await reader.close()
+    [(event, line, item, reason)] = here.letters
+    assert (event, line, item["line"], item["bytes"]) == ("export.line.too_long", huge_line, huge_line, len(huge))
+    assert reason == f"line longer than {3 << 19} bytes ({len(huge)} bytes, skipped)"
+    assert item["text"] == huge[:4096].decode() and item["member"] == member.name
+    assert here.rows == 2501 and len(here.outputs[EVENTS_SINK].bodies) == 2500, "every other line is read"
+    assert striped == here
+
+
+def test_a_member_fans_out_to_every_consumer_and_a_row_is_dead_lettered_once(tmp_path, monkeypatch):
+    import gzip
+
+    import orjson
+
+    def profiles(row, rules):  # a second consumer: rejects what events also rejects, and more
+        if row.user_id == "bad":
+            return remap.Rejected("profiles: bad user", {"user_id": row.user_id})
+        return remap.BrevoEvent(None, orjson.dumps({"ext_id": row.user_id})) if row.user_id else None
+
+    monkeypatch.setitem(remap.CONSUMERS, "test_profiles", remap.Consumer("test_profiles", None, profiles))
+    rules = MappingRules(RULES.event_mapping, RULES.property_mapping, sinks=(EVENTS_SINK, "test_profiles"))
+    rows = [{"event_type": "Purchase", "user_id": "u1", "$insert_id": "i1", "event_time": "2026-11-01 00:10:00"},
+            {"event_type": "Purchase", "user_id": "bad", "$insert_id": "i2", "event_time": "not a time"},
+            {"event_type": "Sign Up", "user_id": "u3", "$insert_id": "i3", "event_time": "2026-11-01 00:10:00"}]
+    path = tmp_path / "fan-out.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("1/1_2026-11-01_0#0.json.gz", gzip.compress(b"\n".join(map(orjson.dumps, rows))))
+    with zipfile.ZipFile(path) as archive:
+        (member,) = list_members(archive)
+        got = merged(list(map_member(archive, member, rules)))
+    assert got.rows == 3 and got.skipped == {"unmapped": 1}
+    assert got.outputs[EVENTS_SINK].keys == ["events:i1"]
+    assert got.outputs["test_profiles"] == SinkOutput([None, None], [b'{"ext_id":"u1"}', b'{"ext_id":"u3"}'])
+    [(event, line, item, reason)] = got.letters
+    assert (event, line, reason) == ("export.row.rejected", 2, "unparseable event_time 'not a time'")
+    assert item["member"] == member.name

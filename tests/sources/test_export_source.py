@@ -15,7 +15,7 @@ import pytest
 
 import amplitude_brevo.sinks.brevo_client as brevo_client_module
 import amplitude_brevo.sources.amplitude_export as export_module
-import amplitude_brevo.state.store as store_module
+import amplitude_brevo.state.checkpoints as store_module
 from amplitude_brevo.app import Daemon
 from amplitude_brevo.backfill import run_backfill
 from amplitude_brevo.clients.amplitude import ExportResult, ExportStatus
@@ -613,20 +613,20 @@ async def test_reader_children_pause_while_the_queue_is_backed_up_and_resume_onc
     async with lagging_source(tmp_path) as (source, queue):
         assert source.reader.workers == 2 and queue.capacity == 100
         with capture_logs() as logs:
-            assert source.reader._map_in_process() is False
+            assert source.reader.in_process() is False
             await queue.put_many(list(range(9)))
-            assert source.reader._map_in_process() is False
+            assert source.reader.in_process() is False
             await queue.put_many([9])
-            assert source.reader._map_in_process() is True
+            assert source.reader.in_process() is True
             await queue.next_batch()  # 10 → 0 items queued
             await queue.put_many(list(range(3)))
-            assert source.reader._map_in_process() is True, "hysteresis: 3 % is not drained yet"
+            assert source.reader.in_process() is True, "hysteresis: 3 % is not drained yet"
             await queue.next_batch()
-            assert source.reader._map_in_process() is False
+            assert source.reader.in_process() is False
         assert [(e["event"], e["queued"]) for e in logs] == [("export.readers.paused", 10), ("export.readers.resumed", 0)]
         source.reader.workers = 0
         with capture_logs() as logs:
-            assert source.reader._map_in_process() is True and logs == [], "export.readers: 0 always maps here, quietly"
+            assert source.reader.in_process() is True and logs == [], "export.readers: 0 always maps here, quietly"
 
 
 async def test_a_slow_brevo_backs_the_queue_up_and_the_rest_is_read_without_children(tmp_path, monkeypatch):
@@ -642,7 +642,7 @@ async def test_a_slow_brevo_backs_the_queue_up_and_the_rest_is_read_without_chil
             return procs
 
     monkeypatch.setattr(export_module, "ReaderPool", Watched)
-    real_map_here = export_reader.ReaderPool._map_in_process
+    real_map_here = export_reader.ReaderPool.in_process
 
     def map_here(self):
         here = real_map_here(self)
@@ -650,7 +650,7 @@ async def test_a_slow_brevo_backs_the_queue_up_and_the_rest_is_read_without_chil
             closed_while_paused.append(self.pids == [])
         return here
 
-    monkeypatch.setattr(export_reader.ReaderPool, "_map_in_process", map_here)
+    monkeypatch.setattr(export_reader.ReaderPool, "in_process", map_here)
     monkeypatch.setattr(export_module, "CHUNK", 10)  # queue as the member is read, not at its end
     spec = dataset(hours=2, rows_per_hour=6000)
     expected = expected_events(spec)

@@ -6,12 +6,15 @@ import asyncio
 import sqlite3
 import stat
 import threading
+from contextlib import closing
 from pathlib import Path
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from amplitude_brevo.state import SCHEMA_VERSION, DeadLetter, StateError, StateStore, schema
+from amplitude_brevo.state import dedupe as dedupe_module
 from amplitude_brevo.state import store as store_module
 
 
@@ -174,7 +177,9 @@ async def test_garbage_file_is_refused_and_left_untouched(db_path: Path) -> None
     assert str(db_path) in message
     assert "untouched" in message
     assert read_bytes(db_path) == garbage
-    assert sidecars(db_path) == []
+    assert sidecars(db_path) == ["state.db.lock"], "no -wal or -shm; the writer lock file stays (never deleted)"
+    with pytest.raises(StateError, match="not a usable SQLite database"):
+        await StateStore.open(db_path)  # the lock of the failed open was released
 
 
 async def test_corrupt_pages_are_refused_and_left_untouched(db_path: Path) -> None:
@@ -194,6 +199,85 @@ async def test_corrupt_pages_are_refused_and_left_untouched(db_path: Path) -> No
     assert str(db_path) in str(info.value)
     assert "untouched" in str(info.value)
     assert read_bytes(db_path) == bytes(data)
+
+
+async def test_a_corrupt_root_page_of_any_table_or_index_is_refused(tmp_path: Path) -> None:
+    """The open-time check enters every b-tree; scribbling over any one root page is caught."""
+    pristine = tmp_path / "pristine.db"
+    async with await StateStore.open(pristine) as st:
+        await st.commit_delivery([f"k{i}" for i in range(2000)], sink="brevo_events", checkpoint=("export", "h1"))
+        await st.add_dead_letters([DeadLetter("export", "brevo_events", b"x" * 300, "r")] * 50)
+        await st.put_profiles({"u1": {"plan": "pro"}})
+        await st.replace_cohort_members("c1", 7, ["u1", "u2"])
+        await st.spool_append("httpapi", [b"{}"])
+    with raw(pristine) as conn:
+        roots = conn.execute("SELECT name, rootpage FROM sqlite_master WHERE rootpage > 1").fetchall()
+    conn.close()
+    assert len(roots) >= 16, roots
+    data = read_bytes(pristine)
+    page_size = int.from_bytes(data[16:18], "big")
+
+    for name, root in roots:
+        db_path = tmp_path / f"{name}.db"
+        damaged = bytearray(data)
+        damaged[(root - 1) * page_size : root * page_size] = b"\xa5" * page_size
+        write_bytes(db_path, bytes(damaged))
+        with pytest.raises(StateError, match="is corrupt") as info:
+            await StateStore.open(db_path)
+        assert "untouched" in str(info.value), name
+        assert read_bytes(db_path) == bytes(damaged), name
+
+
+async def test_a_state_file_missing_a_table_is_refused(db_path: Path) -> None:
+    async with await StateStore.open(db_path) as st:
+        await st.spool_append("httpapi", [b"{}"])
+    with raw(db_path) as conn:
+        conn.execute("DROP TABLE ingest_spool")
+    conn.close()
+    before = read_bytes(db_path)
+    with pytest.raises(StateError) as info:
+        await StateStore.open(db_path)
+    assert str(info.value) == (
+        f"state file {db_path} is incomplete: schema version 1 lacks ingest_spool; "
+        f"{store_module.UNTOUCHED}"
+    )
+    assert read_bytes(db_path) == before
+
+
+async def test_the_open_time_check_does_not_grow_with_the_file(tmp_path: Path) -> None:
+    """Counted in SQLite VM steps (deterministic, unlike time): a 40x bigger file costs the same to check."""
+
+    def check_steps(path: Path) -> int:
+        counted = [0]
+
+        def tick() -> int:
+            counted[0] += 1
+            return 0
+
+        with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+            conn.set_progress_handler(tick, 10)
+            assert store_module._check_file(conn, path) == 1
+        return counted[0]
+
+    small, large = tmp_path / "small.db", tmp_path / "large.db"
+    for path, scale in ((small, 1), (large, 40)):
+        async with await StateStore.open(path) as st:
+            await st.commit_delivery([f"events:{i:033d}" for i in range(1000 * scale)], sink="brevo_events")
+            await st.add_dead_letters([DeadLetter("export", "brevo_events", b"x" * 1000, "r")] * (50 * scale))
+    assert large.stat().st_size > 20 * small.stat().st_size
+    small_steps, large_steps = check_steps(small), check_steps(large)
+    assert large_steps < 2 * small_steps, (small_steps, large_steps)
+
+
+async def test_the_edge_probes_walk_each_btree_in_order(st: StateStore) -> None:
+    def plans(conn: sqlite3.Connection) -> dict[str, list[str]]:
+        objects = conn.execute("SELECT type, name, tbl_name, sql, rootpage FROM sqlite_master").fetchall()
+        return {probe: _plan(conn, probe, ()) for probe in store_module._edge_probes(conn, objects)}
+
+    probes = await st._run(plans)
+    assert len(probes) == 2 * 16, "both ends of every table and index"
+    for probe, plan in probes.items():
+        assert len(plan) == 1 and "TEMP B-TREE" not in plan[0], (probe, plan)
 
 
 async def test_newer_schema_is_refused(db_path: Path) -> None:
@@ -292,6 +376,70 @@ async def test_checkpoints(st: StateStore) -> None:
     assert await st.checkpoints() == {"export": "2026-11-01T11", "spool": "42"}
 
 
+async def test_set_checkpoint_never_moves_back(st: StateStore) -> None:
+    await st.set_checkpoint("export.next_hour", "20261101T10")
+    await st.set_checkpoint("export.next_hour", "20261101T09")
+    assert await st.get_checkpoint("export.next_hour") == "20261101T10", "moving back is a no-op"
+    await st.set_checkpoint("export.next_hour", "20261101T10")
+    await st.set_checkpoint("export.next_hour", "20261101T11")
+    assert await st.get_checkpoint("export.next_hour") == "20261101T11", "moving forward works"
+    stamps = await st._run(lambda conn: conn.execute("SELECT updated_at FROM checkpoints").fetchall())
+    assert len(stamps) == 1
+
+
+async def test_a_refused_move_back_keeps_updated_at_and_is_logged(st: StateStore) -> None:
+    await st.commit_delivery([], sink="brevo_events", checkpoint=("spool", "00000000000000000042"), now=100.0)
+    with capture_logs() as logs:
+        await st.commit_delivery([], sink="brevo_events", checkpoint=("spool", "00000000000000000041"), now=200.0)
+        await st.commit_delivery([], sink="brevo_events", checkpoint=("spool", "00000000000000000042"), now=300.0)
+    row = await st._run(lambda conn: conn.execute("SELECT value, updated_at FROM checkpoints").fetchone())
+    assert row == ("00000000000000000042", 100.0)
+    refused = [e for e in logs if e["event"] == "state.checkpoint.not_moved_back"]
+    assert len(refused) == 1, "moving back is logged; re-writing the same value is not"
+    assert refused[0]["name"] == "spool"
+    assert (refused[0]["kept"], refused[0]["refused"]) == ("00000000000000000042", "00000000000000000041")
+
+
+async def test_commit_delivery_moving_a_checkpoint_back_still_records_the_keys(st: StateStore) -> None:
+    await st.commit_delivery(["k1"], sink="brevo_events", checkpoints=[("export", "h5"), ("spool", "s5")])
+    # One batch: keys, one checkpoint forward, one back — in one transaction.
+    await st.commit_delivery(
+        ["k2", "k3"], sink="brevo_events", checkpoint=("export", "h4"), checkpoints=[("spool", "s6")]
+    )
+    assert await st.unseen(["k1", "k2", "k3", "k4"]) == {"k4"}
+    assert await st.checkpoints() == {"export": "h5", "spool": "s6"}
+
+
+async def test_dead_letters_moving_a_checkpoint_back_still_store_the_letters(st: StateStore) -> None:
+    await st.set_checkpoint("export", "h5")
+    [letter] = await st.add_dead_letters(
+        [DeadLetter("export", "brevo_events", b"x", "r")], ("export", "h3"), checkpoints=[("other", "a")]
+    )
+    assert await st.get_dead_letter(letter) is not None
+    assert await st.checkpoints() == {"export": "h5", "other": "a"}
+    await st.add_dead_letters([], checkpoints=[("export", "h6"), ("other", "0")])
+    assert await st.checkpoints() == {"export": "h6", "other": "a"}
+
+
+async def test_spool_positions_padded_to_20_digits_order_as_numbers(st: StateStore) -> None:
+    # The contract of state/checkpoints.py: text order is position order, so spool ids are zero-padded.
+    for position in (9, 10, 99, 100, 2**63 - 1):
+        await st.set_checkpoint("spool", f"{position:020d}")
+    await st.set_checkpoint("spool", f"{100:020d}")
+    assert int(await st.get_checkpoint("spool")) == 2**63 - 1
+
+
+async def test_reset_checkpoint_deletes_it(st: StateStore) -> None:
+    await st.set_checkpoint("export", "20261101T10")
+    await st.set_checkpoint("spool", "1")
+    assert await st.reset_checkpoint("export") is True
+    assert await st.reset_checkpoint("export") is False
+    assert await st.checkpoints() == {"spool": "1"}
+    # After an explicit reset the checkpoint may start again from an earlier position.
+    await st.set_checkpoint("export", "20261101T00")
+    assert await st.get_checkpoint("export") == "20261101T00"
+
+
 async def test_commit_delivery_writes_keys_and_checkpoint(st: StateStore) -> None:
     await st.commit_delivery(["k1", "k2"], sink="brevo_events", checkpoint=("export", "h1"), now=100.0)
     assert await st.unseen(["k1", "k2", "k3"]) == {"k3"}
@@ -332,9 +480,9 @@ async def test_commit_delivery_is_atomic_when_checkpoint_write_fails(st: StateSt
 def key_statements(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run a test with the one-statement JSON1 path, and again with the per-key fallback (SQLite without JSON1)."""
     if request.param == "json_each":
-        assert store_module._JSON_EACH, "this SQLite has JSON1"
+        assert dedupe_module._JSON_EACH, "this SQLite has JSON1"
     else:
-        monkeypatch.setattr(store_module, "_JSON_EACH", False)
+        monkeypatch.setattr(dedupe_module, "_JSON_EACH", False)
     return request.param
 
 
@@ -385,11 +533,86 @@ async def test_expire_dedupe(st: StateStore) -> None:
 
 
 async def test_expire_dedupe_in_several_slices(st: StateStore, monkeypatch) -> None:
-    monkeypatch.setattr(store_module, "EXPIRE_SLICE", 100)
+    monkeypatch.setattr(dedupe_module, "EXPIRE_SLICE", 100)
     await st.commit_delivery([f"k{i}" for i in range(250)], sink="brevo_events", now=1.0)
     await st.commit_delivery(["keep"], sink="brevo_events", now=5.0)
     assert await st.expire_dedupe(2.0) == 250
     assert await st.unseen(["k0", "k249", "keep"]) == {"k0", "k249"}
+
+
+async def test_expire_dedupe_slice_deletes_the_oldest_up_to_limit(st: StateStore) -> None:
+    await st.commit_delivery([f"old{i}" for i in range(5)], sink="brevo_events", now=100.0)
+    await st.commit_delivery(["older"], sink="brevo_events", now=50.0)
+    await st.commit_delivery(["new"], sink="brevo_events", now=300.0)
+    assert await st.expire_dedupe_slice(200.0, 2) == 2
+    assert await st.unseen(["older", "new"]) == {"older"}, "oldest first"
+    assert await st.expire_dedupe_slice(200.0, 100) == 4
+    assert await st.expire_dedupe_slice(200.0, 100) == 0
+    assert await st.unseen(["new"]) == set()
+    with pytest.raises(ValueError):
+        await st.expire_dedupe_slice(200.0, 0)
+
+
+def _plan(conn: sqlite3.Connection, sql: str, params: tuple) -> list[str]:
+    return [row[3] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+
+async def test_expire_dedupe_slice_searches_the_delivered_at_index(st: StateStore) -> None:
+    plan = await st._run(_plan, dedupe_module._EXPIRE_SLICE_SQL, (1.0, 10))
+    assert any("USING COVERING INDEX dedupe_delivered_at (delivered_at<?)" in step for step in plan), plan
+    assert any("USING PRIMARY KEY (key=?)" in step for step in plan), plan
+    assert not any(step.startswith("SCAN") for step in plan), plan
+
+
+async def test_expire_dedupe_slice_cost_does_not_grow_with_the_table(st: StateStore) -> None:
+    """Counted in SQLite VM steps (deterministic, unlike time): a slice over 20x the rows costs the same."""
+
+    def steps_of_one_slice(conn: sqlite3.Connection) -> int:
+        counted = [0]
+
+        def tick() -> int:
+            counted[0] += 1
+            return 0
+
+        conn.set_progress_handler(tick, 10)
+        try:
+            assert dedupe_module._expire_dedupe_slice(conn, 10.0, 20) == 20
+        finally:
+            conn.set_progress_handler(None, 0)
+        return counted[0]
+
+    await st.commit_delivery([f"old{i}" for i in range(100)], sink="brevo_events", now=1.0)
+    await st.commit_delivery([f"live{i}" for i in range(1_000)], sink="brevo_events", now=100.0)
+    small = await st._run(steps_of_one_slice)
+    await st.commit_delivery([f"more{i}" for i in range(20_000)], sink="brevo_events", now=100.0)
+    large = await st._run(steps_of_one_slice)
+    assert large < 2 * small + 10, (small, large)
+
+
+async def test_dedupe_count(st: StateStore) -> None:
+    assert await st.dedupe_count() == 0
+    await st.commit_delivery(["a", "b", "c"], sink="brevo_events")
+    await st.commit_delivery(["c", "d"], sink="brevo_orders")
+    assert await st.dedupe_count() == 4
+
+
+async def test_dedupe_count_holds_up_neither_the_writer_nor_the_lookups(st: StateStore, monkeypatch) -> None:
+    threads: list[int] = []
+    count = dedupe_module._dedupe_count
+
+    def recording_count(conn: sqlite3.Connection) -> int:
+        threads.append(threading.get_ident())
+        return count(conn)
+
+    monkeypatch.setattr(dedupe_module, "_dedupe_count", recording_count)
+    await st.commit_delivery(["a"], sink="brevo_events")
+    assert await st.dedupe_count() == 1
+    writer = await st._run(lambda conn: threading.get_ident())
+    lookup = await st._run_lookup(lambda conn: threading.get_ident())
+    assert threads and threads[0] not in (writer, lookup, threading.get_ident())
+    await st.close()
+    with pytest.raises(StateError, match="closed"):
+        await st.dedupe_count()
 
 
 async def test_redelivery_refreshes_dedupe_time(st: StateStore) -> None:

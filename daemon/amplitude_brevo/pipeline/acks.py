@@ -16,6 +16,7 @@ move a checkpoint back (state/checkpoints), so however commits interleave, a che
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -52,6 +53,9 @@ class OffsetTracker:
         self.last_value: str | None = None  # the last checkpoint value advance() returned
         self.on_advance: Callable[[Any], None] | None = None  # called with the last position dropped
         self._positions: OrderedDict[Any, _Position] = OrderedDict()
+        self._outstanding = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def __repr__(self) -> str:
         return f"OffsetTracker({self.name!r}, open={len(self._positions)}, outstanding={self.outstanding})"
@@ -68,6 +72,9 @@ class OffsetTracker:
 
     def add(self, position: Any, count: int = 1) -> None:
         self._entry(position).outstanding += count
+        self._outstanding += count
+        if count:
+            self._idle.clear()
 
     def seal(self, position: Any) -> None:
         self._entry(position).sealed = True
@@ -77,6 +84,13 @@ class OffsetTracker:
         if entry is None or entry.outstanding < count:
             raise AssertionError(f"more acknowledgements than items at {self.name} {position!r}")
         entry.outstanding -= count
+        self._outstanding -= count
+        if not self._outstanding:
+            self._idle.set()
+
+    async def wait_idle(self) -> None:
+        """Until no item of this source is on its way in any sink."""
+        await self._idle.wait()
 
     def close(self) -> None:
         """The source is gone (its path was switched off): its checkpoint no longer moves."""
@@ -84,7 +98,7 @@ class OffsetTracker:
 
     @property
     def outstanding(self) -> int:
-        return sum(p.outstanding for p in self._positions.values())
+        return self._outstanding
 
     @property
     def head(self) -> Any | None:

@@ -1,4 +1,9 @@
-"""Pure functions turning Amplitude events into Brevo event payloads (SPEC §5); no I/O here.
+"""Pure functions turning Amplitude export rows into Brevo payloads (SPEC §5); no I/O here.
+
+Fan-out: one decoded row is offered to every enabled consumer (`CONSUMERS`, chosen by `MappingRules.sinks`),
+each turning it into the payload of one sink: today the Brevo event (`remap_event`); next a contact update,
+an order, an engagement tick. `map_row` runs them all on the row decoded once, and appends what each makes
+to that sink's `SinkOutput`. Adding a consumer is one function and one entry in `CONSUMERS`.
 
 Performance notes (this runs for every exported row, see bench/export_throughput.py):
 
@@ -15,7 +20,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -27,8 +32,6 @@ from .rows import ExportRow
 
 _decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 
-EVENTS_SINK = "brevo_events"
-EVENTS_NAMESPACE = "events:"  # dedupe-record keys of Brevo events: the namespace, then the Amplitude insert id
 MAX_EVENT_PROPERTIES_BYTES = 50 * 1024
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -37,9 +40,21 @@ _CACHE_LIMIT = 4096  # entries per memo below; cleared when full (pathological d
 _PEOPLE_LIMIT = 16384  # people fragments per rules (~0.3 KiB each)
 _encode = msgspec.json.Encoder().encode
 
+EVENTS_SINK = "brevo_events"
+EVENTS_NAMESPACE = "events:"  # dedupe-record keys of Brevo events: `events:<$insert_id or uuid>`
+
 
 class _UserPropsBase(msgspec.Struct):
     """Base of the per-rules struct that decodes only the user properties remapping reads."""
+
+
+def enabled_sinks(cfg: Any) -> tuple[str, ...]:
+    """The sinks exported rows are mapped for, by the config: the Brevo events sink when `sync.events` is on
+    and something is mapped. (Contacts, orders and engagement join here as they are built.)"""
+    sinks = []
+    if cfg.sync.events and cfg.event_mapping:
+        sinks.append(EVENTS_SINK)
+    return tuple(sinks)
 
 
 @dataclass(frozen=True)
@@ -51,8 +66,9 @@ class MappingRules:
     ext_id_field: str = "user_id"
     email_property: str = "email"
     anonymous: str = "skip"  # skip | use_device_id
-    sinks: tuple[str, ...] = (EVENTS_SINK,)  # the consumers rows are mapped for (see enabled_sinks)
+    sinks: tuple[str, ...] = (EVENTS_SINK,)  # the consumers rows are mapped for (names in CONSUMERS), in order
     # Derived once from the fields above (see __post_init__).
+    _consumers: tuple[Consumer, ...] = field(init=False, repr=False, compare=False)
     _user_decoder: msgspec.json.Decoder = field(init=False, repr=False, compare=False)
     _email_attr: str = field(init=False, repr=False, compare=False)
     _ext_id_attr: str | None = field(init=False, repr=False, compare=False)
@@ -61,6 +77,9 @@ class MappingRules:
     _people: dict[tuple[Any, bytes], bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        unknown = [name for name in self.sinks if name not in CONSUMERS]
+        if unknown or len(set(self.sinks)) != len(self.sinks):
+            raise ValueError(f"sinks must be distinct names among {sorted(CONSUMERS)}, not {list(self.sinks)}")
         wanted: dict[str, str] = {}  # user property name → struct attribute
 
         def attr(name: str) -> str:
@@ -79,6 +98,8 @@ class MappingRules:
             rename={a: name for name, a in wanted.items()},
         )
         setattr_ = object.__setattr__
+        setattr_(self, "sinks", tuple(self.sinks))
+        setattr_(self, "_consumers", tuple(CONSUMERS[name] for name in self.sinks))
         setattr_(self, "_user_decoder", msgspec.json.Decoder(struct))
         setattr_(self, "_email_attr", email_attr)
         setattr_(self, "_ext_id_attr", ext_id_attr)
@@ -136,15 +157,6 @@ class MappingRules:
             return self._user_decoder.decode(raw)
         except msgspec.ValidationError:
             return self._user_decoder.decode(b"{}")
-
-
-def enabled_sinks(cfg: Any) -> tuple[str, ...]:
-    """The sinks exported rows are mapped for, by the config: the Brevo events sink when `sync.events` is on
-    and something is mapped. (Contacts, orders and engagement join here as they are built.)"""
-    sinks = []
-    if cfg.sync.events and cfg.event_mapping:
-        sinks.append(EVENTS_SINK)
-    return tuple(sinks)
 
 
 class BrevoEvent:
@@ -399,6 +411,96 @@ def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
     return BrevoEvent(key, b"".join(
         (head, event_date.encode(), b'",', people, _EVENT_PROPERTIES, props_json, b"}")
     ))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# fan-out: every enabled consumer, on each row decoded once
+
+
+@dataclass(frozen=True, slots=True)
+class Consumer:
+    """What one sink wants of an export row.
+
+    `remap(row, rules)` returns the sink's output for the row (an object with `dedupe_key` and `body`, like
+    `BrevoEvent`), a `Skipped` (counted under its reason), a `Rejected` (dead-lettered) or None (the row is
+    not for this sink: nothing counted). It gets every row, whatever the other consumers made of it (a
+    profile consumer sees the rows events skip as unmapped). The row's `event_properties` and
+    `user_properties` are still raw JSON: a consumer decodes what it reads, and only for rows it keeps. The
+    user-properties struct (`rules.user_properties`) is shared; once two consumers decode it, memoize that
+    decode per row (on the identity of `row.user_properties`) so a row's properties are decoded once.
+    """
+
+    sink: str  # the sink's name: the key of its output (MappedChunk.outputs)
+    namespace: str | None  # prefix of its dedupe-record keys; None: idempotent writes, no dedupe key
+    remap: Callable[[ExportRow, MappingRules], Any]
+
+
+@dataclass(slots=True)
+class SinkOutput:
+    """What the rows of a chunk became for one sink, in row order."""
+
+    keys: list[str | None] = field(default_factory=list)  # dedupe-record keys in the sink's namespace, or None
+    bodies: list[bytes] = field(default_factory=list)  # the Brevo payloads, compact JSON
+
+
+def map_row(row: ExportRow, rules: MappingRules, outputs: Sequence[SinkOutput],
+            skipped: dict[str, int]) -> Rejected | None:
+    """Offer one decoded row to every consumer of `rules`, `outputs[i]` collecting what `rules.sinks[i]`
+    makes of it and `skipped` counting skip reasons. Returns the row's rejection, if any consumer rejects it
+    (the first one's: a row is dead-lettered once, whatever the others say), else None.
+
+    This runs for every exported row; `member_mapper` calls it through `row_mapper`, bound once per chunk.
+    """
+    rejected = None
+    for consumer, out in zip(rules._consumers, outputs, strict=True):
+        result = consumer.remap(row, rules)
+        if result is None:
+            continue
+        kind = type(result)
+        if kind is Skipped:
+            skipped[result.reason] = skipped.get(result.reason, 0) + 1
+        elif kind is Rejected:
+            if rejected is None:
+                rejected = result
+        else:
+            key = result.dedupe_key
+            out.keys.append(None if consumer.namespace is None or key is None else consumer.namespace + key)
+            out.bodies.append(result.body)
+    return rejected
+
+
+def row_mapper(rules: MappingRules, outputs: Mapping[str, SinkOutput],
+               skipped: dict[str, int]) -> Callable[[ExportRow], Rejected | None]:
+    """`map_row` bound to a chunk's outputs (one per name in `rules.sinks`) and skip counts: what the reader's
+    loop calls for each row. With one consumer (the usual case) it is a closure without the loop: the fan-out
+    costs a row one function call."""
+    if len(rules._consumers) != 1:
+        ordered = [outputs[name] for name in rules.sinks]
+        return lambda row: map_row(row, rules, ordered, skipped)
+    (consumer,) = rules._consumers
+    remap, namespace = consumer.remap, consumer.namespace
+    out = outputs[consumer.sink]
+    add_key, add_body = out.keys.append, out.bodies.append
+
+    def map_one(row: ExportRow) -> Rejected | None:
+        result = remap(row, rules)
+        kind = type(result)
+        if kind is Skipped:
+            skipped[result.reason] = skipped.get(result.reason, 0) + 1
+        elif kind is Rejected:
+            return result
+        elif result is not None:
+            key = result.dedupe_key
+            add_key(None if namespace is None or key is None else namespace + key)
+            add_body(result.body)
+        return None
+
+    return map_one
+
+
+CONSUMERS: dict[str, Consumer] = {
+    EVENTS_SINK: Consumer(EVENTS_SINK, EVENTS_NAMESPACE, remap_event),
+}
 
 
 def _encoded_properties(raw: bytes, event_type: str, key: str) -> bytes:

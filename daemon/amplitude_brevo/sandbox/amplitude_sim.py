@@ -24,6 +24,7 @@ from .sample_data import DatasetSpec, hour_key, parse_hour_key, rows_for_hour
 
 __all__ = [
     "AMPLITUDE_EXPORT_STATE",
+    "HTML_404_BODY",
     "ExportFaults",
     "ExportSimState",
     "ExportStats",
@@ -33,6 +34,9 @@ __all__ = [
     "setup_export_routes",
 ]
 
+# What nginx answers for a path it does not route: a 404 that says nothing about Amplitude's data.
+HTML_404_BODY = (b"<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1>"
+                 b"</center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n")
 MALFORMED_LINE = b'{"uuid": "sandbox-malformed-row", "event_type": "Page View", "event_properties": {"page titl'
 _MAX_RANGE_HOURS = 365 * 24
 _ROWS_PER_BATCH = 256
@@ -55,7 +59,29 @@ class ExportFaults:
     oversize_event: set[str] = field(default_factory=set)  # one mapped event with ~60 KB of event_properties
     max_hours_per_request: int | None = None  # more hours -> 400 "file size too large" (the 4 GB limit)
     latency: float = 0.0  # seconds before answering
+    # A proxy or a wrong path in front of the API: a bare HTML 404 (not Amplitude's "no data" text) for the
+    # next `html_404_requests` export requests, and for every request during `html_404_seconds` from when it
+    # was set (through `update`, or `html_404_for()`).
+    html_404_requests: int = 0
+    html_404_seconds: float = 0.0
     _fired: set[str] = field(default_factory=set, repr=False)
+    _html_404_until: float = field(default=0.0, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.html_404_seconds > 0:
+            self.html_404_for(self.html_404_seconds)
+
+    def html_404_for(self, seconds: float) -> None:
+        """Answer every export request with a bare HTML 404 for `seconds` from now (0 stops it)."""
+        self.html_404_seconds = float(seconds)
+        self._html_404_until = time.monotonic() + self.html_404_seconds if seconds > 0 else 0.0
+
+    def take_html_404(self) -> bool:
+        """Whether this request is answered with the HTML 404 (counts it against `html_404_requests`)."""
+        if self.html_404_requests > 0:
+            self.html_404_requests -= 1
+            return True
+        return time.monotonic() < self._html_404_until
 
     def update(self, data: dict[str, Any]) -> None:
         """Apply a JSON-ish mapping of field values (lists become sets). Unknown keys raise ValueError."""
@@ -75,6 +101,11 @@ class ExportFaults:
                 value = None if value is None else int(value)
             elif key == "latency":
                 value = float(value or 0.0)
+            elif key == "html_404_requests":
+                value = max(0, int(value or 0))
+            elif key == "html_404_seconds":
+                self.html_404_for(max(0.0, float(value or 0.0)))
+                continue
             setattr(self, key, value)
 
     def reset(self) -> None:
@@ -93,6 +124,9 @@ class ExportFaults:
             "oversize_event": sorted(self.oversize_event),
             "max_hours_per_request": self.max_hours_per_request,
             "latency": self.latency,
+            "html_404_requests": self.html_404_requests,
+            "html_404_seconds": self.html_404_seconds,
+            "html_404_remaining_seconds": round(max(0.0, self._html_404_until - time.monotonic()), 3),
         }
 
 
@@ -338,6 +372,8 @@ async def _export(request: web.Request) -> web.StreamResponse:
         entry["status"] = resp.status
         return resp
 
+    if faults.take_html_404():  # before authentication: the proxy answers, Amplitude never sees the request
+        return done(web.Response(status=404, body=HTML_404_BODY, content_type="text/html"))
     if not _authorized(request, state):
         return done(_text(401, "Invalid API key or secret key"))
     try:

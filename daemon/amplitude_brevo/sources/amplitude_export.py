@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ..clients.amplitude import AmplitudeClient, ExportStatus
+from ..clients.amplitude import AmplitudeClient, ExportStatus, remove_stale_exports
 from ..config import Config
 from ..durations import hour_key, parse_hour
 from ..logs import get_logger
@@ -140,9 +140,9 @@ class ExportSource:
         """Before READY: the temporary directory for export zips exists, and nothing stale is left in it."""
         temp_dir = self.client.temp_dir
         if temp_dir is not None:
-            removed = await asyncio.to_thread(_prepare_temp_dir, Path(temp_dir))
-            if removed:
-                log.info("export.temp.cleaned", files=removed, dir=str(temp_dir))
+            files, size = await asyncio.to_thread(remove_stale_exports, Path(temp_dir))
+            if files:
+                log.info("export.temp.cleaned", files=files, bytes=size, dir=str(temp_dir))
 
     def stop(self) -> None:
         """Stop reading at the next chunk; what is not queued yet is read again on the next start."""
@@ -461,15 +461,6 @@ class ExportSource:
         chunk, self._pending = self._pending, None
         if chunk is not None:
             self.dedupe.discard(chunk.lookup)
-
-
-def _prepare_temp_dir(path: Path) -> int:
-    """Create the export temp directory (0700); remove zips a killed process left there. Returns the count."""
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
-    stale = list(path.glob("amplitude-export-*.zip"))
-    for file in stale:
-        file.unlink(missing_ok=True)
-    return len(stale)
 
 
 def _max_window_hours(cfg: Config) -> int:

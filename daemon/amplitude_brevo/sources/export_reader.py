@@ -4,8 +4,8 @@ queueing and delivery.
 Decoding and remapping every line is CPU work for one thread, and in the daemon's process it shares the GIL
 with everything else. Reader children (`member_mapper`) do it on the other cores: the daemon sends each one
 the member to read (the window's temp file, the member, the mapping rules) on its stdin and reads back
-`MappedChunk`s — dedupe keys and Brevo bodies, dead letters, counts — one per decompressed megabyte, then an
-empty frame. The pipes are the backpressure: a child whose output is not read blocks on its next write.
+`MappedChunk`s — for each sink, dedupe keys and Brevo bodies; dead letters, counts — one per decompressed
+megabyte, then an empty frame. The pipes are the backpressure: a child whose output is not read blocks on its next write.
 
 A member the children fail on (one crashed, was killed) is read again by new children: chunks queued the
 first time are then filtered by the dedupe record and the in-flight set.
@@ -18,69 +18,109 @@ import os
 import pickle
 import sys
 import zipfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 
 from ..logs import get_logger
 from ..pipeline.remap import MappingRules
-from . import member_mapper
+from . import export_files, member_mapper
 from .export_files import Member
-from .member_mapper import FRAME, MappedChunk, SinkOutput, rules_args
+from .member_mapper import FRAME, MappedChunk, rules_args
 
 log = get_logger("amplitude_export")
+
+# What a reader child is given of the daemon's environment: what the interpreter and the C libraries read,
+# nothing else. The daemon's environment holds secrets (API keys expanded into the config, tokens); a child
+# reads files and writes pipes, and needs none of them. Every CPython setting is listed by name rather than
+# passed as `PYTHON*`, so a variable that merely starts with PYTHON (PYTHON_API_TOKEN) stays behind.
+# PYTHONPATH is not among them: it is computed (this package first, then the daemon's).
+CHILD_ENVIRONMENT = frozenset({
+    "PATH", "HOME", "TZ", "TMPDIR", "LANG", "LANGUAGE",
+    "LD_LIBRARY_PATH", "GLIBC_TUNABLES",  # finding libpython / isal's library; allocator tunables
+    "PYTHONHOME", "PYTHONSAFEPATH", "PYTHONPLATLIBDIR", "PYTHONNOUSERSITE", "PYTHONUSERBASE",
+    "PYTHONOPTIMIZE", "PYTHONDEBUG", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "PYTHONHASHSEED",
+    "PYTHONINTMAXSTRDIGITS", "PYTHONIOENCODING", "PYTHONUTF8", "PYTHONCOERCECLOCALE", "PYTHONUNBUFFERED",
+    "PYTHONWARNINGS", "PYTHONFAULTHANDLER", "PYTHONTRACEMALLOC", "PYTHONPROFILEIMPORTTIME", "PYTHONMALLOC",
+    "PYTHONMALLOCSTATS", "PYTHONDEVMODE", "PYTHONWARNDEFAULTENCODING", "PYTHONNODEBUGRANGES",
+    "PYTHONPERFSUPPORT", "PYTHONVERBOSE", "PYTHONCASEOK", "PYTHONEXECUTABLE",
+    "PYTHON_CPU_COUNT", "PYTHON_GIL", "PYTHON_FROZEN_MODULES", "PYTHON_PERF_JIT_SUPPORT",
+})
+CHILD_ENVIRONMENT_PREFIXES = ("LC_", "MALLOC_")  # locale categories; glibc malloc tuning (MALLOC_ARENA_MAX)
+
+
+def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a reader child: the variables of `environ` (default `os.environ`) named in
+    CHILD_ENVIRONMENT or starting with a CHILD_ENVIRONMENT_PREFIXES entry, and PYTHONPATH with this package
+    first (the child imports `amplitude_brevo` from where the daemon did)."""
+    environ = os.environ if environ is None else environ
+    env = {name: value for name, value in environ.items()
+           if name in CHILD_ENVIRONMENT or name.startswith(CHILD_ENVIRONMENT_PREFIXES)}
+    package_root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, environ.get("PYTHONPATH")) if p)
+    return env
 
 
 class ReaderFailed(Exception):
     """The reader child ended in the middle of a member (crashed, killed)."""
 
 
-# The queue this full means Brevo, not reading, is the bottleneck: the children's cores buy nothing, so
-# members are mapped in the daemon's process and the children stop (~30 MiB each) until it drains to the second.
+# The queue being fed this full means Brevo, not reading, is the bottleneck: the children's cores buy nothing,
+# so members are mapped in the daemon's process and the children stop (~28 MiB each) until it drains to the
+# second threshold. The gap between the two keeps the pool from starting and stopping children at every chunk.
 READERS_PAUSE_AT = 0.1
 READERS_RESUME_AT = 0.02
 
 
 class ReaderPool:
-    """The parent's handle on `workers` reader children, started on first use and again after a failure.
+    """The daemon's `workers` reader children, started on first use and again after a failure, and the
+    policy deciding when members are mapped in this process instead.
 
     Each member is striped over the children: child k maps the decompressed steps k, k + n, k + 2n, …
     and the parent reads their frames in turn, so chunks arrive in member order, streaming, with no
-    buffering beyond the pipes. `backlog()` gives (items queued, capacity) of the queue being fed: while it
-    is backed up the pool pauses its children (see READERS_PAUSE_AT) and maps in this process.
+    buffering beyond the pipes.
+
+    `backlog()` returns (items queued, capacity) of the queue the chunks feed. Once it holds READERS_PAUSE_AT
+    of its capacity the pool pauses: the children are stopped and members are mapped here, until it is
+    down to READERS_RESUME_AT (asked before each member and after each chunk). `workers` may be changed at
+    any time (a reload); it applies from the next member.
     """
 
     def __init__(self, workers: int = 1, backlog: Callable[[], tuple[int, int]] | None = None) -> None:
         self.workers = workers  # 0: map in this process, with no child (slower: it shares the GIL)
         self.backlog = backlog
-        self.paused = False
+        self._paused = False
         self._procs: list[asyncio.subprocess.Process] = []
-
-    def _map_in_process(self) -> bool:
-        """Whether to map in this process rather than in the children: while the queue is backed up."""
-        if not self.workers:
-            return True
-        if self.backlog is None:
-            return False
-        depth, capacity = self.backlog()
-        if not self.paused and depth >= capacity * READERS_PAUSE_AT:
-            self.paused = True
-            log.info("export.readers.paused", queued=depth, capacity=capacity,
-                     reason="the queue is backed up: Brevo is the bottleneck, reading in the daemon's process")
-        elif self.paused and depth <= capacity * READERS_RESUME_AT:
-            self.paused = False
-            log.info("export.readers.resumed", queued=depth, capacity=capacity, readers=self.workers)
-        return self.paused
 
     @property
     def pids(self) -> list[int]:
         return [proc.pid for proc in self._procs]
 
+    @property
+    def paused(self) -> bool:
+        """The queue is backed up: members are mapped in this process, the children are stopped."""
+        return self._paused
+
+    def in_process(self) -> bool:
+        """Whether to map the next step in this process: no workers, or paused by the backlog (which this
+        updates, logging `export.readers.paused` and `export.readers.resumed`)."""
+        if not self.workers:
+            return True
+        if self.backlog is None:
+            return False
+        queued, capacity = self.backlog()
+        if not self._paused and queued >= capacity * READERS_PAUSE_AT:
+            self._paused = True
+            log.info("export.readers.paused", queued=queued, capacity=capacity,
+                     reason="the queue is backed up: Brevo is the bottleneck, reading in the daemon's process")
+        elif self._paused and queued <= capacity * READERS_RESUME_AT:
+            self._paused = False
+            log.info("export.readers.resumed", queued=queued, capacity=capacity, readers=self.workers)
+        return self._paused
+
     async def _started(self) -> list[asyncio.subprocess.Process]:
         if len(self._procs) != self.workers or any(proc.returncode is not None for proc in self._procs):
             await self.close()
-            package_root = str(Path(__file__).resolve().parents[2])
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+            env = child_environment()
             for _ in range(self.workers):
                 self._procs.append(await asyncio.create_subprocess_exec(
                     sys.executable, "-m", member_mapper.__name__, stdin=asyncio.subprocess.PIPE,
@@ -93,12 +133,12 @@ class ReaderPool:
         """The member's chunks, in order. Use with `contextlib.aclosing`: a member left before its end stops
         the children (their remaining frames would be read as the next member's).
 
-        The pause policy is asked before the member and after each chunk: paused, the rest of the member is
-        mapped in this process and the children stop (they are started again for a later member).
+        `in_process()` is asked before the member and after each chunk: once it answers True the rest of
+        the member is mapped in this process and the children are stopped (started again for a later member
+        it answers False).
         """
-        in_process = self._map_in_process
         procs = []
-        if self.workers and not in_process():
+        if not self.in_process():
             try:
                 procs = await self._started()
             except OSError as exc:
@@ -118,14 +158,14 @@ class ReaderPool:
             try:
                 for k, proc in enumerate(procs):
                     assert proc.stdin is not None
-                    job = pickle.dumps((os.fspath(path), member.name, member.hour, member.partition, args, n, k))
+                    job = pickle.dumps((os.fspath(path), member.name, member.hour, member.partition, args, n, k,
+                                        export_files.MAX_LINE_BYTES))
                     proc.stdin.write(FRAME.pack(len(job)) + job)
                     await proc.stdin.drain()
                 while (data := await _next_frame(procs[index % n])) is not None:
-                    rows, outputs, letters, skipped = pickle.loads(data)
-                    yield MappedChunk(rows, {sink: SinkOutput(*out) for sink, out in outputs.items()}, letters, skipped)
+                    yield MappedChunk.from_wire(pickle.loads(data))
                     index += 1
-                    if in_process():
+                    if self.in_process():
                         break
                 else:
                     # The child whose turn it was has ended; every other one ends now too.

@@ -20,33 +20,20 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from ..pipeline.remap import (
-    EVENTS_NAMESPACE,
-    EVENTS_SINK,
-    BrevoEvent,
-    MappingRules,
-    Rejected,
-    Skipped,
-    remap_event,
-)
+from ..pipeline.remap import MappingRules, SinkOutput, row_mapper
 from ..pipeline.rows import row_decoder
-from .export_files import Member, TruncatedMember, is_blank, iter_text_steps
+from .export_files import LINE_PREFIX_BYTES, Member, OverlongLine, TruncatedMember, is_blank, iter_text_steps
 
 FRAME = struct.Struct("!I")
 _END = object()
 
 
-@dataclass(slots=True)
-class SinkOutput:
-    """What a chunk's rows produced for one sink, in row order."""
-
-    keys: list[str | None] = field(default_factory=list)  # dedupe-record keys in the sink's namespace, or None
-    bodies: list[bytes] = field(default_factory=list)  # the Brevo payloads, compact JSON
+__all__ = ["FRAME", "MappedChunk", "SinkOutput", "map_member", "rules_args"]
 
 
 @dataclass(slots=True)
 class MappedChunk:
-    """What one decompressed step of a member became."""
+    """What one decompressed step of a member became: for each sink in `rules.sinks`, its outputs."""
 
     rows: int = 0
     outputs: dict[str, SinkOutput] = field(default_factory=dict)  # by sink name, e.g. "brevo_events"
@@ -54,41 +41,62 @@ class MappedChunk:
     letters: list[tuple[str, int | None, dict[str, Any], str]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
 
+    def to_wire(self) -> tuple[Any, ...]:
+        """Plain lists and dicts for the pipe (cheaper to pickle than the objects); `from_wire` undoes it."""
+        outputs = {name: (out.keys, out.bodies) for name, out in self.outputs.items()}
+        return self.rows, outputs, self.letters, self.skipped
+
+    @classmethod
+    def from_wire(cls, wire: tuple[Any, ...]) -> MappedChunk:
+        rows, outputs, letters, skipped = wire
+        return cls(rows, {name: SinkOutput(keys, bodies) for name, (keys, bodies) in outputs.items()},
+                   letters, skipped)
+
 
 def rules_args(rules: MappingRules) -> dict[str, Any]:
     """What rebuilds `rules` in the child (the derived fields are computed there)."""
     return {"event_mapping": dict(rules.event_mapping), "property_mapping": dict(rules.property_mapping),
             "ext_id_field": rules.ext_id_field, "email_property": rules.email_property,
-            "anonymous": rules.anonymous}
+            "anonymous": rules.anonymous, "sinks": tuple(rules.sinks)}
 
 
 def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *, stride: int = 1,
-               offset: int = 0, skip: int = 0) -> Iterator[MappedChunk]:
+               offset: int = 0, skip: int = 0, max_line: int | None = None) -> Iterator[MappedChunk]:
     """Read, decode and remap one member: a chunk per decompressed step. Never raises for bad data: a line
-    that is not JSON, a row remapping refuses or fails on, a damaged gzip stream all become dead letters.
+    that is not JSON or longer than `max_line` (see `iter_text_steps`), a row remapping refuses or fails
+    on, a damaged gzip stream all become dead letters.
 
     With `stride` n, only the steps whose index is `offset` modulo n are decoded and yielded: n readers
     each inflate the whole member (the steps are the same for all) and map a share of it. The first `skip`
     steps are inflated only (someone else mapped them); line numbers count them all the same.
     """
     decode = row_decoder.decode
-    remap = remap_event
+    sinks = rules.sinks
     line_no = 0  # physical lines before this step, blank ones included (what `sed -n Np` would show)
-    for index, step in enumerate(_prefetched(iter_text_steps(archive, member))):
+    for index, step in enumerate(_prefetched(iter_text_steps(archive, member, max_line))):
         mine = index >= skip and index % stride == offset
-        if isinstance(step, TruncatedMember):
+        if type(step) is not bytes:
+            if isinstance(step, TruncatedMember):
+                if mine:
+                    yield MappedChunk(letters=[(
+                        "export.member.truncated", None, {"member": member.name, "lines_read": line_no},
+                        f"truncated or corrupt gzip member after {line_no} lines: {step}")])
+                return
+            assert isinstance(step, OverlongLine)
+            line_no += 1
             if mine:
-                yield MappedChunk(letters=[(
-                    "export.member.truncated", None, {"member": member.name, "lines_read": line_no},
-                    f"truncated or corrupt gzip member after {line_no} lines: {step}")])
-            return
+                item = {**_line_item(member, line_no, step.prefix), "bytes": step.length}
+                yield MappedChunk(rows=1, letters=[(
+                    "export.line.too_long", line_no, item,
+                    f"line longer than {step.limit} bytes ({step.length} bytes, skipped)")])
+            continue
         if not mine:
             # Another reader's step: only counted, never split.
             line_no += step.count(b"\n") + (step[-1] != 10)
             continue
-        events = SinkOutput()
-        chunk = MappedChunk(outputs={EVENTS_SINK: events})
-        keys, bodies, letters, skipped = events.keys, events.bodies, chunk.letters, chunk.skipped
+        chunk = MappedChunk(outputs={name: SinkOutput() for name in sinks})
+        letters = chunk.letters
+        map_row = row_mapper(rules, chunk.outputs, chunk.skipped)  # every consumer, on the row decoded once
         lines = step.split(b"\n")
         if not lines[-1]:
             lines.pop()  # what follows the step's last newline
@@ -99,7 +107,7 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
                 continue
             rows += 1
             try:
-                result = remap(decode(line), rules)
+                rejected = map_row(decode(line))
             except (msgspec.DecodeError, UnicodeDecodeError) as exc:
                 letters.append(("export.line.malformed", line_no, _line_item(member, line_no, line),
                                 f"malformed JSON line: {exc}"))
@@ -108,26 +116,18 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
                 letters.append(("export.line.failed", line_no, _line_item(member, line_no, line),
                                 f"cannot map the line: {type(exc).__name__}: {exc}"))
                 continue
-            kind = type(result)
-            if kind is BrevoEvent:
-                keys.append(EVENTS_NAMESPACE + result.dedupe_key)  # type: ignore[union-attr]
-                bodies.append(result.body)  # type: ignore[union-attr]
-            elif kind is Skipped:
-                reason = result.reason  # type: ignore[union-attr]
-                skipped[reason] = skipped.get(reason, 0) + 1
-            else:
-                assert isinstance(result, Rejected)
-                letters.append(("export.row.rejected", line_no, {**result.item, "member": member.name},
-                                result.reason))
+            if rejected is not None:
+                letters.append(("export.row.rejected", line_no, {**rejected.item, "member": member.name},
+                                rejected.reason))
         chunk.rows = rows
         yield chunk
 
 
 def _line_item(member: Member, line_no: int, line: bytes) -> dict[str, Any]:
-    return {"member": member.name, "line": line_no, "text": line[:4096].decode("utf-8", "replace")}
+    return {"member": member.name, "line": line_no, "text": line[:LINE_PREFIX_BYTES].decode("utf-8", "replace")}
 
 
-def _prefetched(steps: Iterator[bytes]) -> Iterator[bytes | TruncatedMember]:
+def _prefetched(steps: Iterator[bytes | OverlongLine]) -> Iterator[bytes | OverlongLine | TruncatedMember]:
     """`steps`, computed one ahead in a thread: isal inflates without the GIL while this thread remaps. A
     TruncatedMember is yielded (after the good lines), not raised. Left early, the thread is stopped."""
     ahead: queue.Queue[Any] = queue.Queue(maxsize=1)
@@ -197,18 +197,17 @@ def child_main() -> int:
     rules_cache: dict[bytes, MappingRules] = {}
     try:
         while (frame := _read_frame(stdin)) is not None:
-            path, name, hour, partition, args, stride, offset = pickle.loads(frame)
+            path, name, hour, partition, args, stride, offset, max_line = pickle.loads(frame)
             key = pickle.dumps(args)
             rules = rules_cache.get(key)
             if rules is None:
                 rules_cache.clear()
                 rules = rules_cache[key] = MappingRules(**args)
             with zipfile.ZipFile(path) as archive:
-                for chunk in map_member(archive, Member(name, hour, partition), rules, stride=stride, offset=offset):
-                    _write_frame(stdout, pickle.dumps(
-                        (chunk.rows, {sink: (out.keys, out.bodies) for sink, out in chunk.outputs.items()},
-                         chunk.letters, chunk.skipped),
-                        protocol=pickle.HIGHEST_PROTOCOL))
+                chunks = map_member(archive, Member(name, hour, partition), rules, stride=stride, offset=offset,
+                                    max_line=max_line)
+                for chunk in chunks:
+                    _write_frame(stdout, pickle.dumps(chunk.to_wire(), protocol=pickle.HIGHEST_PROTOCOL))
             _write_frame(stdout, b"")
             stdout.flush()
     except BrokenPipeError:
