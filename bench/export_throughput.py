@@ -247,6 +247,9 @@ class _Unlimited:
     def has_capacity(self, *_: Any) -> bool:
         return True
 
+    def can_send_within(self, *_: Any) -> bool:
+        return True
+
 
 class DiscardingBrevo:
     """Stands in for BrevoClient: every request is accepted at once and its payload dropped."""
