@@ -126,7 +126,8 @@ async def run_layout(layout: str, seconds: float) -> dict[str, Any]:
                                  budgets=budgets, stop=asyncio.Event())
             dedupe = DedupeRecord(state, 7 * 86400)
             acks = Acknowledger(state, dedupe)
-            tracker = OffsetTracker("bench.position", "export", lambda position: str(position + 1))
+            # Checkpoint values compare as text: zero-padded, like every numeric position (state/checkpoints).
+            tracker = OffsetTracker("bench.position", "export", lambda position: f"{position + 1:020d}")
             queue: BatchQueue[Item] = BatchQueue("brevo_events", max_items=BATCH_ITEMS, max_wait=2.0,
                                                  capacity=QUEUE_CAPACITY)
             stop_producing = asyncio.Event()
@@ -175,7 +176,7 @@ async def run_layout(layout: str, seconds: float) -> dict[str, Any]:
         "requests": requests, "rate_limited": brevo.rate_limited,
         "rate_limited_share": brevo.rate_limited / requests if requests else 0.0,
         "learned": {b.name: str(b.rate) for b in budgets if b.name in ("brevo_events", "brevo_events_batch")},
-        "checkpoint": checkpoint,
+        "checkpoint": int(checkpoint) if checkpoint else None,
     }
 
 
