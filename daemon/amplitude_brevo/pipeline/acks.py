@@ -168,6 +168,11 @@ class Acknowledger:
     def settle_dry(self, sink: str, items: Sequence[Item]) -> None:
         """A dry run's "delivery": in memory only — nothing is recorded, the next real run sends it all."""
         self._resolve(items)
+        self.release(items)
+
+    def release(self, items: Sequence[Item]) -> None:
+        """Items a sink took but never sent (it stopped first): unacknowledged, and no longer in flight, so
+        the next read of their position queues them again."""
         self.dedupe.released([item.key for item in items if item.key is not None])
 
     async def dead_letter(self, letters: Sequence[DeadLetter], tracker: OffsetTracker | None = None) -> None:

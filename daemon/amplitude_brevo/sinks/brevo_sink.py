@@ -349,7 +349,7 @@ class BrevoSink:
         daemon discards a stopped sink's queue. (A request cut off in flight may then be sent twice, as
         after a kill.)
         """
-        self.acks.dedupe.released([item.key for item in items if item.key is not None])
+        self.acks.release(items)
 
     def _reason(self, message: str) -> str:
         return f"Brevo refused the {self.noun}: {message}"
