@@ -331,10 +331,11 @@ class BrevoSink:
     async def _send_single(self, batch: _Batch, index: int) -> None:
         method, path, body = self.single_request(batch.items[index])
         async with self._single_slots:
-            self.stats.single_requests += 1
-            batch.requests += 1
             response = await self.client.call(method, path, body, budget=self.single_budget,
                                               item_verdicts=self.item_verdicts, context={"sink": self.name})
+            # Counted once answered: singles given up while waiting for the budget (a stop) were never sent.
+            self.stats.single_requests += 1
+            batch.requests += 1
         refused = {}
         if validate_response(response.status) is not Outcome.OK:  # call() returns only answers and verdicts
             refused[index] = self._reason(f"HTTP {response.status} {response.message}")
