@@ -680,3 +680,30 @@ async def test_export_lag_keeps_growing_while_the_checkpoint_cannot_move(tmp_pat
         now[0] = hour(7)
         source.collect_metrics()
         assert source.metrics.export_lag._value.get() == 6 * 3600
+
+
+async def test_bad_lines_are_logged_once_per_member_and_kind_with_a_count_and_a_sample(tmp_path):
+    """SPEC §7 "logged once": 3 malformed lines and 1 refused row in one member give two log lines (with
+    counts and the first line number), while every bad line still gets its own dead letter."""
+    from structlog.testing import capture_logs
+
+    from amplitude_brevo.sources.export_files import Member
+    from amplitude_brevo.sources.member_mapper import MappedChunk
+
+    member = Member("123/123_2026-11-01_0#0.json.gz", hour(0), 0)
+    letters = [("export.line.malformed", n, {"member": member.name, "line": n}, f"malformed JSON line {n}")
+               for n in (4, 9, 12)]
+    letters.append(("export.row.rejected", 20, {"member": member.name}, "row has no event_type"))
+    async with lagging_source(tmp_path) as (source, _):
+        counted = MappedChunk()
+        with capture_logs() as logs:
+            first = source._take(MappedChunk(rows=10, letters=letters[:2]), member, hour(0), counted)
+            second = source._take(MappedChunk(rows=10, letters=letters[2:]), member, hour(0), counted)
+            assert logs == [], "nothing is logged line by line"
+            source._log_bad_lines(member)
+    assert len(first) + len(second) == 4, "a dead letter per bad line"
+    by_event = {e["event"]: e for e in logs}
+    assert set(by_event) == {"export.line.malformed", "export.row.rejected"} and len(logs) == 2
+    malformed = by_event["export.line.malformed"]
+    assert (malformed["count"], malformed["first_line"], malformed["first_reason"]) == (3, 4, "malformed JSON line 4")
+    assert by_event["export.row.rejected"]["count"] == 1
