@@ -12,36 +12,15 @@ import orjson
 import pytest
 import yaml
 
-SECRETS = {
-    "AMPLITUDE_API_KEY": "amp-key-E2E-0001",
-    "AMPLITUDE_SECRET_KEY": "amp-secret-E2E-0002",
-    "BREVO_API_KEY": "xkeysib-E2E-0003",
-}
+from .. import conftest as root
+from ..conftest import SECRETS  # the tests here import it from this module
 
 
 def base_config(tmp_path: Path, **overrides: object) -> dict:
-    """A config for tests: loopback URLs, a state file in tmp_path, admin on a free port, fast timings."""
-    cfg: dict = {
-        "connectors": {
-            "amplitude": {
-                "api_key": "${AMPLITUDE_API_KEY}",
-                "secret_key": "${AMPLITUDE_SECRET_KEY}",
-                "api_url": "http://127.0.0.1:9",
-                "ingest_url": "http://127.0.0.1:9",
-            },
-            "brevo": {"api_key": "${BREVO_API_KEY}", "api_url": "http://127.0.0.1:9/v3"},
-        },
-        "event_mapping": {"Purchase": "order_completed", "Sign Up": "customer_created"},
-        "ingest": {"enabled": False, "listen": "127.0.0.1:0"},
-        "admin": {"listen": "127.0.0.1:0"},
-        "state": {"path": str(tmp_path / "state.db")},
-        "batching": {"max_items": 100, "max_wait": "1s", "queue_capacity": 1000},
-        "shutdown_timeout": "5s",
-        "logging": {"level": "debug", "format": "json"},
-    }
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
+    """The root conftest's base_config() with the timings the daemon processes here are tested with: a 5 s
+    shutdown_timeout, batches that wait up to 1 s. Overrides are merged in the same way (`root.merge`)."""
+    return root.base_config(tmp_path, **root.merge({"shutdown_timeout": "5s", "batching": {"max_wait": "1s"}},
+                                                   overrides))
 
 
 def write_config(path: Path, cfg: dict) -> Path:

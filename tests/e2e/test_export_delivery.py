@@ -148,7 +148,9 @@ async def test_faults_and_an_outage_lose_nothing(tmp_path, sandbox):
 async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, sandbox):
     expected = expected_events()
     await sandbox.post(sandbox.control + "/faults", {"latency": 0.3})
-    cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s", "max_window": "2h"})
+    # Two reader children (the default; base_config maps in the daemon's process), which the kills must find.
+    cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s", "max_window": "2h",
+                                                    "readers": 2})
     cfg["connectors"]["brevo"]["events_batch_size"] = 100
     # Room for the whole backlog: the queue never backs up to where the reader children pause (10 % full),
     # so they are at work when the kills come.

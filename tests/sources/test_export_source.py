@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+from tests.conftest import SECRETS, base_config  # by its full name: tests/sources is not a package
 
 import amplitude_brevo.sinks.brevo_client as brevo_client_module
 import amplitude_brevo.sources.amplitude_export as export_module
@@ -35,12 +36,6 @@ from amplitude_brevo.sandbox.server import Sandbox, SandboxOptions
 from amplitude_brevo.sources.amplitude_export import ExportSource
 from amplitude_brevo.state import StateStore
 
-# The same keys as tests/e2e/conftest.py (not importable from here: tests/sources is not a package).
-SECRETS = {
-    "AMPLITUDE_API_KEY": "amp-key-E2E-0001",
-    "AMPLITUDE_SECRET_KEY": "amp-secret-E2E-0002",
-    "BREVO_API_KEY": "xkeysib-E2E-0003",
-}
 START = datetime(2026, 11, 1, 0, tzinfo=UTC)
 MAPPING = {"Purchase": "order_completed", "Sign Up": "customer_created"}
 PROPERTY_MAPPING = {"email": "email", "first_name": "FIRSTNAME", "plan_type": "PLAN",
@@ -97,23 +92,18 @@ async def sandbox(spec: DatasetSpec, *, export_faults: ExportFaults | None = Non
 
 def make_config(tmp_path, sb: Sandbox, *, max_window: str = "6h", batch_size: int = 20, max_items: int = 50,
                 queue_capacity: int = 1000, shutdown_timeout: str = "2s", readers: int = 2) -> Config:
-    raw = {
-        "connectors": {
-            "amplitude": {"api_key": "${AMPLITUDE_API_KEY}", "secret_key": "${AMPLITUDE_SECRET_KEY}",
-                          "api_url": sb.amplitude_url, "ingest_url": sb.amplitude_url},
-            "brevo": {"api_key": "${BREVO_API_KEY}", "api_url": sb.brevo_url, "events_batch_size": batch_size},
-        },
-        "event_mapping": MAPPING,
-        "property_mapping": PROPERTY_MAPPING,
-        "export": {"lag": "0s", "max_window": max_window, "readers": readers},
-        "ingest": {"enabled": False, "listen": "127.0.0.1:0"},
-        "admin": {"listen": "127.0.0.1:0"},
-        "state": {"path": str(tmp_path / "state.db")},
-        "batching": {"max_items": max_items, "max_wait": "50ms", "queue_capacity": queue_capacity},
-        "rate_limits": {"brevo_events": {"requests": 1000, "per": "1s"},
-                        "brevo_events_batch": {"requests": 1000, "per": "1s"}},
-        "shutdown_timeout": shutdown_timeout,
-    }
+    raw = base_config(
+        tmp_path,
+        connectors={"amplitude": {"api_url": sb.amplitude_url, "ingest_url": sb.amplitude_url},
+                    "brevo": {"api_url": sb.brevo_url, "events_batch_size": batch_size}},
+        event_mapping=MAPPING,
+        property_mapping=PROPERTY_MAPPING,
+        export={"lag": "0s", "max_window": max_window, "readers": readers},
+        batching={"max_items": max_items, "max_wait": "50ms", "queue_capacity": queue_capacity},
+        rate_limits={"brevo_events": {"requests": 1000, "per": "1s"},
+                     "brevo_events_batch": {"requests": 1000, "per": "1s"}},
+        shutdown_timeout=shutdown_timeout,
+    )
     return parse_config(raw, env=SECRETS)
 
 

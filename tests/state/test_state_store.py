@@ -24,12 +24,10 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def st(db_path: Path):
-    store = await StateStore.open(db_path)
-    try:
-        yield store
-    finally:
-        await store.close()
+def st(state: StateStore, db_path: Path) -> StateStore:
+    """The root conftest's `state`: a store open on db_path, closed after the test."""
+    assert state.path == db_path
+    return state
 
 
 def raw(path: Path) -> sqlite3.Connection:
