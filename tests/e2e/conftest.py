@@ -15,6 +15,15 @@ import yaml
 from .. import conftest as root
 from ..conftest import SECRETS  # the tests here import it from this module
 
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of this folder is marked `e2e` (slow: processes), so `pytest -m "not e2e"` is the fast part."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
+
 
 def base_config(tmp_path: Path, **overrides: object) -> dict:
     """The root conftest's base_config() with the timings the daemon processes here are tested with: a 5 s
