@@ -183,9 +183,19 @@ class SandboxProcess:
             return await r.json()
 
     async def received(self) -> dict:
+        """The Brevo simulator's whole dump: every event, contact and order received (see counts())."""
+        return await self._get(self.control + "/received")
+
+    async def counts(self) -> dict:
+        """How many events (and per event_name), contacts, orders... were received, and the request counters:
+        what to poll while waiting for a delivery to complete."""
+        return await self._get(self.control + "/received/count")
+
+    async def _get(self, url: str) -> dict:
         import aiohttp
 
-        async with aiohttp.ClientSession() as s, s.get(self.control + "/received") as r:
+        async with aiohttp.ClientSession() as s, s.get(url) as r:
+            assert r.status == 200, await r.text()
             return await r.json()
 
     async def stop(self) -> None:

@@ -58,6 +58,9 @@ class Sim:
     async def received(self) -> dict[str, Any]:
         return (await self.get("/_sandbox/brevo/received")).body
 
+    async def counts(self) -> dict[str, Any]:
+        return (await self.get("/_sandbox/brevo/received/count")).body
+
 
 @pytest.fixture
 async def start_sim():
@@ -803,3 +806,30 @@ async def test_dump_reflects_accepted_items_only(sim: Sim) -> None:
     dump = await sim.received()
     assert dump["events"] == dump["orders"] == dump["contacts"] == []
     assert dump["requests"] == {} and dump["rejected"] == 0
+
+
+async def test_received_count_counts_what_the_dump_lists(start_sim) -> None:
+    sim = await start_sim(limits={"events": BucketLimit(3, 3600), "other": BucketLimit(10_000, 3600)})
+    await sim.post("/v3/events", json=event("good"))
+    await sim.post("/v3/events", json=event("bad name"))
+    await sim.post("/v3/events", json=event("good"))
+    assert (await sim.post("/v3/events", json=event("good"))).status == 429
+    await sim.post("/v3/events/batch", json={"events": [event("other"), event("good"), event("bad name")]})
+    await sim.post("/v3/orders/status", json=order("o1"))
+    await sim.post("/v3/contacts", json={"ext_id": "u1", "listIds": [11]})
+    await sim.post("/v3/contacts", json={"email": "c@example.org", "listIds": [11, 12]})
+    counts = await sim.counts()
+    assert counts == {
+        "events": 4, "event_names": {"good": 3, "other": 1}, "orders": 1, "contacts": 2,
+        "lists": {"10": 0, "11": 2, "12": 1, "13": 0}, "processes": 0,
+        "requests": {"events": 4, "other": 1, "orders": 1, "contacts": 2},
+        "statuses": {"204": 3, "400": 1, "429": 1, "207": 1, "201": 2},
+        "rejected": 1, "rate_limited": 1, "injected": 0, "resets": 0,
+    }
+    dump = await sim.received()
+    assert counts["events"] == len(dump["events"]) and counts["contacts"] == len(dump["contacts"])
+    assert counts["lists"] == {lid: len(members) for lid, members in dump["lists"].items()}
+    assert {k: dump[k] for k in ("requests", "statuses", "rejected", "rate_limited", "injected", "resets")} == {
+        k: counts[k] for k in ("requests", "statuses", "rejected", "rate_limited", "injected", "resets")}
+    assert (await sim.post("/_sandbox/brevo/reset")).status == 204
+    assert (await sim.counts())["events"] == 0
