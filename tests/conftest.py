@@ -116,6 +116,24 @@ def make_daemon(make_config: Callable[..., Config]) -> Callable[..., Daemon]:
     return make
 
 
+class FakeClock:
+    """A monotonic clock the test moves: a simulator's `clock`, advanced instead of sleeping for a window to pass."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
 @pytest.fixture
 async def state(tmp_path: Path):
     """A StateStore on tmp_path/state.db (make_config's state.path), closed after the test."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -148,8 +147,8 @@ async def test_unknown_path_and_method_use_brevo_error_shape(sim: Sim) -> None:
 # ---------------------------------------------------------------------------------------------- rate limits
 
 
-async def test_rate_limit_fixed_window_429_with_headers(start_sim) -> None:
-    sim = await start_sim(limits={"events": BucketLimit(5, 0.5)})
+async def test_rate_limit_fixed_window_429_with_headers(start_sim, clock) -> None:
+    sim = await start_sim(limits={"events": BucketLimit(5, 0.5)}, clock=clock)
     replies = [await sim.post("/v3/events", json=event()) for _ in range(8)]
     assert [r.status for r in replies] == [204] * 5 + [429] * 3
     for reply in replies:
@@ -164,7 +163,9 @@ async def test_rate_limit_fixed_window_429_with_headers(start_sim) -> None:
     assert len(dump["events"]) == 5
     assert dump["rate_limited"] == 3 and dump["statuses"] == {"204": 5, "429": 3}
 
-    await asyncio.sleep(0.6)  # the window has rolled over
+    clock.advance(0.49)
+    assert (await sim.post("/v3/events", json=event())).status == 429, "the same window"
+    clock.advance(0.01)  # the window has rolled over
     again = await sim.post("/v3/events", json=event())
     assert again.status == 204
     assert again.headers["x-sib-ratelimit-remaining"] == "4"
@@ -684,13 +685,16 @@ async def test_reset_rate_closes_connection(start_sim) -> None:
     assert (await sim.post("/v3/events", json=event())).status == 204
 
 
-async def test_outage_window_then_recovery(sim: Sim) -> None:
-    control = await sim.post("/_sandbox/brevo/faults", json={"outage_seconds": 0.3})
-    assert control.status == 200 and control.body["outage_until"] > time.monotonic()
+async def test_outage_window_then_recovery(start_sim, clock) -> None:
+    sim = await start_sim(clock=clock)
+    control = await sim.post("/_sandbox/brevo/faults", json={"outage_seconds": 30})
+    assert control.status == 200 and control.body["outage_until"] == clock.now + 30
     down = await sim.post("/v3/events", json=event())
     assert_brevo_error(down, 503)
     assert (await sim.get("/v3/contacts/attributes")).status == 503
-    await asyncio.sleep(0.35)
+    clock.advance(29.9)
+    assert (await sim.post("/v3/events", json=event())).status == 503
+    clock.advance(0.1)
     assert (await sim.post("/v3/events", json=event())).status == 204
     assert len((await sim.received())["events"]) == 1
 
@@ -708,16 +712,14 @@ async def test_not_found_fault_answers_404_pages_on_every_path_for_n_requests(si
     assert_brevo_error(await sim.post("/_sandbox/brevo/faults", json={"not_found_requests": -1}), 400)
 
 
-async def test_not_found_fault_for_n_seconds(start_sim) -> None:
-    now = [100.0]
-    sim = await start_sim()
-    sim.state.clock = lambda: now[0]
+async def test_not_found_fault_for_n_seconds(start_sim, clock) -> None:
+    sim = await start_sim(clock=clock)
     control = await sim.post("/_sandbox/brevo/faults", json={"not_found_seconds": 40})
-    assert control.body["not_found_until"] == 140.0
+    assert control.body["not_found_until"] == clock.now + 40
     assert (await sim.post("/v3/events", json=event())).status == 404
-    now[0] = 139.9
+    clock.advance(39.9)
     assert (await sim.post("/v3/events/batch", json={"events": [event()]})).status == 404
-    now[0] = 140.0
+    clock.advance(0.1)
     assert (await sim.post("/v3/events", json=event())).status == 204
 
 

@@ -52,11 +52,11 @@ class BrevoFaults:
     error_statuses: tuple[int, ...] = (500, 502, 503, 429)
     reset_rate: float = 0.0  # fraction of requests whose connection is closed without a response
     latency: float = 0.0  # seconds added to every /v3 response
-    outage_until: float = 0.0  # time.monotonic() deadline: until then every /v3 request gets 503
+    outage_until: float = 0.0  # deadline on the state's clock (time.monotonic): until then every /v3 request gets 503
     seed: int = 0  # faults are drawn from random.Random(seed) so runs are reproducible
     reject_ext_ids: frozenset[str] = frozenset()  # events for these ext_ids fail validation (an item Brevo refuses)
     # A wrong host or a proxy in front: every /v3 path answers 404 with an HTML page, until this
-    # time.monotonic() deadline and for this many more requests (set `not_found_seconds` at runtime).
+    # deadline on the state's clock and for this many more requests (set `not_found_seconds` at runtime).
     not_found_until: float = 0.0
     not_found_requests: int = 0
 
@@ -1642,10 +1642,13 @@ def make_brevo_app(
     lists: dict[int, str] | None = None,
     events_batch_max: int = EVENTS_BATCH_MAX,
     events_batch_bucket: str = "other",
+    clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """Build the simulator app; `app[BREVO_STATE]` is the live state.
 
     `events_batch_bucket`: which rate bucket `/events/batch` spends, "other" or "events" (EVENTS_BATCH_BUCKETS).
+    `clock`: what the rate windows and the outage / not-found durations are measured on (a test passes a fake
+    one and advances it instead of sleeping).
     """
     app = web.Application(middlewares=[brevo_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[BREVO_STATE] = BrevoState(
@@ -1656,6 +1659,7 @@ def make_brevo_app(
         lists=lists,
         events_batch_max=events_batch_max,
         events_batch_bucket=events_batch_bucket,
+        clock=clock,
     )
     r = app.router
     r.add_post("/v3/contacts", create_contact)
