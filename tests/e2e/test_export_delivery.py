@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import orjson
-
 from .conftest import (
     SANDBOX_ENV,
     DaemonProcess,
@@ -190,10 +188,13 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, 
     assert len(unrecorded) <= 3 * 2 * cfg["batching"]["max_items"]
     # The reader children of the killed daemons noticed (end of stdin, broken pipe) and exited.
     assert readers, "the kills found reader children at work"
-    async with asyncio.timeout(10):
-        while alive := [pid for pid in readers if Path(f"/proc/{pid}").exists()]:
-            await asyncio.sleep(0.2)
-    assert not alive
+    alive = readers
+    try:
+        async with asyncio.timeout(10):
+            while alive := [pid for pid in alive if Path(f"/proc/{pid}").exists()]:
+                await asyncio.sleep(0.2)
+    except TimeoutError:
+        raise AssertionError(f"reader children {alive} of the killed daemons still run after 10 s") from None
 
 
 def _children(pid: int) -> list[int]:
@@ -250,11 +251,14 @@ async def test_bad_data_is_dead_lettered_and_everything_else_arrives(tmp_path, s
     replay = await DaemonProcess.start("dlq", "replay", "--all", "-c", str(cfg_path), env=SANDBOX_ENV)
     assert await replay.wait(60) == 0, replay.all_output()[-2000:]
     out = "".join(replay.raw)
-    assert "not replayable" in out and "refused" not in out.split("replayed ")[-1].split(",")[0]
+    summary = out.splitlines()[-1]  # "replayed N, refused N, not replayable N"
+    listed = text.count("cannot receive events")
+    assert summary == f"replayed {listed}, refused 0, not replayable 3", out[-2000:]
+    assert out.count("not replayable: ") == 3, "the malformed line, the truncated member, the oversize event"
     counts = _ids((await sandbox.received())["events"])
     replayed = blocked & set(counts)
     assert replayed and max(counts.values()) == 1
-    assert len(replayed) == text.count("cannot receive events")
+    assert len(replayed) == listed
     again = await DaemonProcess.start("dlq", "list", "-c", str(cfg_path), env=SANDBOX_ENV)
     assert await again.wait(30) == 0
     assert "cannot receive events" not in "".join(again.raw), "replayed letters leave the default listing"
@@ -314,8 +318,9 @@ async def test_reload_renames_later_events_and_sigterm_resumes_without_loss(tmp_
     names = collections.Counter(e["event_name"] for e in events)
     assert names["page_viewed_v2"] > 0 and names["page_viewed"] > 0
     first_v2 = next(i for i, e in enumerate(events) if e["event_name"] == "page_viewed_v2")
-    assert all(e["event_name"] != "page_viewed" for e in events[first_v2 + 200:]), "later events use the new name"
-    assert orjson.dumps(events)  # the dump is plain JSON
+    later = events[first_v2 + 200:]
+    assert any(e["event_name"] == "page_viewed_v2" for e in later), "page views arrived well after the reload"
+    assert all(e["event_name"] != "page_viewed" for e in later), "and they use the new name"
 
 
 async def test_a_row_fanned_out_to_two_sinks_reaches_both_once_through_kills(tmp_path, sandbox):
