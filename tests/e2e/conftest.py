@@ -154,6 +154,8 @@ class SandboxProcess:
         self.brevo_url: str = info["brevo_url"]
         self.control = self.brevo_url.removesuffix("/v3") + "/_sandbox/brevo"
         self.amplitude_control = self.amplitude_url + "/_sandbox/amplitude"
+        # The sample data served: {"start", "hours", "rows_per_hour"}, as expected_events(**sb.data) takes them.
+        self.data: dict = info["data"]
 
     @classmethod
     async def start(cls, *, hours: int = 6, rows_per_hour: int = 2000, start: str = "2026-11-01T00") -> SandboxProcess:
@@ -216,11 +218,26 @@ BATCH_LIMIT = {"requests": 600, "per": 3600}
 
 
 @pytest.fixture
-async def sandbox():
-    sb = await SandboxProcess.start()
-    await sb.post(sb.control + "/limits", {"events_batch": BATCH_LIMIT})
-    yield sb
-    await sb.stop()
+async def make_sandbox():
+    """`await make_sandbox(hours=..., rows_per_hour=...)`: a sandbox process with BATCH_LIMIT on /events/batch,
+    stopped after the test."""
+    started: list[SandboxProcess] = []
+
+    async def start(**data: object) -> SandboxProcess:
+        sb = await SandboxProcess.start(**data)  # type: ignore[arg-type]
+        started.append(sb)
+        await sb.post(sb.control + "/limits", {"events_batch": BATCH_LIMIT})
+        return sb
+
+    yield start
+    for sb in started:
+        await sb.stop()
+
+
+@pytest.fixture
+async def sandbox(make_sandbox):
+    """The default sandbox: 6 hours of 2,000 rows from 2026-11-01T00."""
+    return await make_sandbox()
 
 
 def sandbox_config(tmp_path: Path, sb: SandboxProcess, **overrides: object) -> dict:
