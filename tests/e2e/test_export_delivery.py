@@ -116,27 +116,35 @@ async def test_sustained_throughput_under_a_10_rps_events_budget(tmp_path):
     assert per_second >= 9.0, f"{per_second:.2f} events/s against a budget of 10/s"
 
 
-async def test_faults_and_an_outage_lose_nothing(tmp_path, sandbox):
-    expected = expected_events()
+async def test_faults_and_an_outage_lose_nothing(tmp_path, make_sandbox):
+    # ~2,300 events: some 40 requests, where seed 12 draws 500/502/503/429s from the start and resets from
+    # the 16th request on (after the outage); the outage comes while requests are in flight.
+    sandbox = await make_sandbox(hours=3, rows_per_hour=1000)
+    expected = expected_events(**sandbox.data)
     await sandbox.post(sandbox.control + "/faults", {"error_rate": 0.2, "error_statuses": [500, 502, 503, 429],
-                                                      "reset_rate": 0.05, "seed": 7, "latency": 0.3})
+                                                      "reset_rate": 0.05, "seed": 12, "latency": 0.2})
     cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s", "poll_interval": "1s"})
-    cfg["connectors"]["brevo"]["events_batch_size"] = 100
+    cfg["connectors"]["brevo"]["events_batch_size"] = 50
     cfg_path = write_config(tmp_path / "config.yaml", cfg)
     daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
     try:
         await daemon.wait_for_log("brevo.batch.sent", timeout=30)
-        await sandbox.post(sandbox.control + "/faults", {"outage_seconds": 20})
+        # Long enough for several retries of each request in flight (the client's backoff doubles from 0.5 s).
+        await sandbox.post(sandbox.control + "/faults", {"outage_seconds": 5})
         await daemon.wait_for_log("brevo.retry", timeout=30)
         async with asyncio.timeout(150):
             while (await sandbox.counts())["events"] < len(expected):
                 assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
-                await asyncio.sleep(1)
+                await asyncio.sleep(0.25)
         assert daemon.proc.returncode is None, "the daemon is still running"
         dump = await sandbox.received()
         counts = _ids(dump["events"])
         assert set(counts) == set(expected) and max(counts.values()) == 1
         assert dump["injected"] > 0 and dump["resets"] > 0
+        outage = [e for e in daemon.events("brevo.retry") if "Sandbox outage" in e["reason"]]
+        assert outage, "requests met the outage and were retried"
+        print(f"{dump['requests']} requests, {dump['injected']} faults injected, {dump['resets']} resets, "
+              f"{len(outage)} retries in the outage")
     finally:
         daemon.proc.send_signal(signal.SIGTERM)
         assert await daemon.wait(30) == 0
@@ -210,8 +218,9 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-async def test_bad_data_is_dead_lettered_and_everything_else_arrives(tmp_path, sandbox):
-    expected = expected_events()
+async def test_bad_data_is_dead_lettered_and_everything_else_arrives(tmp_path, make_sandbox):
+    sandbox = await make_sandbox(rows_per_hour=1000)
+    expected = expected_events(**sandbox.data)
     blocked_user = "user-00007"
     await sandbox.post(sandbox.amplitude_control + "/faults", {
         "malformed_line": ["20261101T00"], "truncate_member": ["20261101T01"],
@@ -230,10 +239,10 @@ async def test_bad_data_is_dead_lettered_and_everything_else_arrives(tmp_path, s
     assert not (set(counts) & blocked)
     assert set(counts) <= set(expected)
     missing = set(expected) - set(counts) - blocked
-    # Only rows after the cut in hour 01's truncated (last) member may be missing.
-    truncated_hour = set(expected_events(only_hour=1))
+    # Only rows after the cut, half-way into hour 01's truncated (last) member, may be missing.
+    truncated_hour = set(expected_events(**sandbox.data, only_hour=1))
     assert missing <= truncated_hour
-    assert len(missing) < 1000
+    assert len(missing) < len(truncated_hour) / 2
 
     listing = await DaemonProcess.start("dlq", "list", "-c", str(cfg_path), env=SANDBOX_ENV)
     assert await listing.wait(30) == 0
@@ -278,8 +287,9 @@ async def test_dry_run_sends_nothing_and_records_nothing(tmp_path, sandbox):
         assert conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0] == 0
 
 
-async def test_reload_renames_later_events_and_sigterm_resumes_without_loss(tmp_path, sandbox):
-    expected = expected_events()
+async def test_reload_renames_later_events_and_sigterm_resumes_without_loss(tmp_path, make_sandbox):
+    sandbox = await make_sandbox(rows_per_hour=1000)
+    expected = expected_events(**sandbox.data)
     await sandbox.post(sandbox.control + "/faults", {"latency": 0.2})
     cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s", "max_window": "1h"},
                          shutdown_timeout="5s")
@@ -426,7 +436,9 @@ async def test_an_export_host_answering_bare_404s_skips_no_hour(tmp_path, sandbo
     """A proxy or wrong host answering HTML 404s for a while: retried as an outage (readyz failing), never
     taken as empty hours; once it answers properly every hour is read and delivered."""
     expected = expected_events()
-    await sandbox.post(sandbox.amplitude_control + "/faults", {"html_404_seconds": 6})
+    # Its first three export requests (not a number of seconds, part of which the daemon's start would use
+    # up): each retried after the source's backoff, 1 s doubling with full jitter, 3.5 s on average in all.
+    await sandbox.post(sandbox.amplitude_control + "/faults", {"html_404_requests": 3})
     port = _free_port()
     cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s"},
                          admin={"listen": f"127.0.0.1:{port}"})
@@ -441,6 +453,7 @@ async def test_an_export_host_answering_bare_404s_skips_no_hour(tmp_path, sandbo
                 assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
                 await asyncio.sleep(0.5)
         assert await _readyz(port) == 200, "recovered"
+        assert len(daemon.events("export.window.failed")) == 3, "each 404 page was retried"
         empty = [e for e in daemon.events("export.window.empty") if e["start"] <= "20261101T05"]
         assert not empty, "no hour with data was taken as empty"
     finally:
