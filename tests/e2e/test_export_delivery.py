@@ -42,6 +42,22 @@ def _checkpoint(db, name="export.next_hour"):
     return row[0] if row else None
 
 
+async def _wait_for_checkpoint(daemon, db, value="20261101T06", timeout=150):
+    """Until the export checkpoint in `db` reaches `value` (by default: past the sample data's last hour);
+    fails at once if the daemon exits meanwhile."""
+    async with asyncio.timeout(timeout):
+        while (_checkpoint(db) or "") < value:
+            assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
+            await asyncio.sleep(0.25)
+
+
+async def _sigterm(daemon, timeout=30):
+    """SIGTERM, after which the daemon exits 0."""
+    if daemon.proc.returncode is None:
+        daemon.proc.send_signal(signal.SIGTERM)
+    assert await daemon.wait(timeout) == 0, daemon.all_output()[-3000:]
+
+
 async def _backfill(cfg_path, *extra, timeout=120):
     proc = await DaemonProcess.start("backfill", "-c", str(cfg_path), "--start", "2026-11-01T00",
                                      "--end", "2026-11-01T05", *extra, env=SANDBOX_ENV)
@@ -146,8 +162,7 @@ async def test_faults_and_an_outage_lose_nothing(tmp_path, make_sandbox):
         print(f"{dump['requests']} requests, {dump['injected']} faults injected, {dump['resets']} resets, "
               f"{len(outage)} retries in the outage")
     finally:
-        daemon.proc.send_signal(signal.SIGTERM)
-        assert await daemon.wait(30) == 0
+        await _sigterm(daemon)
 
 
 async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, sandbox):
@@ -180,12 +195,9 @@ async def test_sigkill_at_random_moments_loses_and_duplicates_nothing(tmp_path, 
     assert (await sandbox.counts())["events"] < len(expected), "the kills happened mid-backlog"
     daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
     try:
-        async with asyncio.timeout(150):
-            while _checkpoint(tmp_path / "state.db") is None or _checkpoint(tmp_path / "state.db") < "20261101T06":
-                await asyncio.sleep(0.5)
+        await _wait_for_checkpoint(daemon, tmp_path / "state.db")
     finally:
-        daemon.proc.send_signal(signal.SIGTERM)
-        assert await daemon.wait(30) == 0
+        await _sigterm(daemon)
     counts = _ids((await sandbox.received())["events"])
     assert set(counts) == set(expected), "nothing is missing"
     duplicated = {k for k, n in counts.items() if n > 1}
@@ -316,12 +328,9 @@ async def test_reload_renames_later_events_and_sigterm_resumes_without_loss(tmp_
 
     daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
     try:
-        async with asyncio.timeout(150):
-            while (_checkpoint(tmp_path / "state.db") or "") < "20261101T06":
-                await asyncio.sleep(0.5)
+        await _wait_for_checkpoint(daemon, tmp_path / "state.db")
     finally:
-        daemon.proc.send_signal(signal.SIGTERM)
-        assert await daemon.wait(30) == 0
+        await _sigterm(daemon)
     events = (await sandbox.received())["events"]
     counts = _ids(events)
     assert set(counts) == set(expected) and max(counts.values()) == 1
@@ -390,12 +399,9 @@ async def test_a_row_fanned_out_to_two_sinks_reaches_both_once_through_kills(tmp
     assert len(originals) < len(expected) or len(copies) < len(expected), "the kills happened mid-backlog"
     daemon = await start()
     try:
-        async with asyncio.timeout(150):
-            while (_checkpoint(db) or "") < "20261101T06":
-                await asyncio.sleep(0.5)
+        await _wait_for_checkpoint(daemon, db)
     finally:
-        daemon.proc.send_signal(signal.SIGTERM)
-        assert await daemon.wait(30) == 0
+        await _sigterm(daemon)
     originals, copies = split((await sandbox.received())["events"])
     assert set(originals) == set(expected) and set(copies) == set(expected), "both sinks got every item"
     duplicated = {"events:" + k for k, n in originals.items() if n > 1} | {"copy:" + k for k, n in copies.items() if n > 1}
@@ -448,17 +454,13 @@ async def test_an_export_host_answering_bare_404s_skips_no_hour(tmp_path, sandbo
         failed = await daemon.wait_for_log("export.window.failed", timeout=30)
         assert "404" in failed["reason"] and failed["hint"]
         assert await _readyz(port) == 503
-        async with asyncio.timeout(90):
-            while (_checkpoint(tmp_path / "state.db") or "") < "20261101T06":
-                assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
-                await asyncio.sleep(0.5)
+        await _wait_for_checkpoint(daemon, tmp_path / "state.db", timeout=90)
         assert await _readyz(port) == 200, "recovered"
         assert len(daemon.events("export.window.failed")) == 3, "each 404 page was retried"
         empty = [e for e in daemon.events("export.window.empty") if e["start"] <= "20261101T05"]
         assert not empty, "no hour with data was taken as empty"
     finally:
-        daemon.proc.send_signal(signal.SIGTERM)
-        assert await daemon.wait(30) == 0
+        await _sigterm(daemon)
     counts = _ids((await sandbox.received())["events"])
     assert set(counts) == set(expected) and max(counts.values()) == 1
 
@@ -503,13 +505,9 @@ async def test_sigterm_with_a_full_queue_behind_a_slow_brevo_exits_at_once_and_l
         expected = expected_events(rows_per_hour=12_000)
         daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
         try:
-            async with asyncio.timeout(120):
-                while (_checkpoint(tmp_path / "state.db") or "") < "20261101T06":
-                    assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
-                    await asyncio.sleep(0.5)
+            await _wait_for_checkpoint(daemon, tmp_path / "state.db", timeout=120)
         finally:
-            daemon.proc.send_signal(signal.SIGTERM)
-            assert await daemon.wait(30) == 0
+            await _sigterm(daemon)
         counts = _ids((await sb.received())["events"])
         assert set(counts) == set(expected), "nothing is missing"
         assert max(counts.values()) == 1, "no event reached Brevo twice"

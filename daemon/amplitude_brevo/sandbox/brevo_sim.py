@@ -647,12 +647,7 @@ class BrevoState:
             "orders": self.orders,
             "contacts": [c.to_json() for c in self.contacts.values()],
             "lists": {str(lid): [c.label() for c in self.members(lid)] for lid in self.lists},
-            "requests": dict(self.requests),
-            "statuses": dict(self.statuses),
-            "rejected": self.rejected,
-            "rate_limited": self.rate_limited,
-            "injected": self.injected,
-            "resets": self.resets,
+            **self._counters(),
             "processes": list(self.processes.values()),
         }
 
@@ -666,13 +661,12 @@ class BrevoState:
             "contacts": len(self.contacts),
             "lists": {str(lid): len(self.members(lid)) for lid in self.lists},
             "processes": len(self.processes),
-            "requests": dict(self.requests),
-            "statuses": dict(self.statuses),
-            "rejected": self.rejected,
-            "rate_limited": self.rate_limited,
-            "injected": self.injected,
-            "resets": self.resets,
+            **self._counters(),
         }
+
+    def _counters(self) -> dict[str, Any]:
+        return {"requests": dict(self.requests), "statuses": dict(self.statuses), "rejected": self.rejected,
+                "rate_limited": self.rate_limited, "injected": self.injected, "resets": self.resets}
 
 
 BREVO_STATE: web.AppKey[BrevoState] = web.AppKey("brevo_state", BrevoState)
