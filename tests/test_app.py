@@ -5,16 +5,6 @@ import asyncio
 import orjson
 import pytest
 import structlog
-import yaml
-
-from amplitude_brevo.app import Daemon
-from amplitude_brevo.config import parse_config
-
-from .e2e.conftest import SECRETS, base_config
-
-
-def make_cfg(tmp_path, **overrides):
-    return parse_config(base_config(tmp_path, **overrides), env=SECRETS)
 
 
 class Producer:
@@ -53,15 +43,14 @@ class Consumer:
         pass
 
 
-async def test_stop_drains_everything_produced(tmp_path):
+async def test_stop_drains_everything_produced(make_daemon):
     made = {}
 
     def factory(rt):
         made["p"], made["c"] = Producer(rt), Consumer(rt)
         return [made["p"], made["c"]]
 
-    daemon = Daemon(make_cfg(tmp_path, batching={"max_items": 10, "max_wait": "10ms"}), components=factory,
-                    install_signal_handlers=False)
+    daemon = make_daemon(components=factory, batching={"max_items": 10, "max_wait": "10ms"})
     task = asyncio.create_task(daemon.serve())
     await asyncio.sleep(0.2)
     daemon.request_stop()
@@ -70,12 +59,11 @@ async def test_stop_drains_everything_produced(tmp_path):
     assert made["c"].got == list(range(made["p"].sent)), "every produced item is consumed, in order"
 
 
-async def test_second_stop_signal_exits_at_once(tmp_path):
+async def test_second_stop_signal_exits_at_once(make_daemon):
     def factory(rt):
         return [Producer(rt), Consumer(rt, delay=30)]
 
-    daemon = Daemon(make_cfg(tmp_path, shutdown_timeout="60s", batching={"max_items": 10, "max_wait": "1ms"}),
-                    components=factory, install_signal_handlers=False)
+    daemon = make_daemon(components=factory, shutdown_timeout="60s", batching={"max_items": 10, "max_wait": "1ms"})
     task = asyncio.create_task(daemon.serve())
     await asyncio.sleep(0.1)
     daemon.request_stop()
@@ -85,12 +73,11 @@ async def test_second_stop_signal_exits_at_once(tmp_path):
     assert await asyncio.wait_for(task, 5) == 1
 
 
-async def test_shutdown_deadline_cancels_stragglers(tmp_path):
+async def test_shutdown_deadline_cancels_stragglers(make_daemon):
     def factory(rt):
         return [Producer(rt), Consumer(rt, delay=30)]
 
-    daemon = Daemon(make_cfg(tmp_path, shutdown_timeout="1s", batching={"max_items": 10, "max_wait": "1ms"}),
-                    components=factory, install_signal_handlers=False)
+    daemon = make_daemon(components=factory, shutdown_timeout="1s", batching={"max_items": 10, "max_wait": "1ms"})
     task = asyncio.create_task(daemon.serve())
     await asyncio.sleep(0.1)
     loop = asyncio.get_running_loop()
@@ -100,7 +87,7 @@ async def test_shutdown_deadline_cancels_stragglers(tmp_path):
     assert loop.time() - started < 2
 
 
-async def test_component_crash_stops_daemon_with_exit_1(tmp_path):
+async def test_component_crash_stops_daemon_with_exit_1(make_daemon):
     class Broken:
         name, role = "broken", "producer"
 
@@ -110,43 +97,43 @@ async def test_component_crash_stops_daemon_with_exit_1(tmp_path):
         def reload(self, cfg):
             pass
 
-    daemon = Daemon(make_cfg(tmp_path), components=lambda rt: [Broken()], install_signal_handlers=False)
+    daemon = make_daemon(components=lambda rt: [Broken()])
     assert await asyncio.wait_for(daemon.serve(), 10) == 1
 
 
-async def test_reload_swaps_config_and_keeps_queued_items(tmp_path, monkeypatch):
-    for k, v in SECRETS.items():
-        monkeypatch.setenv(k, v)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp_path)))
+async def test_reload_swaps_config_and_keeps_queued_items(tmp_path, make_daemon, config_file):
     reloaded = []
 
     class Watcher:
         name, role = "watcher", "consumer"
 
+        def __init__(self):
+            self._stop = asyncio.Event()
+
         async def run(self):
-            await asyncio.Event().wait()
+            await self._stop.wait()
+
+        def stop(self):
+            self._stop.set()
 
         def reload(self, cfg):
             reloaded.append(cfg)
 
-    daemon = Daemon(make_cfg(tmp_path), config_path=path, components=lambda rt: [Watcher()],
-                    install_signal_handlers=False)
+    daemon = make_daemon(config_path=config_file(), components=lambda rt: [Watcher()])
     await daemon.startup()
     try:
         q = daemon.runtime.queue("demo")
         await q.put_many(range(5))
-        new = base_config(tmp_path, batching={"max_items": 3, "max_wait": "0s", "queue_capacity": 10},
-                          rate_limits={"brevo_events": {"requests": 3, "per": "1s"}},
-                          state={"path": str(tmp_path / "other.db")})
-        path.write_text(yaml.safe_dump(new))
+        config_file(batching={"max_items": 3, "max_wait": "0s", "queue_capacity": 10},
+                    rate_limits={"brevo_events": {"requests": 3, "per": "1s"}},
+                    state={"path": str(tmp_path / "other.db")})
         assert await daemon.reload() is True
         assert reloaded and reloaded[0].batching.max_items == 3
         assert daemon.runtime.budgets["brevo_events"].rate.requests == 3
         assert daemon.cfg.state.path == str(tmp_path / "state.db"), "state.path needs a restart"
         assert len(q) == 5 and await q.next_batch() == [0, 1, 2]
 
-        path.write_text("connectors: [")
+        daemon.config_path.write_text("connectors: [")
         assert await daemon.reload() is False
         assert daemon.cfg.batching.max_items == 3
     finally:
@@ -154,10 +141,10 @@ async def test_reload_swaps_config_and_keeps_queued_items(tmp_path, monkeypatch)
         await daemon.shutdown()
 
 
-async def test_admin_endpoints(tmp_path):
+async def test_admin_endpoints(make_daemon):
     import aiohttp
 
-    daemon = Daemon(make_cfg(tmp_path), install_signal_handlers=False)
+    daemon = make_daemon()
     await daemon.startup()
     try:
         base = f"http://127.0.0.1:{daemon.admin_port}"
@@ -221,10 +208,10 @@ class Stoppable:
         self.events.append(f"reload {self.name}")
 
 
-async def test_components_start_before_ready(tmp_path):
+async def test_components_start_before_ready(make_daemon):
     events = []
-    daemon = Daemon(make_cfg(tmp_path), notifier=RecordingNotifier(events), install_signal_handlers=False,
-                    components=lambda rt: [Stoppable("sink", "consumer", events), Stoppable("source", "producer", events)])
+    daemon = make_daemon(notifier=RecordingNotifier(events), components=lambda rt: [
+        Stoppable("sink", "consumer", events), Stoppable("source", "producer", events)])
     await daemon.startup()
     try:
         assert events == ["start sink", "start source", "READY"]
@@ -233,27 +220,23 @@ async def test_components_start_before_ready(tmp_path):
     assert events[-2:] == ["stopped sink", "stopped source"] or set(events[-2:]) == {"stopped sink", "stopped source"}
 
 
-async def test_a_failing_start_never_reports_ready_and_cleans_up(tmp_path):
+async def test_a_failing_start_never_reports_ready_and_cleans_up(make_daemon):
     events = []
 
     class Broken(Stoppable):
         async def start(self):
             raise OSError("cannot bind")
 
-    daemon = Daemon(make_cfg(tmp_path), notifier=RecordingNotifier(events), install_signal_handlers=False,
-                    components=lambda rt: [Stoppable("ok", "consumer", events), Broken("broken", "producer", events)])
+    daemon = make_daemon(notifier=RecordingNotifier(events), components=lambda rt: [
+        Stoppable("ok", "consumer", events), Broken("broken", "producer", events)])
     with pytest.raises(Exception, match="cannot bind"):
         await daemon.startup()
     assert "READY" not in events
     assert daemon.runtime.state.closed, "the state file is closed again"
 
 
-async def test_reload_reconciles_the_component_set_with_the_config(tmp_path, monkeypatch):
+async def test_reload_reconciles_the_component_set_with_the_config(make_daemon, config_file):
     """Switching a path off stops its components; on again starts new ones; the rest reload in place."""
-    for k, v in SECRETS.items():
-        monkeypatch.setenv(k, v)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp_path)))
     events = []
     made = []
 
@@ -264,16 +247,16 @@ async def test_reload_reconciles_the_component_set_with_the_config(tmp_path, mon
         made.extend(components)
         return components
 
-    daemon = Daemon(make_cfg(tmp_path), config_path=path, components=factory, install_signal_handlers=False)
+    daemon = make_daemon(config_path=config_file(), components=factory)
     await daemon.startup()
     try:
         first_events = daemon.components["events"]
-        path.write_text(yaml.safe_dump(base_config(tmp_path, sync={"events": False})))
+        config_file(sync={"events": False})
         assert await daemon.reload() is True
         assert set(daemon.components) == {"always"}
         assert "stopped events" in events and "reload always" in events
         assert daemon.components["always"] is made[0], "a component still wanted is kept, not restarted"
-        path.write_text(yaml.safe_dump(base_config(tmp_path)))
+        config_file()
         assert await daemon.reload() is True
         assert set(daemon.components) == {"always", "events"}
         assert daemon.components["events"] is not first_events, "switched on again: a new instance"
@@ -282,16 +265,12 @@ async def test_reload_reconciles_the_component_set_with_the_config(tmp_path, mon
         await daemon.shutdown()
 
 
-async def test_a_stopped_source_leaves_no_item_behind_in_a_queue_or_in_flight(tmp_path, monkeypatch):
+async def test_a_stopped_source_leaves_no_item_behind_in_a_queue_or_in_flight(make_daemon, config_file):
     """The items a retired producer had queued are dropped and their keys leave the in-flight set, so its
     successor (reading again from the checkpoint) queues them again."""
     from amplitude_brevo.pipeline.acks import OffsetTracker
     from amplitude_brevo.pipeline.items import Item
 
-    for k, v in SECRETS.items():
-        monkeypatch.setenv(k, v)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp_path)))
     events = []
 
     class Source(Stoppable):
@@ -303,7 +282,7 @@ async def test_a_stopped_source_leaves_no_item_behind_in_a_queue_or_in_flight(tm
         return [Stoppable("keeper", "consumer", events), Source(rt)] if rt.cfg.sync.events else [
             Stoppable("keeper", "consumer", events)]
 
-    daemon = Daemon(make_cfg(tmp_path), config_path=path, components=factory, install_signal_handlers=False)
+    daemon = make_daemon(config_path=config_file(), components=factory)
     await daemon.startup()
     try:
         rt = daemon.runtime
@@ -314,7 +293,7 @@ async def test_a_stopped_source_leaves_no_item_behind_in_a_queue_or_in_flight(tm
         source.tracker.add(1, 1)
         other.add(1, 1)
         rt.dedupe.inflight.update({"events:1", "events:2"})
-        path.write_text(yaml.safe_dump(base_config(tmp_path, sync={"events": False})))
+        config_file(sync={"events": False})
         assert await daemon.reload() is True
         assert [i.key for i in await queue.discard()] == ["events:2"], "only the retired source's items go"
         assert rt.dedupe.inflight == {"events:2"}
@@ -323,15 +302,11 @@ async def test_a_stopped_source_leaves_no_item_behind_in_a_queue_or_in_flight(tm
         await daemon.shutdown()
 
 
-async def test_a_source_replaced_while_its_items_are_in_flight_waits_for_their_answers(tmp_path, monkeypatch):
+async def test_a_source_replaced_while_its_items_are_in_flight_waits_for_their_answers(make_daemon, config_file):
     """Its successor must not start while a sink still has the old source's items in flight: it would skip
     them as "on their way" and could move the checkpoint past them before their answer is recorded."""
     from amplitude_brevo.pipeline.acks import OffsetTracker
 
-    for k, v in SECRETS.items():
-        monkeypatch.setenv(k, v)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp_path)))
     events = []
 
     class Source(Stoppable):
@@ -340,13 +315,12 @@ async def test_a_source_replaced_while_its_items_are_in_flight_waits_for_their_a
             self.tracker = OffsetTracker("test", "test", str)
             self.sinks = tuple(sorted(rt.cfg.event_mapping))  # a new mapping: a new set of sinks
 
-    daemon = Daemon(make_cfg(tmp_path), config_path=path, components=lambda rt: [Source(rt)],
-                    install_signal_handlers=False)
+    daemon = make_daemon(config_path=config_file(), components=lambda rt: [Source(rt)])
     await daemon.startup()
     try:
         old = daemon.components["source"]
         old.tracker.add(1, 1)  # one item in a sink's request
-        path.write_text(yaml.safe_dump(base_config(tmp_path, event_mapping={"Other": "other"})))
+        config_file(event_mapping={"Other": "other"})
         reload = asyncio.create_task(daemon.reload())
         await asyncio.sleep(0.05)
         assert not reload.done() and daemon.components.get("source") is None, "waiting for the answer"
@@ -357,15 +331,15 @@ async def test_a_source_replaced_while_its_items_are_in_flight_waits_for_their_a
         await daemon.shutdown()
 
 
-async def test_dlq_size_counts_the_dead_letters_on_file_and_those_added_since(tmp_path):
+async def test_dlq_size_counts_the_dead_letters_on_file_and_those_added_since(make_config, make_daemon):
     import aiohttp
 
     from amplitude_brevo.state import DeadLetter, StateStore
 
-    cfg = make_cfg(tmp_path)
+    cfg = make_config()
     async with await StateStore.open(cfg.state.path) as state:
         await state.add_dead_letters([DeadLetter("export", "brevo_events", {"n": n}, "bad") for n in range(3)])
-    daemon = Daemon(cfg, install_signal_handlers=False)
+    daemon = make_daemon(cfg)
     await daemon.startup()
 
     async def gauge() -> float:
@@ -381,10 +355,10 @@ async def test_dlq_size_counts_the_dead_letters_on_file_and_those_added_since(tm
         await daemon.shutdown()
 
 
-async def test_readyz_fails_while_a_health_check_fails(tmp_path):
+async def test_readyz_fails_while_a_health_check_fails(make_daemon):
     import aiohttp
 
-    daemon = Daemon(make_cfg(tmp_path), install_signal_handlers=False)
+    daemon = make_daemon()
     await daemon.startup()
     try:
         url = f"http://127.0.0.1:{daemon.admin_port}/readyz"
@@ -400,17 +374,11 @@ async def test_readyz_fails_while_a_health_check_fails(tmp_path):
         await daemon.shutdown()
 
 
-async def test_a_reload_warns_about_a_newly_configured_capability_that_is_not_built(tmp_path, monkeypatch, capsys):
-    for k, v in SECRETS.items():
-        monkeypatch.setenv(k, v)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp_path)))
-    daemon = Daemon(make_cfg(tmp_path), config_path=path, install_signal_handlers=False)
+async def test_a_reload_warns_about_a_newly_configured_capability_that_is_not_built(make_daemon, config_file, capsys):
+    daemon = make_daemon(config_path=config_file())
     await daemon.startup()
     try:
-        path.write_text(yaml.safe_dump(base_config(tmp_path, connectors={
-            **base_config(tmp_path)["connectors"],
-            "brevo": {**base_config(tmp_path)["connectors"]["brevo"], "create_attributes": True}})))
+        config_file(connectors={"brevo": {"create_attributes": True}})
         capsys.readouterr()
         assert await daemon.reload() is True  # the reload configures logging anew: JSON lines on stdout
         lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]

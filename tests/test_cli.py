@@ -12,11 +12,12 @@ import structlog
 import yaml
 
 from amplitude_brevo.cli import main
-from amplitude_brevo.config import parse_config, unbuilt_settings
+from amplitude_brevo.config import unbuilt_settings
 from amplitude_brevo.logs import configure_logging
 from amplitude_brevo.state import DeadLetter, StateStore
 
-from .e2e.conftest import SECRETS, DaemonProcess, base_config
+from .conftest import SECRETS, base_config
+from .e2e.conftest import DaemonProcess
 
 
 @pytest.fixture(autouse=True)
@@ -30,12 +31,8 @@ def _logging_left_as_found():
 
 
 @pytest.fixture
-def cfg_file(tmp_path, monkeypatch):
-    for k, v in SECRETS.items():
-        monkeypatch.setenv(k, v)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp_path)))
-    return path
+def cfg_file(config_file):
+    return config_file()
 
 
 def test_check_config_prints_masked_config(cfg_file, capsys):
@@ -57,11 +54,8 @@ def test_check_config_reports_errors_with_exit_2(tmp_path, capsys):
 UNBUILT = {"lists": {"active_users": 10}, "user_activity": {"enabled": False}, "ingest": {"enabled": True}}
 
 
-def test_check_config_warns_about_unbuilt_settings(tmp_path, monkeypatch, capsys):
-    for k, v in SECRETS.items():
-        monkeypatch.setenv(k, v)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(base_config(tmp_path, **UNBUILT)))
+def test_check_config_warns_about_unbuilt_settings(config_file, capsys):
+    path = config_file(**UNBUILT)
     assert main(["check-config", "-c", str(path)]) == 0  # still a valid config
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if line.startswith("amplitude-brevo: warning: ")]
@@ -69,18 +63,15 @@ def test_check_config_warns_about_unbuilt_settings(tmp_path, monkeypatch, capsys
     assert all("is accepted but not built yet in this version; it is ignored" in w for w in warnings)
     assert "warning" not in captured.out  # stdout stays the rendered YAML alone
 
-    quiet = base_config(tmp_path, sync={"revenue": False})
-    path.write_text(yaml.safe_dump(quiet))
+    config_file(sync={"revenue": False})
     assert main(["check-config", "-c", str(path)]) == 0
     assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize("command", [["run"], ["backfill", "--start", "2026-11-01T00", "--end", "2026-11-01T01"]])
-async def test_run_and_backfill_log_unbuilt_settings_before_starting(tmp_path, command):
-    data = base_config(tmp_path, **UNBUILT)
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    expected = unbuilt_settings(parse_config(data, env=SECRETS))
+async def test_run_and_backfill_log_unbuilt_settings_before_starting(config_file, make_config, command):
+    path = config_file(**UNBUILT)
+    expected = unbuilt_settings(make_config(**UNBUILT))
     proc = await DaemonProcess.start(command[0], "-c", str(path), *command[1:])
     try:
         await proc.wait_for_log("daemon.started")

@@ -28,8 +28,8 @@ LATER = START + timedelta(hours=10)  # past the data: Amplitude's own 404
 
 
 @pytest.fixture
-async def sim(tmp_path):
-    faults = ExportFaults()
+async def sim(tmp_path, clock):
+    faults = ExportFaults(clock=clock)
     app = make_amplitude_app(SPEC, api_key=API_KEY, secret_key=SECRET_KEY, faults=faults)
     async with TestServer(app, host="127.0.0.1") as server, aiohttp.ClientSession() as session:
         client = AmplitudeClient(session, api_url=str(server.make_url("/")), api_key=Secret(API_KEY),
@@ -70,10 +70,15 @@ async def test_a_bare_html_404_is_unavailable_not_empty(sim, tmp_path):
     assert len(leftovers(tmp_path)) == 1  # the zip; nothing left by the 404s
 
 
-async def test_html_404s_for_a_duration(sim):
+async def test_html_404s_for_a_duration(sim, clock):
     client, faults = sim
     faults.update({"html_404_seconds": 3600})
     assert (await client.download_export(START, START)).status is ExportStatus.UNAVAILABLE
+    clock.advance(3599)
+    assert (await client.download_export(START, START)).status is ExportStatus.UNAVAILABLE
+    clock.advance(1)
+    assert (await client.download_export(START, START)).status is ExportStatus.OK, "the hour is over"
+    faults.update({"html_404_seconds": 3600})
     assert (await client.download_export(START, START)).status is ExportStatus.UNAVAILABLE
     faults.update({"html_404_seconds": 0})
     assert (await client.download_export(START, START)).status is ExportStatus.OK

@@ -12,36 +12,24 @@ import orjson
 import pytest
 import yaml
 
-SECRETS = {
-    "AMPLITUDE_API_KEY": "amp-key-E2E-0001",
-    "AMPLITUDE_SECRET_KEY": "amp-secret-E2E-0002",
-    "BREVO_API_KEY": "xkeysib-E2E-0003",
-}
+from .. import conftest as root
+from ..conftest import SECRETS  # the tests here import it from this module
+
+HERE = Path(__file__).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of this folder is marked `e2e` (slow: processes), so `pytest -m "not e2e"` is the fast part."""
+    for item in items:
+        if HERE in item.path.parents:
+            item.add_marker(pytest.mark.e2e)
 
 
 def base_config(tmp_path: Path, **overrides: object) -> dict:
-    """A config for tests: loopback URLs, a state file in tmp_path, admin on a free port, fast timings."""
-    cfg: dict = {
-        "connectors": {
-            "amplitude": {
-                "api_key": "${AMPLITUDE_API_KEY}",
-                "secret_key": "${AMPLITUDE_SECRET_KEY}",
-                "api_url": "http://127.0.0.1:9",
-                "ingest_url": "http://127.0.0.1:9",
-            },
-            "brevo": {"api_key": "${BREVO_API_KEY}", "api_url": "http://127.0.0.1:9/v3"},
-        },
-        "event_mapping": {"Purchase": "order_completed", "Sign Up": "customer_created"},
-        "ingest": {"enabled": False, "listen": "127.0.0.1:0"},
-        "admin": {"listen": "127.0.0.1:0"},
-        "state": {"path": str(tmp_path / "state.db")},
-        "batching": {"max_items": 100, "max_wait": "1s", "queue_capacity": 1000},
-        "shutdown_timeout": "5s",
-        "logging": {"level": "debug", "format": "json"},
-    }
-    for key, value in overrides.items():
-        cfg[key] = value
-    return cfg
+    """The root conftest's base_config() with the timings the daemon processes here are tested with: a 5 s
+    shutdown_timeout, batches that wait up to 1 s. Overrides are merged in the same way (`root.merge`)."""
+    return root.base_config(tmp_path, **root.merge({"shutdown_timeout": "5s", "batching": {"max_wait": "1s"}},
+                                                   overrides))
 
 
 def write_config(path: Path, cfg: dict) -> Path:
@@ -166,6 +154,8 @@ class SandboxProcess:
         self.brevo_url: str = info["brevo_url"]
         self.control = self.brevo_url.removesuffix("/v3") + "/_sandbox/brevo"
         self.amplitude_control = self.amplitude_url + "/_sandbox/amplitude"
+        # The sample data served: {"start", "hours", "rows_per_hour"}, as expected_events(**sb.data) takes them.
+        self.data: dict = info["data"]
 
     @classmethod
     async def start(cls, *, hours: int = 6, rows_per_hour: int = 2000, start: str = "2026-11-01T00") -> SandboxProcess:
@@ -195,9 +185,19 @@ class SandboxProcess:
             return await r.json()
 
     async def received(self) -> dict:
+        """The Brevo simulator's whole dump: every event, contact and order received (see counts())."""
+        return await self._get(self.control + "/received")
+
+    async def counts(self) -> dict:
+        """How many events (and per event_name), contacts, orders... were received, and the request counters:
+        what to poll while waiting for a delivery to complete."""
+        return await self._get(self.control + "/received/count")
+
+    async def _get(self, url: str) -> dict:
         import aiohttp
 
-        async with aiohttp.ClientSession() as s, s.get(self.control + "/received") as r:
+        async with aiohttp.ClientSession() as s, s.get(url) as r:
+            assert r.status == 200, await r.text()
             return await r.json()
 
     async def stop(self) -> None:
@@ -218,11 +218,26 @@ BATCH_LIMIT = {"requests": 600, "per": 3600}
 
 
 @pytest.fixture
-async def sandbox():
-    sb = await SandboxProcess.start()
-    await sb.post(sb.control + "/limits", {"events_batch": BATCH_LIMIT})
-    yield sb
-    await sb.stop()
+async def make_sandbox():
+    """`await make_sandbox(hours=..., rows_per_hour=...)`: a sandbox process with BATCH_LIMIT on /events/batch,
+    stopped after the test."""
+    started: list[SandboxProcess] = []
+
+    async def start(**data: object) -> SandboxProcess:
+        sb = await SandboxProcess.start(**data)  # type: ignore[arg-type]
+        started.append(sb)
+        await sb.post(sb.control + "/limits", {"events_batch": BATCH_LIMIT})
+        return sb
+
+    yield start
+    for sb in started:
+        await sb.stop()
+
+
+@pytest.fixture
+async def sandbox(make_sandbox):
+    """The default sandbox: 6 hours of 2,000 rows from 2026-11-01T00."""
+    return await make_sandbox()
 
 
 def sandbox_config(tmp_path: Path, sb: SandboxProcess, **overrides: object) -> dict:

@@ -12,7 +12,6 @@ from amplitude_brevo.durations import hour_key
 from amplitude_brevo.pipeline.acks import Acknowledger, OffsetTracker
 from amplitude_brevo.pipeline.dedupe import DedupeRecord
 from amplitude_brevo.pipeline.items import Item
-from amplitude_brevo.state import StateStore
 
 H0 = datetime(2026, 11, 1, 0, tzinfo=UTC)
 
@@ -113,13 +112,6 @@ def test_more_acknowledgements_than_items_is_a_bug():
     t.done(h(0))
     with pytest.raises(AssertionError, match="export.next_hour"):
         t.done(h(0))
-
-
-@pytest.fixture
-async def state(tmp_path):
-    store = await StateStore.open(tmp_path / "state.db")
-    yield store
-    await store.close()
 
 
 async def test_a_row_fanned_out_to_two_sinks_moves_the_checkpoint_only_when_both_acknowledged(state):

@@ -4,17 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-import pytest
-
 from amplitude_brevo.pipeline.dedupe import DedupeRecord
-from amplitude_brevo.state import StateStore
-
-
-@pytest.fixture
-async def state(tmp_path):
-    store = await StateStore.open(tmp_path / "state.db")
-    yield store
-    await store.close()
 
 
 async def test_new_keys_are_claimed_once_and_delivered_ones_never(state):

@@ -83,8 +83,8 @@ def sample_rows() -> list[dict]:
 
 
 @pytest.fixture
-async def sim():
-    faults = ExportFaults()
+async def sim(clock):
+    faults = ExportFaults(clock=clock)
     app = make_amplitude_app(
         SPEC, api_key=API_KEY, secret_key=SECRET_KEY, faults=faults, members_per_hour=3, empty_hours={_key(3)}
     )
@@ -321,7 +321,7 @@ async def test_truncated_member_and_malformed_line(sim):
         assert malformed == [(2, MALFORMED_LINE)]
 
 
-async def test_html_404_fault_answers_like_a_proxy_for_a_number_of_requests_or_a_while(sim):
+async def test_html_404_fault_answers_like_a_proxy_for_a_number_of_requests_or_a_while(sim, clock):
     server, session, faults = sim
     url = server.make_url("/_sandbox/amplitude/faults")
     async with session.post(url, json={"html_404_requests": 2}) as r:
@@ -331,10 +331,19 @@ async def test_html_404_fault_answers_like_a_proxy_for_a_number_of_requests_or_a
         assert (status, content_type, body) == (404, "text/html", HTML_404_BODY)
     assert (await _export(server, session, _key(0), _key(0)))[0] == 200
     async with session.post(url, json={"html_404_seconds": 600}) as r:
-        assert 0 < (await r.json())["html_404_remaining_seconds"] <= 600
+        assert (await r.json())["html_404_remaining_seconds"] == 600
     assert [(await _export(server, session, _key(0), _key(0)))[0] for _ in range(3)] == [404] * 3
+    clock.advance(599.5)
+    async with session.get(url) as r:
+        assert (await r.json())["html_404_remaining_seconds"] == 0.5
+    assert (await _export(server, session, _key(0), _key(0)))[0] == 404
+    clock.advance(0.5)
+    assert (await _export(server, session, _key(0), _key(0)))[0] == 200, "the while is over"
+    async with session.post(url, json={"html_404_seconds": 600}) as r:
+        assert (await r.json())["html_404_remaining_seconds"] == 600
     async with session.post(url, json={"reset": True}) as r:
         assert (await r.json())["html_404_remaining_seconds"] == 0
+    assert faults.clock is clock, "a reset keeps the clock"
     assert (await _export(server, session, _key(0), _key(0)))[0] == 200
     assert faults.html_404_requests == 0
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -57,6 +56,9 @@ class Sim:
 
     async def received(self) -> dict[str, Any]:
         return (await self.get("/_sandbox/brevo/received")).body
+
+    async def counts(self) -> dict[str, Any]:
+        return (await self.get("/_sandbox/brevo/received/count")).body
 
 
 @pytest.fixture
@@ -145,8 +147,8 @@ async def test_unknown_path_and_method_use_brevo_error_shape(sim: Sim) -> None:
 # ---------------------------------------------------------------------------------------------- rate limits
 
 
-async def test_rate_limit_fixed_window_429_with_headers(start_sim) -> None:
-    sim = await start_sim(limits={"events": BucketLimit(5, 0.5)})
+async def test_rate_limit_fixed_window_429_with_headers(start_sim, clock) -> None:
+    sim = await start_sim(limits={"events": BucketLimit(5, 0.5)}, clock=clock)
     replies = [await sim.post("/v3/events", json=event()) for _ in range(8)]
     assert [r.status for r in replies] == [204] * 5 + [429] * 3
     for reply in replies:
@@ -161,7 +163,9 @@ async def test_rate_limit_fixed_window_429_with_headers(start_sim) -> None:
     assert len(dump["events"]) == 5
     assert dump["rate_limited"] == 3 and dump["statuses"] == {"204": 5, "429": 3}
 
-    await asyncio.sleep(0.6)  # the window has rolled over
+    clock.advance(0.49)
+    assert (await sim.post("/v3/events", json=event())).status == 429, "the same window"
+    clock.advance(0.01)  # the window has rolled over
     again = await sim.post("/v3/events", json=event())
     assert again.status == 204
     assert again.headers["x-sib-ratelimit-remaining"] == "4"
@@ -681,13 +685,16 @@ async def test_reset_rate_closes_connection(start_sim) -> None:
     assert (await sim.post("/v3/events", json=event())).status == 204
 
 
-async def test_outage_window_then_recovery(sim: Sim) -> None:
-    control = await sim.post("/_sandbox/brevo/faults", json={"outage_seconds": 0.3})
-    assert control.status == 200 and control.body["outage_until"] > time.monotonic()
+async def test_outage_window_then_recovery(start_sim, clock) -> None:
+    sim = await start_sim(clock=clock)
+    control = await sim.post("/_sandbox/brevo/faults", json={"outage_seconds": 30})
+    assert control.status == 200 and control.body["outage_until"] == clock.now + 30
     down = await sim.post("/v3/events", json=event())
     assert_brevo_error(down, 503)
     assert (await sim.get("/v3/contacts/attributes")).status == 503
-    await asyncio.sleep(0.35)
+    clock.advance(29.9)
+    assert (await sim.post("/v3/events", json=event())).status == 503
+    clock.advance(0.1)
     assert (await sim.post("/v3/events", json=event())).status == 204
     assert len((await sim.received())["events"]) == 1
 
@@ -705,16 +712,14 @@ async def test_not_found_fault_answers_404_pages_on_every_path_for_n_requests(si
     assert_brevo_error(await sim.post("/_sandbox/brevo/faults", json={"not_found_requests": -1}), 400)
 
 
-async def test_not_found_fault_for_n_seconds(start_sim) -> None:
-    now = [100.0]
-    sim = await start_sim()
-    sim.state.clock = lambda: now[0]
+async def test_not_found_fault_for_n_seconds(start_sim, clock) -> None:
+    sim = await start_sim(clock=clock)
     control = await sim.post("/_sandbox/brevo/faults", json={"not_found_seconds": 40})
-    assert control.body["not_found_until"] == 140.0
+    assert control.body["not_found_until"] == clock.now + 40
     assert (await sim.post("/v3/events", json=event())).status == 404
-    now[0] = 139.9
+    clock.advance(39.9)
     assert (await sim.post("/v3/events/batch", json={"events": [event()]})).status == 404
-    now[0] = 140.0
+    clock.advance(0.1)
     assert (await sim.post("/v3/events", json=event())).status == 204
 
 
@@ -803,3 +808,30 @@ async def test_dump_reflects_accepted_items_only(sim: Sim) -> None:
     dump = await sim.received()
     assert dump["events"] == dump["orders"] == dump["contacts"] == []
     assert dump["requests"] == {} and dump["rejected"] == 0
+
+
+async def test_received_count_counts_what_the_dump_lists(start_sim) -> None:
+    sim = await start_sim(limits={"events": BucketLimit(3, 3600), "other": BucketLimit(10_000, 3600)})
+    await sim.post("/v3/events", json=event("good"))
+    await sim.post("/v3/events", json=event("bad name"))
+    await sim.post("/v3/events", json=event("good"))
+    assert (await sim.post("/v3/events", json=event("good"))).status == 429
+    await sim.post("/v3/events/batch", json={"events": [event("other"), event("good"), event("bad name")]})
+    await sim.post("/v3/orders/status", json=order("o1"))
+    await sim.post("/v3/contacts", json={"ext_id": "u1", "listIds": [11]})
+    await sim.post("/v3/contacts", json={"email": "c@example.org", "listIds": [11, 12]})
+    counts = await sim.counts()
+    assert counts == {
+        "events": 4, "event_names": {"good": 3, "other": 1}, "orders": 1, "contacts": 2,
+        "lists": {"10": 0, "11": 2, "12": 1, "13": 0}, "processes": 0,
+        "requests": {"events": 4, "other": 1, "orders": 1, "contacts": 2},
+        "statuses": {"204": 3, "400": 1, "429": 1, "207": 1, "201": 2},
+        "rejected": 1, "rate_limited": 1, "injected": 0, "resets": 0,
+    }
+    dump = await sim.received()
+    assert counts["events"] == len(dump["events"]) and counts["contacts"] == len(dump["contacts"])
+    assert counts["lists"] == {lid: len(members) for lid, members in dump["lists"].items()}
+    assert {k: dump[k] for k in ("requests", "statuses", "rejected", "rate_limited", "injected", "resets")} == {
+        k: counts[k] for k in ("requests", "statuses", "rejected", "rate_limited", "injected", "resets")}
+    assert (await sim.post("/_sandbox/brevo/reset")).status == 204
+    assert (await sim.counts())["events"] == 0

@@ -14,7 +14,7 @@ from amplitude_brevo.pipeline.rows import row_decoder
 from amplitude_brevo.sandbox.amplitude_sim import ExportFaults, build_export_zip
 from amplitude_brevo.sandbox.sample_data import DatasetSpec
 from amplitude_brevo.sources import export_reader, member_mapper
-from amplitude_brevo.sources.export_files import iter_lines, list_members
+from amplitude_brevo.sources.export_files import Member, iter_lines, list_members
 from amplitude_brevo.sources.export_reader import ReaderFailed, ReaderPool
 from amplitude_brevo.sources.member_mapper import MappedChunk, map_member
 
@@ -45,6 +45,19 @@ def merged(chunks: list[MappedChunk]) -> MappedChunk:
         for reason, count in chunk.skipped.items():
             total.skipped[reason] = total.skipped.get(reason, 0) + count
     return total
+
+
+async def here_and_striped(path: Path) -> tuple[Member, MappedChunk, MappedChunk]:
+    """The one member of the export at `path`, mapped in this process and striped over two children."""
+    with zipfile.ZipFile(path) as archive:
+        (member,) = list_members(archive)
+        here = merged(list(map_member(archive, member, RULES)))
+    reader = ReaderPool(2)
+    try:
+        striped = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
+    finally:
+        await reader.close()
+    return member, here, striped
 
 
 def test_map_member_is_remap_event_over_every_line(tmp_path):
@@ -280,14 +293,7 @@ async def test_line_numbers_are_physical_lines_for_every_reader(tmp_path):
     path = tmp_path / "blank-lines.zip"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("1/1_2026-11-01_0#0.json.gz", gzip.compress(text))
-    with zipfile.ZipFile(path) as archive:
-        (member,) = list_members(archive)
-        here = merged(list(map_member(archive, member, RULES)))
-    reader = ReaderPool(2)
-    try:
-        striped = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
-    finally:
-        await reader.close()
+    member, here, striped = await here_and_striped(path)
     [(event, line, item, _)] = here.letters
     assert (event, line, item["line"]) == ("export.line.malformed", bad_line, bad_line)
     assert striped == here and here.rows == 3002 and bad_line > 3000
@@ -336,14 +342,7 @@ async def test_a_line_over_the_limit_is_a_dead_letter_with_its_physical_line_for
     path = tmp_path / "huge-line.zip"
     with zipfile.ZipFile(path, "w") as zf:
         zf.writestr("1/1_2026-11-01_0#0.json.gz", gzip.compress(text, 1))
-    with zipfile.ZipFile(path) as archive:
-        (member,) = list_members(archive)
-        here = merged(list(map_member(archive, member, RULES)))
-    reader = ReaderPool(2)
-    try:
-        striped = merged([chunk async for chunk in reader.map_member(path, member, RULES)])
-    finally:
-        await reader.close()
+    member, here, striped = await here_and_striped(path)
     [(event, line, item, reason)] = here.letters
     assert (event, line, item["line"], item["bytes"]) == ("export.line.too_long", huge_line, huge_line, len(huge))
     assert reason == f"line longer than {3 << 19} bytes ({len(huge)} bytes, skipped)"

@@ -12,11 +12,11 @@ from typing import Any
 
 import orjson
 import pytest
+from tests.conftest import SECRETS, base_config  # by its full name: tests/sources is not a package
 
 import amplitude_brevo.sinks.brevo_client as brevo_client_module
 import amplitude_brevo.sources.amplitude_export as export_module
 import amplitude_brevo.state.checkpoints as store_module
-from amplitude_brevo.app import Daemon
 from amplitude_brevo.backfill import run_backfill
 from amplitude_brevo.clients.amplitude import ExportResult, ExportStatus
 from amplitude_brevo.components import backfill_checkpoint, export_source, sink_components
@@ -35,12 +35,6 @@ from amplitude_brevo.sandbox.server import Sandbox, SandboxOptions
 from amplitude_brevo.sources.amplitude_export import ExportSource
 from amplitude_brevo.state import StateStore
 
-# The same keys as tests/e2e/conftest.py (not importable from here: tests/sources is not a package).
-SECRETS = {
-    "AMPLITUDE_API_KEY": "amp-key-E2E-0001",
-    "AMPLITUDE_SECRET_KEY": "amp-secret-E2E-0002",
-    "BREVO_API_KEY": "xkeysib-E2E-0003",
-}
 START = datetime(2026, 11, 1, 0, tzinfo=UTC)
 MAPPING = {"Purchase": "order_completed", "Sign Up": "customer_created"}
 PROPERTY_MAPPING = {"email": "email", "first_name": "FIRSTNAME", "plan_type": "PLAN",
@@ -96,24 +90,20 @@ async def sandbox(spec: DatasetSpec, *, export_faults: ExportFaults | None = Non
 
 
 def make_config(tmp_path, sb: Sandbox, *, max_window: str = "6h", batch_size: int = 20, max_items: int = 50,
-                queue_capacity: int = 1000, shutdown_timeout: str = "2s", readers: int = 2) -> Config:
-    raw = {
-        "connectors": {
-            "amplitude": {"api_key": "${AMPLITUDE_API_KEY}", "secret_key": "${AMPLITUDE_SECRET_KEY}",
-                          "api_url": sb.amplitude_url, "ingest_url": sb.amplitude_url},
-            "brevo": {"api_key": "${BREVO_API_KEY}", "api_url": sb.brevo_url, "events_batch_size": batch_size},
-        },
-        "event_mapping": MAPPING,
-        "property_mapping": PROPERTY_MAPPING,
-        "export": {"lag": "0s", "max_window": max_window, "readers": readers},
-        "ingest": {"enabled": False, "listen": "127.0.0.1:0"},
-        "admin": {"listen": "127.0.0.1:0"},
-        "state": {"path": str(tmp_path / "state.db")},
-        "batching": {"max_items": max_items, "max_wait": "50ms", "queue_capacity": queue_capacity},
-        "rate_limits": {"brevo_events": {"requests": 1000, "per": "1s"},
-                        "brevo_events_batch": {"requests": 1000, "per": "1s"}},
-        "shutdown_timeout": shutdown_timeout,
-    }
+                queue_capacity: int = 1000, shutdown_timeout: str = "2s", readers: int = 0) -> Config:
+    """A config for `sb`; rows are mapped in this process unless `readers` asks for reader children."""
+    raw = base_config(
+        tmp_path,
+        connectors={"amplitude": {"api_url": sb.amplitude_url, "ingest_url": sb.amplitude_url},
+                    "brevo": {"api_url": sb.brevo_url, "events_batch_size": batch_size}},
+        event_mapping=MAPPING,
+        property_mapping=PROPERTY_MAPPING,
+        export={"lag": "0s", "max_window": max_window, "readers": readers},
+        batching={"max_items": max_items, "max_wait": "50ms", "queue_capacity": queue_capacity},
+        rate_limits={"brevo_events": {"requests": 1000, "per": "1s"},
+                     "brevo_events_batch": {"requests": 1000, "per": "1s"}},
+        shutdown_timeout=shutdown_timeout,
+    )
     return parse_config(raw, env=SECRETS)
 
 
@@ -396,7 +386,7 @@ async def test_a_zip_that_cannot_be_opened_is_fetched_again(tmp_path):
 
 # -- (g) the checkpoint is per hour and never passes undelivered items ---------------------------------------
 
-async def test_stopping_mid_window_keeps_undelivered_hours_and_a_restart_completes(tmp_path, monkeypatch):
+async def test_stopping_mid_window_keeps_undelivered_hours_and_a_restart_completes(tmp_path, monkeypatch, make_daemon):
     spec = dataset(hours=4, rows_per_hour=300)
     expected = expected_events(spec)
     async with sandbox(spec, brevo_faults=BrevoFaults(latency=0.02)) as sb:
@@ -422,9 +412,9 @@ async def test_stopping_mid_window_keeps_undelivered_hours_and_a_restart_complet
                 behind = {k for k, (h, _) in expected.items() if hour_key(h) < value}
                 assert behind <= received, f"checkpoint {value} written before {len(behind - received)} items arrived"
 
-        daemon = Daemon(cfg, components=lambda rt: [*sink_components(rt), export_source(
-                            rt, checkpoint_name=name, start=hour(0), end=hour(3))],
-                        burst=True, admin=False, install_signal_handlers=False)
+        daemon = make_daemon(cfg, components=lambda rt: [*sink_components(rt), export_source(
+                                 rt, checkpoint_name=name, start=hour(0), end=hour(3))],
+                             burst=True, serve_admin=False)
         serving = asyncio.create_task(daemon.serve())
         async with asyncio.timeout(30):
             while len(brevo.events) < len(expected) // 2:
@@ -528,13 +518,13 @@ def candidates(*events: BrevoEvent) -> Any:
 
 
 @asynccontextmanager
-async def lagging_source(tmp_path) -> AsyncIterator[tuple[ExportSource, BatchQueue[Any]]]:
+async def lagging_source(tmp_path, readers: int = 0) -> AsyncIterator[tuple[ExportSource, BatchQueue[Any]]]:
     """A source reading hour 0 whose dedupe lookups never see a key, and its queue."""
     async with Sandbox(SandboxOptions()) as sb:
         queue: BatchQueue[Any] = BatchQueue("brevo_events", max_items=10, max_wait=0, capacity=100)
         state = _LaggingState()
         dedupe = DedupeRecord(state, window=3600)  # type: ignore[arg-type]
-        source = ExportSource(cfg=make_config(tmp_path, sb), client=None, queues={"brevo_events": queue},  # type: ignore[arg-type]
+        source = ExportSource(cfg=make_config(tmp_path, sb, readers=readers), client=None, queues={"brevo_events": queue},  # type: ignore[arg-type]
                               dedupe=dedupe, acks=Acknowledger(state, dedupe), stopping=asyncio.Event())  # type: ignore[arg-type]
         yield source, queue
 
@@ -594,7 +584,7 @@ async def test_a_reader_child_that_dies_mid_member_is_replaced_and_nothing_is_lo
     spec = dataset(hours=1, rows_per_hour=20_000)  # members of about ten chunks
     expected = expected_events(spec)
     async with sandbox(spec) as sb:
-        cfg = make_config(tmp_path, sb, queue_capacity=100_000)  # never backed up: the children read it all
+        cfg = make_config(tmp_path, sb, queue_capacity=100_000, readers=2)  # never backed up: the children read it all
         result = await backfill(cfg, 0, 0)
         assert killed, "the child was killed mid-member"
         assert result.complete
@@ -610,7 +600,7 @@ async def test_reader_children_pause_while_the_queue_is_backed_up_and_resume_onc
     """Brevo the bottleneck (queue ≥ 10 % full): map here, children stopped; ≤ 2 % again: children."""
     from structlog.testing import capture_logs
 
-    async with lagging_source(tmp_path) as (source, queue):
+    async with lagging_source(tmp_path, readers=2) as (source, queue):
         assert source.reader.workers == 2 and queue.capacity == 100
         with capture_logs() as logs:
             assert source.reader.in_process() is False
@@ -655,7 +645,7 @@ async def test_a_slow_brevo_backs_the_queue_up_and_the_rest_is_read_without_chil
     spec = dataset(hours=2, rows_per_hour=6000)
     expected = expected_events(spec)
     async with sandbox(spec, brevo_faults=BrevoFaults(latency=0.3)) as sb:  # ~330 events/s: reading is faster
-        cfg = make_config(tmp_path, sb, queue_capacity=200)
+        cfg = make_config(tmp_path, sb, queue_capacity=200, readers=2)
         result = await backfill(cfg, 0, 1)
         counts = received_ids(sb.brevo_app[BREVO_STATE].events)
     assert set(counts) == set(expected) and max(counts.values()) == 1

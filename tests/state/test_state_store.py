@@ -24,12 +24,10 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def st(db_path: Path):
-    store = await StateStore.open(db_path)
-    try:
-        yield store
-    finally:
-        await store.close()
+def st(state: StateStore, db_path: Path) -> StateStore:
+    """The root conftest's `state`: a store open on db_path, closed after the test."""
+    assert state.path == db_path
+    return state
 
 
 def raw(path: Path) -> sqlite3.Connection:
@@ -761,20 +759,23 @@ async def test_spool_append_is_committed_when_it_returns(db_path: Path, st: Stat
 async def test_dedupe_lookups_do_not_wait_behind_a_write(st: StateStore) -> None:
     """Lookups read on their own connection and thread: a long write (a big commit, a purge) does not hold
     them up, and they see what was committed before they started."""
-    import time
-
     await st.commit_delivery(["k1"], sink="brevo_events")
+    began, finish = threading.Event(), threading.Event()
 
     def slow_write(conn: sqlite3.Connection) -> None:
         conn.execute("BEGIN IMMEDIATE")
-        time.sleep(1.0)
+        began.set()
+        finish.wait(10)  # the write goes on until the lookup below has answered
         conn.execute("INSERT INTO dedupe (key, sink, delivered_at) VALUES ('k2', 's', 0)")
         conn.execute("COMMIT")
 
     writing = asyncio.ensure_future(st._run(slow_write))
-    await asyncio.sleep(0.2)
-    started = time.monotonic()
-    assert await st.unseen(["k1", "k2", "k3"]) == {"k2", "k3"}, "k2 is not committed yet"
-    assert time.monotonic() - started < 0.5
+    try:
+        async with asyncio.timeout(5):
+            await asyncio.get_running_loop().run_in_executor(None, began.wait)
+        async with asyncio.timeout(2):  # behind the write, the lookup would wait for ever
+            assert await st.unseen(["k1", "k2", "k3"]) == {"k2", "k3"}, "k2 is not committed yet"
+    finally:
+        finish.set()
     await writing
     assert await st.unseen(["k1", "k2", "k3"]) == {"k3"}

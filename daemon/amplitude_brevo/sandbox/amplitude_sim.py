@@ -10,7 +10,7 @@ import hmac
 import threading
 import time
 import zipfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from itertools import islice
@@ -64,6 +64,8 @@ class ExportFaults:
     # was set (through `update`, or `html_404_for()`).
     html_404_requests: int = 0
     html_404_seconds: float = 0.0
+    # What `html_404_seconds` is measured on; a test passes a fake one and advances it instead of sleeping.
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False, compare=False)
     _fired: set[str] = field(default_factory=set, repr=False)
     _html_404_until: float = field(default=0.0, repr=False)
 
@@ -74,18 +76,18 @@ class ExportFaults:
     def html_404_for(self, seconds: float) -> None:
         """Answer every export request with a bare HTML 404 for `seconds` from now (0 stops it)."""
         self.html_404_seconds = float(seconds)
-        self._html_404_until = time.monotonic() + self.html_404_seconds if seconds > 0 else 0.0
+        self._html_404_until = self.clock() + self.html_404_seconds if seconds > 0 else 0.0
 
     def take_html_404(self) -> bool:
         """Whether this request is answered with the HTML 404 (counts it against `html_404_requests`)."""
         if self.html_404_requests > 0:
             self.html_404_requests -= 1
             return True
-        return time.monotonic() < self._html_404_until
+        return self.clock() < self._html_404_until
 
     def update(self, data: dict[str, Any]) -> None:
         """Apply a JSON-ish mapping of field values (lists become sets). Unknown keys raise ValueError."""
-        names = {f.name for f in fields(self) if not f.name.startswith("_")}
+        names = {f.name for f in fields(self) if not f.name.startswith("_") and f.name != "clock"}
         unknown = set(data) - names
         if unknown:
             raise ValueError(f"unknown fault fields: {sorted(unknown)}")
@@ -109,8 +111,8 @@ class ExportFaults:
             setattr(self, key, value)
 
     def reset(self) -> None:
-        """Back to no faults at all."""
-        fresh = ExportFaults()
+        """Back to no faults at all (on the same clock)."""
+        fresh = ExportFaults(clock=self.clock)
         for f in fields(self):
             setattr(self, f.name, getattr(fresh, f.name))
 
@@ -126,7 +128,7 @@ class ExportFaults:
             "latency": self.latency,
             "html_404_requests": self.html_404_requests,
             "html_404_seconds": self.html_404_seconds,
-            "html_404_remaining_seconds": round(max(0.0, self._html_404_until - time.monotonic()), 3),
+            "html_404_remaining_seconds": round(max(0.0, self._html_404_until - self.clock()), 3),
         }
 
 

@@ -52,11 +52,11 @@ class BrevoFaults:
     error_statuses: tuple[int, ...] = (500, 502, 503, 429)
     reset_rate: float = 0.0  # fraction of requests whose connection is closed without a response
     latency: float = 0.0  # seconds added to every /v3 response
-    outage_until: float = 0.0  # time.monotonic() deadline: until then every /v3 request gets 503
+    outage_until: float = 0.0  # deadline on the state's clock (time.monotonic): until then every /v3 request gets 503
     seed: int = 0  # faults are drawn from random.Random(seed) so runs are reproducible
     reject_ext_ids: frozenset[str] = frozenset()  # events for these ext_ids fail validation (an item Brevo refuses)
     # A wrong host or a proxy in front: every /v3 path answers 404 with an HTML page, until this
-    # time.monotonic() deadline and for this many more requests (set `not_found_seconds` at runtime).
+    # deadline on the state's clock and for this many more requests (set `not_found_seconds` at runtime).
     not_found_until: float = 0.0
     not_found_requests: int = 0
 
@@ -647,14 +647,26 @@ class BrevoState:
             "orders": self.orders,
             "contacts": [c.to_json() for c in self.contacts.values()],
             "lists": {str(lid): [c.label() for c in self.members(lid)] for lid in self.lists},
-            "requests": dict(self.requests),
-            "statuses": dict(self.statuses),
-            "rejected": self.rejected,
-            "rate_limited": self.rate_limited,
-            "injected": self.injected,
-            "resets": self.resets,
+            **self._counters(),
             "processes": list(self.processes.values()),
         }
+
+    def counts(self) -> dict[str, Any]:
+        """How much was received, without the payloads: `dump()`'s lists as their lengths (`lists` as members
+        per list), events also per `event_name`, and the same request counters."""
+        return {
+            "events": len(self.events),
+            "event_names": dict(Counter(str(e.get("event_name")) for e in self.events)),
+            "orders": len(self.orders),
+            "contacts": len(self.contacts),
+            "lists": {str(lid): len(self.members(lid)) for lid in self.lists},
+            "processes": len(self.processes),
+            **self._counters(),
+        }
+
+    def _counters(self) -> dict[str, Any]:
+        return {"requests": dict(self.requests), "statuses": dict(self.statuses), "rejected": self.rejected,
+                "rate_limited": self.rate_limited, "injected": self.injected, "resets": self.resets}
 
 
 BREVO_STATE: web.AppKey[BrevoState] = web.AppKey("brevo_state", BrevoState)
@@ -1567,6 +1579,11 @@ async def sandbox_received(request: web.Request) -> web.Response:
     return _json(_state(request).dump())
 
 
+async def sandbox_received_count(request: web.Request) -> web.Response:
+    """What `received` holds, counted: cheap enough to poll while thousands of events arrive."""
+    return _json(_state(request).counts())
+
+
 async def sandbox_faults(request: web.Request) -> web.Response:
     state = _state(request)
     try:
@@ -1619,10 +1636,13 @@ def make_brevo_app(
     lists: dict[int, str] | None = None,
     events_batch_max: int = EVENTS_BATCH_MAX,
     events_batch_bucket: str = "other",
+    clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """Build the simulator app; `app[BREVO_STATE]` is the live state.
 
     `events_batch_bucket`: which rate bucket `/events/batch` spends, "other" or "events" (EVENTS_BATCH_BUCKETS).
+    `clock`: what the rate windows and the outage / not-found durations are measured on (a test passes a fake
+    one and advances it instead of sleeping).
     """
     app = web.Application(middlewares=[brevo_middleware], client_max_size=CLIENT_MAX_SIZE)
     app[BREVO_STATE] = BrevoState(
@@ -1633,6 +1653,7 @@ def make_brevo_app(
         lists=lists,
         events_batch_max=events_batch_max,
         events_batch_bucket=events_batch_bucket,
+        clock=clock,
     )
     r = app.router
     r.add_post("/v3/contacts", create_contact)
@@ -1659,6 +1680,7 @@ def make_brevo_app(
     r.add_post("/v3/orders/status", create_order)
     r.add_post("/v3/orders/status/batch", create_orders_batch)
     r.add_get("/_sandbox/brevo/received", sandbox_received)
+    r.add_get("/_sandbox/brevo/received/count", sandbox_received_count)
     r.add_post("/_sandbox/brevo/faults", sandbox_faults)
     r.add_post("/_sandbox/brevo/limits", sandbox_limits)
     r.add_post("/_sandbox/brevo/reset", sandbox_reset)
