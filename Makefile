@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-big clean
+.PHONY: demo test lint bench bench-big bench-brevo bench-startup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,12 @@ bench: $(STAMP)
 
 bench-big: $(STAMP)
 	$(BIN)/python bench/export_throughput.py --big
+
+bench-brevo: $(STAMP)
+	$(BIN)/python bench/brevo_events.py
+
+bench-startup: $(STAMP)
+	$(BIN)/python bench/state_startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

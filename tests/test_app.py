@@ -387,3 +387,27 @@ async def test_a_reload_warns_about_a_newly_configured_capability_that_is_not_bu
         assert len(warned) == 1 and warned[0].startswith("connectors.brevo.create_attributes")
     finally:
         await daemon.shutdown()
+
+
+async def test_a_producer_deaf_to_the_stop_is_cancelled_after_a_short_grace(make_daemon):
+    """A long download only sees the stop between chunks: it is cancelled (its window is read again after
+    the restart) instead of holding the exit for the whole shutdown_timeout."""
+    import amplitude_brevo.app as app_module
+
+    class Deaf:
+        name, role = "deaf", "producer"
+
+        async def run(self):
+            await asyncio.Event().wait()
+
+        def reload(self, cfg):
+            pass
+
+    daemon = make_daemon(components=lambda rt: [Deaf()], shutdown_timeout="30s")
+    task = asyncio.create_task(daemon.serve())
+    await asyncio.sleep(0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    daemon.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0
+    assert loop.time() - started < app_module.PRODUCER_GRACE + 1

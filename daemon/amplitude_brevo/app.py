@@ -30,6 +30,8 @@ from .state import StateLocked, StateStore
 
 log = get_logger("daemon")
 
+PRODUCER_GRACE = 1.0  # seconds a producer gets to reach its next stopping point at shutdown
+
 # Settings read once at startup: a reload that changes them says so and keeps the running value.
 RESTART_REQUIRED = ("state.path", "admin.listen", "ingest.listen", "ingest.enabled")
 
@@ -444,7 +446,16 @@ class Daemon:
                 stop()
         for queue in rt.queues.values():
             await queue.close()  # wakes producers blocked on a full queue and consumers waiting for items
-        tasks = list(self._tasks)
+        # A producer holds nothing that is not read again after a restart: one still busy after a short grace
+        # (a long download that only notices the stop between chunks) is cancelled, not waited for.
+        producers = [t for t, c in self._tasks.items() if c.role == "producer"]
+        busy = await self._wait_until(producers, min(deadline, time.monotonic() + PRODUCER_GRACE))
+        if busy:
+            log.info("daemon.producers.cancelled", components=[self._tasks[t].name for t in busy])
+            for task in busy:
+                task.cancel()
+            await asyncio.gather(*busy, return_exceptions=True)
+        tasks = [t for t in self._tasks if not t.done()]
         left = await self._wait_until(tasks, deadline)
         if left:
             forced = self._force.is_set()
