@@ -497,6 +497,8 @@ async def test_sigterm_with_a_full_queue_behind_a_slow_brevo_exits_at_once_and_l
         daemon.proc.send_signal(signal.SIGTERM)
         code = await daemon.wait(10)
         took = time.monotonic() - started
+        queued = [e.get("queued_items") for e in daemon.events("daemon.stopping")]
+        print(f"SIGTERM with {queued} items queued: exit {code} in {took:.2f} s")
         assert code == 0, daemon.all_output()[-3000:]
         assert took < 2, f"exit took {took:.1f} s"
         assert not daemon.events("daemon.shutdown.incomplete"), "nothing was cut off mid-request"

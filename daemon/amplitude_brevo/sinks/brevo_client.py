@@ -200,7 +200,8 @@ class BrevoClient:
                         raise BudgetPaused(bucket_name, floor)
                 if response.status in (401, 403):
                     log.error("brevo.auth_failed", status=response.status, path=path,
-                              hint="check connectors.brevo.api_key; a SIGHUP reload picks up a new key")
+                              hint="check connectors.brevo.api_key; a new key applies on `systemctl reload` when the "
+                                   "service reads the key file itself, on `systemctl restart` with LoadCredential=")
             if self.backoff.exhausted(attempt):
                 raise RuntimeError(f"giving up on {method} {path} after {attempt} attempts: {reason}")
             log.info("brevo.retry", path=path, attempt=attempt, reason=reason,
