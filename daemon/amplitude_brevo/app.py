@@ -180,7 +180,7 @@ class Daemon:
             state = await StateStore.open(self.cfg.state.path)
         except StateLocked as exc:  # another daemon, backfill or replay on this file: it names the holder
             raise StartupError(str(exc)) from exc
-        except Exception as exc:  # StateError (locked, corrupt …) and OS errors: a clear message, never a reset
+        except Exception as exc:  # StateError (corrupt, foreign, too new) and OS errors: a clear message, never a reset
             raise StartupError(f"cannot open state file {self.cfg.state.path}: {exc}") from exc
         self.runtime = rt = Runtime(
             cfg=self.cfg,
@@ -195,12 +195,16 @@ class Daemon:
             self.metrics.dlq_size.set(sum((await state.dead_letter_counts()).values()))
             rt.acks.on_dead_letters = self.metrics.dlq_size.inc
             if self._admin_enabled:
-                await self._start_admin()
+                try:
+                    await self._start_admin()
+                except OSError as exc:
+                    raise StartupError(
+                        f"cannot listen on admin.listen {self.cfg.admin.listen}: {exc.strerror or exc}") from exc
             for component in self._component_factory(rt):
-                await self._launch(component)
-        except OSError as exc:
-            await self._abort_startup()
-            raise StartupError(f"cannot listen on admin.listen {self.cfg.admin.listen}: {exc.strerror or exc}") from exc
+                try:
+                    await self._launch(component)
+                except OSError as exc:  # a listener that cannot bind, a directory that cannot be made …
+                    raise StartupError(f"component {component.name} cannot start: {exc}") from exc
         except BaseException:
             await self._abort_startup()
             raise
