@@ -443,16 +443,18 @@ class ExportSource:
         token = self.tracker.token(chunk.hour)
         batch = chunk.batch
         by_sink: dict[str, list[Item]] = {}
+        repeats: dict[str, int] = {}
         for sink, key, body in zip(batch.sinks, batch.keys, batch.bodies, strict=True):
             if key is not None and not next(fresh):
+                repeats[sink] = repeats.get(sink, 0) + 1
                 continue
             by_sink.setdefault(sink, []).append(Item(key, body, token))
         queued = sum(map(len, by_sink.values()))
-        deduplicated = len(batch) - queued
-        if deduplicated:
-            self.stats.deduplicated += deduplicated
+        if repeats:
+            self.stats.deduplicated += sum(repeats.values())
             if self.metrics:
-                self.metrics.items_out.labels(sink=",".join(self.sinks), outcome="deduplicated").inc(deduplicated)
+                for sink, count in repeats.items():
+                    self.metrics.items_out.labels(sink=sink, outcome="deduplicated").inc(count)
         self.tracker.add(chunk.hour, queued)
         for sink, items in by_sink.items():
             await self.queues[sink].put_many(items)
