@@ -136,18 +136,18 @@ async def test_lock_false_does_not_migrate_behind_the_holder(db_path: Path, hold
     with pytest.raises(StateLocked) as info:
         await StateStore.open(db_path, lock=False)
     assert str(info.value) == (
-        f"state file {db_path} needs migrating from schema version 1 to 2, which only its writer may do, "
+        f"state file {db_path} needs migrating from schema version 2 to 3, which only its writer may do, "
         f"but it is in use by another amplitude-brevo process (pid {proc.pid}); "
         f"stop it first, or point state.path elsewhere"
     )
     with sqlite3.connect(db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
     conn.close()
 
     await finish(proc)
     # With nobody holding it, lock=False takes the lock for the migration only.
     async with await StateStore.open(db_path, lock=False) as st:
-        assert st.schema_version == 2
+        assert st.schema_version == 3
         async with await StateStore.open(db_path) as writer:
             assert writer.schema_version == 2
 

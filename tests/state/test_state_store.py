@@ -65,7 +65,7 @@ async def test_new_file_gets_schema_wal_and_private_modes(tmp_path: Path) -> Non
     path = tmp_path / "nested" / "dir" / "state.db"
     async with await StateStore.open(path) as st:
         assert st.path == path
-        assert st.schema_version == SCHEMA_VERSION == 1
+        assert st.schema_version == SCHEMA_VERSION == 2
         assert mode(path) == 0o600
         assert mode(path.parent) == 0o700
         # SQLite gives the WAL the main file's mode.
@@ -92,7 +92,7 @@ async def test_new_file_gets_schema_wal_and_private_modes(tmp_path: Path) -> Non
             "ingest_spool",
             "meta",
         } <= tables
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"  # persistent in the file
         meta = dict(conn.execute("SELECT key, value FROM meta"))
         assert meta["created_by"].startswith("amplitude-brevo ")
@@ -111,7 +111,7 @@ async def test_reopen_keeps_data(db_path: Path) -> None:
         await st.spool_append("httpapi", [b"{}"])
 
     async with await StateStore.open(db_path) as st:
-        assert st.schema_version == 1
+        assert st.schema_version == SCHEMA_VERSION
         assert await st.checkpoints() == {"export": "2026-11-01T10"}
         assert await st.unseen(["a", "b", "c"]) == {"c"}
         stored = await st.get_dead_letter(dl_id)
@@ -124,7 +124,7 @@ async def test_reopen_keeps_data(db_path: Path) -> None:
 async def test_migrates_an_empty_v0_file(db_path: Path) -> None:
     write_bytes(db_path, b"")  # zero bytes: SQLite's empty database, user_version 0
     async with await StateStore.open(db_path) as st:
-        assert st.schema_version == 1
+        assert st.schema_version == SCHEMA_VERSION
         await st.set_checkpoint("a", "b")
         assert await st.get_checkpoint("a") == "b"
 
@@ -135,7 +135,7 @@ async def test_migrates_a_v0_database_without_tables(db_path: Path) -> None:
         conn.execute("DROP TABLE t")
     conn.close()
     async with await StateStore.open(db_path) as st:
-        assert st.schema_version == 1
+        assert st.schema_version == SCHEMA_VERSION
 
 
 async def test_migration_to_a_later_version_keeps_data(db_path: Path, monkeypatch) -> None:
@@ -145,7 +145,7 @@ async def test_migration_to_a_later_version_keeps_data(db_path: Path, monkeypatc
         schema, "MIGRATIONS", [*schema.MIGRATIONS, ["ALTER TABLE checkpoints ADD COLUMN note TEXT"]]
     )
     async with await StateStore.open(db_path) as st:
-        assert st.schema_version == 2
+        assert st.schema_version == SCHEMA_VERSION + 1
         assert await st.get_checkpoint("export") == "h1"
         cols = await st._run(lambda c: [r[1] for r in c.execute("PRAGMA table_info(checkpoints)")])
         assert "note" in cols
@@ -157,10 +157,10 @@ async def test_failed_migration_rolls_back_to_previous_version(db_path: Path, mo
     monkeypatch.setattr(
         schema, "MIGRATIONS", [*schema.MIGRATIONS, ["CREATE TABLE half_done (x)", "THIS IS NOT SQL"]]
     )
-    with pytest.raises(StateError, match="from schema version 1 failed"):
+    with pytest.raises(StateError, match="from schema version 2 failed"):
         await StateStore.open(db_path)
     with raw(db_path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
         assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'half_done'").fetchone()[0] == 0
         assert conn.execute("SELECT value FROM checkpoints").fetchone()[0] == "h1"
     conn.close()
@@ -236,7 +236,7 @@ async def test_a_state_file_missing_a_table_is_refused(db_path: Path) -> None:
     with pytest.raises(StateError) as info:
         await StateStore.open(db_path)
     assert str(info.value) == (
-        f"state file {db_path} is incomplete: schema version 1 lacks ingest_spool; "
+        f"state file {db_path} is incomplete: schema version 2 lacks ingest_spool; "
         f"{store_module.UNTOUCHED}"
     )
     assert read_bytes(db_path) == before
@@ -254,7 +254,7 @@ async def test_the_open_time_check_does_not_grow_with_the_file(tmp_path: Path) -
 
         with closing(sqlite3.connect(path, isolation_level=None)) as conn:
             conn.set_progress_handler(tick, 10)
-            assert store_module._check_file(conn, path) == 1
+            assert store_module._check_file(conn, path) == SCHEMA_VERSION
         return counted[0]
 
     small, large = tmp_path / "small.db", tmp_path / "large.db"
@@ -273,7 +273,7 @@ async def test_the_edge_probes_walk_each_btree_in_order(st: StateStore) -> None:
         return {probe: _plan(conn, probe, ()) for probe in store_module._edge_probes(conn, objects)}
 
     probes = await st._run(plans)
-    assert len(probes) == 2 * 16, "both ends of every table and index"
+    assert len(probes) == 2 * 22, "both ends of every table and index"
     for probe, plan in probes.items():
         assert len(plan) == 1 and "TEMP B-TREE" not in plan[0], (probe, plan)
 
@@ -290,7 +290,7 @@ async def test_newer_schema_is_refused(db_path: Path) -> None:
         await StateStore.open(db_path)
     message = str(info.value)
     assert "schema version 99" in message
-    assert "supports up to 1" in message
+    assert f"supports up to {SCHEMA_VERSION}" in message
     assert "upgrade amplitude-brevo or point state.path elsewhere" in message
     assert read_bytes(db_path) == before
 

@@ -73,6 +73,47 @@ MIGRATIONS: list[Sequence[str]] = [
             received_at REAL
         )""",
     ],
+    # 2: contacts and revenue (issue 8), rate-budget usage for `status`
+    [
+        # One row per Amplitude user the export (or ingest) has told us about: the newest row folded, the
+        # contact attributes as converted for Brevo, and what is known of the contact in Brevo. `seq` orders
+        # writes: a row whose seq is above the `contacts.written` checkpoint has a Brevo write pending.
+        """CREATE TABLE contacts (
+            user_id     TEXT PRIMARY KEY,
+            seen        TEXT NOT NULL,
+            first_seen  TEXT,
+            last_active TEXT,
+            email       TEXT,
+            sources     BLOB,
+            attributes  BLOB,
+            seq         INTEGER NOT NULL,
+            brevo_email TEXT,
+            brevo_id    INTEGER,
+            in_brevo    INTEGER NOT NULL DEFAULT 0,
+            updated_at  REAL
+        )""",
+        "CREATE INDEX contacts_seq ON contacts (seq)",
+        # Every revenue event counted, by dedupe key: a key is counted into its user's totals once, ever.
+        """CREATE TABLE revenue (
+            key     TEXT PRIMARY KEY,
+            user_id TEXT NOT NULL,
+            amount  REAL NOT NULL,
+            at      TEXT
+        ) WITHOUT ROWID""",
+        """CREATE TABLE revenue_totals (
+            user_id TEXT PRIMARY KEY,
+            ltv     REAL NOT NULL,
+            orders  INTEGER NOT NULL,
+            refunds INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        # Brevo requests sent per budget and UTC minute (epoch minute), for `status`.
+        """CREATE TABLE budget_usage (
+            budget   TEXT NOT NULL,
+            minute   INTEGER NOT NULL,
+            requests INTEGER NOT NULL,
+            PRIMARY KEY (budget, minute)
+        ) WITHOUT ROWID""",
+    ],
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
