@@ -149,7 +149,7 @@ async def test_lock_false_does_not_migrate_behind_the_holder(db_path: Path, hold
     async with await StateStore.open(db_path, lock=False) as st:
         assert st.schema_version == 3
         async with await StateStore.open(db_path) as writer:
-            assert writer.schema_version == 2
+            assert writer.schema_version == 3
 
 
 async def test_lock_file_is_private_names_the_holder_and_is_emptied_on_close(db_path: Path) -> None:
