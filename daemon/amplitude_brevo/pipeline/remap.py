@@ -362,22 +362,14 @@ def email_id(value: Any) -> str | None:
 _EVENT_PROPERTIES = b',"event_properties":'
 
 
-def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
-    """One export row → a Brevo event, a skip, or a rejection with its reason."""
-    event_type = row.event_type
-    if event_type is None:
-        return Rejected("row has no event_type", _row_summary(row))
-    head = rules._heads.get(event_type)
-    if head is None:
-        return SKIPPED_UNMAPPED
-    key = row.insert_id or row.uuid
-    if not key:
-        return Rejected("row has neither $insert_id nor uuid", _row_summary(row))
+def identity_of(row: ExportRow, rules: MappingRules) -> tuple[Any, Any] | Skipped | Rejected:
+    """Whom a row is about (SPEC §5): `(ext_id, user properties)` — the ext_id from the row or a user
+    property, the properties decoded as `rules.user_properties` (the email is `email_id(getattr(user,
+    rules._email_attr))`) — or why it is nobody's: skipped as anonymous, or rejected."""
     try:
         user = rules.user_properties(row.user_properties)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # e.g. invalid UTF-8 in a text
-        return Rejected(f"user_properties cannot be decoded: {exc}", _row_summary(row))
-    # identifiers (SPEC §5): ext_id from the row or a user property, and a valid email, lower-cased
+        return Rejected(f"user_properties cannot be decoded: {exc}", row_summary(row))
     ext_id_attr = rules._ext_id_attr
     ext_id = getattr(row, rules.ext_id_field) if ext_id_attr is None else getattr(user, ext_id_attr)
     if not ext_id and rules.anonymous == "use_device_id":
@@ -385,21 +377,39 @@ def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
     if not ext_id:
         if rules.anonymous == "use_device_id":
             # Anonymous events were asked for, but this row cannot be attributed to anyone.
-            return Rejected("row has neither a user id nor a device_id", _row_summary(row))
+            return Rejected("row has neither a user id nor a device_id", row_summary(row))
         return SKIPPED_ANONYMOUS
+    return ext_id, user
+
+
+def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
+    """One export row → a Brevo event, a skip, or a rejection with its reason."""
+    event_type = row.event_type
+    if event_type is None:
+        return Rejected("row has no event_type", row_summary(row))
+    head = rules._heads.get(event_type)
+    if head is None:
+        return SKIPPED_UNMAPPED
+    key = row.insert_id or row.uuid
+    if not key:
+        return Rejected("row has neither $insert_id nor uuid", row_summary(row))
+    person = identity_of(row, rules)
+    if type(person) is not tuple:
+        return person
+    ext_id, user = person
     event_date = iso_utc(row.event_time)
     if event_date is None:
-        return Rejected(f"unparseable event_time {row.event_time!r}", _row_summary(row))
+        return Rejected(f"unparseable event_time {row.event_time!r}", row_summary(row))
     try:
         props_json = _encoded_properties(bytes(row.event_properties), event_type, key)
     except (msgspec.DecodeError, TypeError, ValueError) as exc:
         # Invalid UTF-8 inside a value, integers beyond 64 bits, … : Brevo could not take them either.
-        return Rejected(f"event_properties cannot be re-encoded: {exc}", _row_summary(row))
+        return Rejected(f"event_properties cannot be re-encoded: {exc}", row_summary(row))
     size = len(props_json)
     if size > MAX_EVENT_PROPERTIES_BYTES:
         return Rejected(
             f"event_properties is {size} bytes, over Brevo's 50 KB limit",
-            {**_row_summary(row), "event_properties_bytes": size},
+            {**row_summary(row), "event_properties_bytes": size},
         )
     # {"event_name":…,"event_date":"…","identifiers":{…},"contact_properties":{…},"event_properties":{…}}
     # as one exact-size bytes (a join allocates its result at size, unlike orjson's own output). The date
@@ -407,7 +417,7 @@ def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
     try:
         people = rules.people(ext_id, user)
     except (TypeError, ValueError) as exc:  # e.g. an integer beyond 64 bits
-        return Rejected(f"user_properties cannot be re-encoded: {exc}", _row_summary(row))
+        return Rejected(f"user_properties cannot be re-encoded: {exc}", row_summary(row))
     return BrevoEvent(key, b"".join(
         (head, event_date.encode(), b'",', people, _EVENT_PROPERTIES, props_json, b"}")
     ))
@@ -517,7 +527,7 @@ def _encoded_properties(raw: bytes, event_type: str, key: str) -> bytes:
     return orjson.dumps(props)
 
 
-def _row_summary(row: ExportRow) -> dict[str, Any]:
+def row_summary(row: ExportRow) -> dict[str, Any]:
     return {
         "event_type": row.event_type,
         "uuid": row.uuid,

@@ -119,6 +119,9 @@ class BrevoSink:
     batch_budget = ""
     single_budget: str | None = None  # None: no single endpoint, a lone item goes as a batch of one
     max_batch_size = 1000
+    # A remainder of fewer items than this goes to the single endpoint (when the sink has one) rather than
+    # to a batch request: 2 sends a lone item alone; orders set more, their batch budget being hourly.
+    singles_below = 2
     # Statuses that, with one of these Brevo error codes, are a verdict on items (see BrevoClient.call).
     item_verdicts: Mapping[int, frozenset[str]] = {}
 
@@ -253,7 +256,9 @@ class BrevoSink:
         singles: list[int] = []
 
         def rest_to_singles() -> bool:
-            if self.single_budget is not None and (not self.batching or len(todo) == 1 or not self._batch_open()):
+            if self.single_budget is not None and (
+                not self.batching or len(todo) < self.singles_below or not self._batch_open()
+            ):
                 singles.extend(todo)  # the single endpoint has its own budget: use it now
                 todo.clear()
             return not todo
