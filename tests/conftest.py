@@ -45,7 +45,8 @@ def merge(document: dict[str, Any], overrides: Mapping[str, Any], *, top: bool =
 def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
     """A config document for tests, with fast defaults: loopback URLs nobody answers on (a test that talks to a
     simulator points them at it), the state file in tmp_path, admin on a free port, ingest off, export rows
-    mapped in this process (`export.readers: 0`), small batches, a short shutdown_timeout, keys from SECRETS.
+    mapped in this process (`export.readers: 0`), events only (`sync.user_properties` and `sync.revenue` off),
+    small batches, a short shutdown_timeout, keys from SECRETS.
 
     Each override is merged into its section (see `merge`): `export={"lag": "0s"}` keeps `readers: 0`.
     """
@@ -60,6 +61,8 @@ def base_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
             "brevo": {"api_key": "${BREVO_API_KEY}", "api_url": "http://127.0.0.1:9/v3"},
         },
         "event_mapping": {"Purchase": "order_completed", "Sign Up": "customer_created"},
+        # Events only unless a test switches contacts (user_properties) or orders and totals (revenue) on.
+        "sync": {"user_properties": False, "revenue": False},
         "export": {"readers": 0},
         "ingest": {"enabled": False, "listen": "127.0.0.1:0"},
         "admin": {"listen": "127.0.0.1:0"},

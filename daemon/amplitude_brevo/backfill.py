@@ -13,7 +13,6 @@ from typing import Any, TextIO
 from .app import Component, Daemon, Runtime, StartupError
 from .components import backfill_checkpoint, export_source, sink_components
 from .config import Config
-from .sinks.brevo_events import BrevoEventsSink
 from .sources.amplitude_export import ExportSource
 
 
@@ -26,7 +25,8 @@ class BackfillResult:
     exit_code: int
     seconds: float
     source: dict[str, Any] = field(default_factory=dict)
-    sink: dict[str, Any] = field(default_factory=dict)
+    sink: dict[str, Any] = field(default_factory=dict)  # the events sink's stats (the first sink's)
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)  # every component's stats, by name
     rate_limited: int = 0
     complete: bool = False
 
@@ -34,8 +34,9 @@ class BackfillResult:
 class _Progress:
     """A one-line progress bar on stderr, redrawn twice a second (only when stderr is a TTY)."""
 
-    def __init__(self, source: ExportSource, sink: BrevoEventsSink, start: datetime, end: datetime, out: TextIO):
-        self.source, self.sink, self.start, self.end, self.out = source, sink, start, end, out
+    def __init__(self, source: ExportSource, sinks: Sequence[Any], start: datetime, end: datetime, out: TextIO):
+        self.source, self.start, self.end, self.out = source, start, end, out
+        self.sinks = [c for c in sinks if hasattr(getattr(c, "stats", None), "delivered")]
         self.total = int((end - start) / timedelta(hours=1)) + 1
 
     def draw(self) -> None:
@@ -46,9 +47,11 @@ class _Progress:
         filled = width * done // self.total
         bar = "#" * filled + "-" * (width - filled)
         s = self.source.stats
+        delivered = sum(c.stats.delivered for c in self.sinks)
+        dead = s.dead_lettered + sum(c.stats.dead_lettered for c in self.sinks)
         self.out.write(
-            f"\r[{bar}] {done}/{self.total} h  rows {s.rows:,}  delivered {self.sink.stats.delivered:,}"
-            f"  dedup {s.deduplicated:,}  dlq {s.dead_lettered + self.sink.stats.dead_lettered:,} "
+            f"\r[{bar}] {done}/{self.total} h  rows {s.rows:,}  delivered {delivered:,}"
+            f"  dedup {s.deduplicated:,}  dlq {dead:,} "
         )
         self.out.flush()
 
@@ -75,11 +78,11 @@ async def run_backfill(
         source = export_source(
             runtime, checkpoint_name=backfill_checkpoint(start, end), start=start, end=end, dry_run=dry_run
         )
-        sinks = sink_components(runtime, dry_run=dry_run)
-        if source is None or not sinks:
-            raise BackfillError("nothing to backfill: the config maps no export rows to Brevo "
-                                "(check connectors.amplitude.enabled, sync.events and event_mapping)")
-        parts.update(source=source, sink=sinks[0], runtime=runtime)
+        if source is None:
+            raise BackfillError("nothing to backfill: the config maps no export rows to Brevo (check "
+                                "connectors.amplitude.enabled, sync.*, event_mapping, property_mapping, revenue)")
+        sinks = sink_components(runtime, dry_run=dry_run, historical=True, upstream=source.finished)
+        parts.update(source=source, sink=sinks[0], sinks=sinks, runtime=runtime)
         return [*sinks, source]
 
     daemon = Daemon(cfg, config_path=config_path, components=components, burst=True, admin=False,
@@ -90,13 +93,14 @@ async def run_backfill(
     await daemon.startup()
     try:
         if show:
-            bar = _Progress(parts["source"], parts["sink"], start, end, sys.stderr)
+            bar = _Progress(parts["source"], parts["sinks"], start, end, sys.stderr)
             bar_task = asyncio.create_task(bar.run())
         await daemon.run_until_stopped()
     finally:
         if bar_task:
             bar_task.cancel()
-        rate_limited = parts["sink"].client.rate_limited_total if parts else 0
+        rate_limited = sum(getattr(getattr(c, "client", None), "rate_limited_total", 0)
+                           for c in parts.get("sinks", ()))
         await daemon.shutdown()
         if bar_task:
             bar.draw()  # the final figures, after the last acknowledgements
@@ -106,7 +110,19 @@ async def run_backfill(
         exit_code=daemon.exit_code,
         seconds=time.monotonic() - started,
         source=source.stats.as_dict(),
-        sink=parts["sink"].stats.as_dict(),
+        sink=parts["sink"].stats.as_dict() if hasattr(parts["sink"], "stats") else {},
+        sinks={c.name: _stats(c) for c in parts["sinks"]},
         rate_limited=rate_limited,
         complete=source.finished.is_set(),
     )
+
+
+def _stats(component: Any) -> dict[str, Any]:
+    stats = getattr(component, "stats", None)
+    if stats is not None and hasattr(stats, "as_dict"):
+        return stats.as_dict()
+    totals = getattr(component, "totals", None)  # the profile folder
+    if totals is not None:
+        return {"new": totals.new, "changed": totals.changed, "unchanged": totals.unchanged,
+                "revenue_counted": totals.revenue_counted, "dropped": dict(component.dropped_total)}
+    return {"queued": getattr(component, "queued", 0)}

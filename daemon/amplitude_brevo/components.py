@@ -8,10 +8,14 @@ from datetime import datetime
 
 from .app import Component, Runtime
 from .clients.amplitude import AmplitudeClient, export_temp_dir
+from .contacts.folder import ProfileFolder
+from .contacts.outbox import ContactOutbox
 from .durations import hour_key
-from .pipeline.remap import EVENTS_SINK, enabled_sinks
+from .pipeline.remap import CONTACTS_SINK, EVENTS_SINK, ORDERS_SINK, PROFILES_SINK, enabled_sinks
 from .sinks.brevo_client import BrevoClient
+from .sinks.brevo_contacts import BrevoContactsSink
 from .sinks.brevo_events import BrevoEventsSink
+from .sinks.brevo_orders import BrevoOrdersSink
 from .sources.amplitude_export import TAIL_CHECKPOINT, ExportSource
 
 
@@ -32,15 +36,41 @@ def amplitude_client(runtime: Runtime) -> AmplitudeClient:
     )
 
 
-def sink_components(runtime: Runtime, *, dry_run: bool = False) -> list[Component]:
-    """One consumer per sink the config switches on."""
+def sink_components(runtime: Runtime, *, dry_run: bool = False, historical: bool = False,
+                    upstream: asyncio.Event | None = None) -> list[Component]:
+    """One consumer per sink the config switches on; with profiles, the folder, the contact outbox (a
+    producer reading the state file) and the contacts sink behind it.
+
+    `historical`: orders are a back-fill (`backfill`: no automation triggered). `upstream`: set once the
+    export has read everything (burst mode), when the outbox finishes after its last pending write."""
     cfg = runtime.cfg
+    brevo = cfg.connectors.brevo
+    enabled = enabled_sinks(cfg)
     sinks: list[Component] = []
-    if EVENTS_SINK in enabled_sinks(cfg):
+    if EVENTS_SINK in enabled:
         sinks.append(BrevoEventsSink(
             queue=runtime.queue(EVENTS_SINK), client=brevo_client(runtime, asyncio.Event()), acks=runtime.acks,
-            batch_size=cfg.connectors.brevo.events_batch_size, dry_run=dry_run, metrics=runtime.metrics,
+            batch_size=brevo.events_batch_size, dry_run=dry_run, metrics=runtime.metrics,
         ))
+    if ORDERS_SINK in enabled:
+        sinks.append(BrevoOrdersSink(
+            queue=runtime.queue(ORDERS_SINK), client=brevo_client(runtime, asyncio.Event()), acks=runtime.acks,
+            historical=historical, batch_size=1000, dry_run=dry_run, metrics=runtime.metrics,
+        ))
+    if PROFILES_SINK in enabled:
+        outbox = ContactOutbox(queue=runtime.queue(CONTACTS_SINK), state=runtime.state, acks=runtime.acks,
+                               dry_run=dry_run, upstream=upstream)
+        sinks.append(ProfileFolder(
+            cfg=cfg, queue=runtime.queue(PROFILES_SINK), state=runtime.state, acks=runtime.acks,
+            client=brevo_client(runtime, asyncio.Event()), metrics=runtime.metrics, on_pending=outbox.wake,
+        ))
+        sinks.append(BrevoContactsSink(
+            queue=runtime.queue(CONTACTS_SINK), client=brevo_client(runtime, asyncio.Event()), acks=runtime.acks,
+            identified=runtime.state.contacts_identified, batch_size=brevo.contacts_batch_size,
+            import_min=brevo.contacts_import_min, import_list_id=brevo.import_list_id, dry_run=dry_run,
+            metrics=runtime.metrics,
+        ))
+        sinks.append(outbox)
     return sinks
 
 

@@ -36,6 +36,14 @@ class Metrics:
         )
         self.dlq_size = Gauge("amplitude_brevo_dlq_size", "Dead letters not yet replayed", registry=r)
         self.reloads = Counter("amplitude_brevo_config_reloads_total", "Config reloads, by result", ["result"], registry=r)
+        self.attributes_dropped = Counter(
+            "amplitude_brevo_attributes_dropped_total", "Mapped values that could not be converted to their Brevo "
+            "attribute's type (the rest of the contact is still written)", ["attribute"], registry=r
+        )
+        self.contacts_folded = Counter(
+            "amplitude_brevo_contacts_folded_total", "Profile snapshots folded, by result (new, changed, unchanged)",
+            ["result"], registry=r
+        )
         self.errors = Counter("amplitude_brevo_errors_total", "Errors, by component and kind", ["component", "kind"], registry=r)
 
     def render(self) -> bytes:

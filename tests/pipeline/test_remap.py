@@ -486,6 +486,26 @@ def test_from_config_enables_the_events_consumer_when_events_are_synced_and_mapp
 
     cfg = parse_config({
         "connectors": {"amplitude": {"api_key": "k", "secret_key": "s"}, "brevo": {"api_key": "xkeysib-k"}},
-        "sync": {"events": sync_events}, "event_mapping": mapping,
+        "sync": {"events": sync_events, "revenue": False}, "event_mapping": mapping,
     })
     assert MappingRules.from_config(cfg).sinks == sinks
+
+
+@pytest.mark.parametrize(("sync", "revenue", "properties", "sinks", "counts"), [
+    ({}, {}, {}, (EVENTS_SINK, "brevo_orders"), False),
+    ({}, {}, {"first_name": "FIRSTNAME"}, (EVENTS_SINK, "brevo_orders", "profiles"), False),
+    ({"user_properties": False}, {}, {"first_name": "FIRSTNAME"}, (EVENTS_SINK, "brevo_orders"), False),
+    ({}, {"orders": False, "ltv_attribute": "AMP_LTV"}, {}, (EVENTS_SINK, "profiles"), True),
+    ({"revenue": False}, {"ltv_attribute": "AMP_LTV"}, {}, (EVENTS_SINK,), False),
+])
+def test_from_config_enables_orders_and_profiles(sync, revenue, properties, sinks, counts):
+    from amplitude_brevo.config import parse_config
+
+    cfg = parse_config({
+        "connectors": {"amplitude": {"api_key": "k", "secret_key": "s"}, "brevo": {"api_key": "xkeysib-k"}},
+        "sync": sync, "revenue": revenue, "property_mapping": properties,
+        "event_mapping": {"Purchase": "order_completed"},
+    })
+    rules = MappingRules.from_config(cfg)
+    assert rules.sinks == sinks
+    assert rules.count_revenue is counts

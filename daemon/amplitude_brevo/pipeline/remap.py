@@ -23,12 +23,12 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 import orjson
 
-from .rows import ExportRow
+from .rows import SOURCE_COLUMNS, ExportRow, row_decoder_for
 
 _decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 
@@ -42,6 +42,10 @@ _encode = msgspec.json.Encoder().encode
 
 EVENTS_SINK = "brevo_events"
 EVENTS_NAMESPACE = "events:"  # dedupe-record keys of Brevo events: `events:<$insert_id or uuid>`
+ORDERS_SINK = "brevo_orders"
+ORDERS_NAMESPACE = "orders:"  # dedupe-record keys of Brevo orders (the order id is the key without it)
+PROFILES_SINK = "profiles"  # the profile folder (contacts/folder.py): snapshots and revenue into the state file
+CONTACTS_SINK = "brevo_contacts"  # fed from the state file's pending contacts (contacts/outbox.py), not by rows
 
 
 class _UserPropsBase(msgspec.Struct):
@@ -50,11 +54,25 @@ class _UserPropsBase(msgspec.Struct):
 
 def enabled_sinks(cfg: Any) -> tuple[str, ...]:
     """The sinks exported rows are mapped for, by the config: the Brevo events sink when `sync.events` is on
-    and something is mapped. (Contacts, orders and engagement join here as they are built.)"""
+    and something is mapped; orders when `sync.revenue` and `revenue.orders`; the profile folder (and behind
+    it the contacts sink) when user properties are synced or revenue totals are written to attributes."""
     sinks = []
     if cfg.sync.events and cfg.event_mapping:
         sinks.append(EVENTS_SINK)
+    if cfg.sync.revenue and cfg.revenue.orders:
+        sinks.append(ORDERS_SINK)
+    if profiles_enabled(cfg):
+        sinks.append(PROFILES_SINK)
     return tuple(sinks)
+
+
+def counts_revenue(cfg: Any) -> bool:
+    """Revenue totals are kept (and written to `revenue.ltv_attribute` / `count_attribute`)."""
+    return bool(cfg.sync.revenue and (cfg.revenue.ltv_attribute or cfg.revenue.count_attribute))
+
+
+def profiles_enabled(cfg: Any) -> bool:
+    return bool((cfg.sync.user_properties and cfg.property_mapping) or counts_revenue(cfg))
 
 
 @dataclass(frozen=True)
@@ -67,12 +85,16 @@ class MappingRules:
     email_property: str = "email"
     anonymous: str = "skip"  # skip | use_device_id
     sinks: tuple[str, ...] = (EVENTS_SINK,)  # the consumers rows are mapped for (names in CONSUMERS), in order
+    count_revenue: bool = False  # profile snapshots come with revenue facts (revenue totals are kept)
     # Derived once from the fields above (see __post_init__).
     _consumers: tuple[Consumer, ...] = field(init=False, repr=False, compare=False)
     _user_decoder: msgspec.json.Decoder = field(init=False, repr=False, compare=False)
     _email_attr: str = field(init=False, repr=False, compare=False)
     _ext_id_attr: str | None = field(init=False, repr=False, compare=False)
     _contact: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    # (property_mapping key, struct attribute, top-level column or None) of every mapped contact attribute
+    _sources: tuple[tuple[str, str, str | None], ...] = field(init=False, repr=False, compare=False)
+    row_decoder: msgspec.json.Decoder = field(init=False, repr=False, compare=False)
     _heads: dict[str, bytes] = field(init=False, repr=False, compare=False)
     _people: dict[tuple[Any, bytes], bytes] = field(init=False, repr=False, compare=False)
 
@@ -87,12 +109,15 @@ class MappingRules:
 
         email_attr = attr(self.email_property)
         ext_id_attr = attr(self.ext_id_field) if self.ext_id_field not in _IDENTITY_FIELDS else None
-        contact = tuple(
-            (attr(amp_prop), attribute)
+        mapped = [
+            (amp_prop, attribute)
             for amp_prop, attribute in self.property_mapping.items()
             # identity, carried in `identifiers`
             if amp_prop != self.email_property and attribute.lower() not in ("email", "ext_id")
-        )
+        ]
+        contact = tuple((attr(amp_prop), attribute) for amp_prop, attribute in mapped)
+        sources = tuple((amp_prop, attr(amp_prop), SOURCE_COLUMNS.get(amp_prop)) for amp_prop, _ in mapped)
+        columns = tuple(column for _, _, column in sources if column is not None) if PROFILES_SINK in self.sinks else ()
         struct = msgspec.defstruct(
             "UserProperties", [(a, Any, None) for a in wanted.values()], bases=(_UserPropsBase,),
             rename={a: name for name, a in wanted.items()},
@@ -104,6 +129,8 @@ class MappingRules:
         setattr_(self, "_email_attr", email_attr)
         setattr_(self, "_ext_id_attr", ext_id_attr)
         setattr_(self, "_contact", contact)
+        setattr_(self, "_sources", sources)
+        setattr_(self, "row_decoder", row_decoder_for(columns))
         # `{"event_name":"…","event_date":"` per mapped type: the start of every body of that type.
         setattr_(self, "_heads", {
             event_type: b'{"event_name":' + orjson.dumps(name) + b',"event_date":"'
@@ -120,6 +147,7 @@ class MappingRules:
             email_property=cfg.identity.email_property,
             anonymous=cfg.identity.anonymous,
             sinks=enabled_sinks(cfg),
+            count_revenue=counts_revenue(cfg),
         )
 
     def people(self, ext_id: Any, user: Any) -> bytes:
@@ -442,7 +470,12 @@ class Consumer:
 
     sink: str  # the sink's name: the key of its output (MappedChunk.outputs)
     namespace: str | None  # prefix of its dedupe-record keys; None: idempotent writes, no dedupe key
-    remap: Callable[[ExportRow, MappingRules], Any]
+    remap: Callable[[ExportRow, MappingRules], Any] | None = None
+    # Instead of `remap`: a consumer that sees every row of a chunk before it makes anything (the profile
+    # collector keeps the newest row per user). `collect(rules, out, skipped)` returns an object whose
+    # `add(row)` takes each row (returning None, a Skipped or a Rejected like `remap`) and whose `finish()`
+    # writes the chunk's outputs to `out` after its last row.
+    collect: Callable[[MappingRules, SinkOutput, dict[str, int]], Any] | None = None
 
 
 @dataclass(slots=True)
@@ -479,15 +512,25 @@ def map_row(row: ExportRow, rules: MappingRules, outputs: Sequence[SinkOutput],
     return rejected
 
 
-def row_mapper(rules: MappingRules, outputs: Mapping[str, SinkOutput],
-               skipped: dict[str, int]) -> Callable[[ExportRow], Rejected | None]:
+class RowMapper(Protocol):
+    def __call__(self, row: ExportRow) -> Rejected | None: ...
+
+    def finish(self) -> None: ...
+
+
+def _finish_nothing() -> None:
+    return None
+
+
+def row_mapper(rules: MappingRules, outputs: Mapping[str, SinkOutput], skipped: dict[str, int]) -> RowMapper:
     """`map_row` bound to a chunk's outputs (one per name in `rules.sinks`) and skip counts: what the reader's
-    loop calls for each row. With one consumer (the usual case) it is a closure without the loop: the fan-out
-    costs a row one function call."""
-    if len(rules._consumers) != 1:
-        ordered = [outputs[name] for name in rules.sinks]
-        return lambda row: map_row(row, rules, ordered, skipped)
-    (consumer,) = rules._consumers
+    loop calls for each row, then `.finish()` once after the chunk's last row (collecting consumers write
+    their outputs then). With one remapping consumer (the usual case) it is a closure without the loop: the
+    fan-out costs a row one function call."""
+    consumers = rules._consumers
+    if len(consumers) != 1 or consumers[0].remap is None:
+        return _fan_out(rules, outputs, skipped)
+    (consumer,) = consumers
     remap, namespace = consumer.remap, consumer.namespace
     out = outputs[consumer.sink]
     add_key, add_body = out.keys.append, out.bodies.append
@@ -505,12 +548,61 @@ def row_mapper(rules: MappingRules, outputs: Mapping[str, SinkOutput],
             add_body(result.body)
         return None
 
-    return map_one
+    map_one.finish = _finish_nothing  # type: ignore[attr-defined]
+    return map_one  # type: ignore[return-value]
+
+
+def _fan_out(rules: MappingRules, outputs: Mapping[str, SinkOutput], skipped: dict[str, int]) -> RowMapper:
+    """`row_mapper` for several consumers, or a collecting one: each row goes to every consumer in turn."""
+    steps: list[tuple[Callable[[ExportRow], Any], str | None, SinkOutput]] = []
+    collectors = []
+    for consumer in rules._consumers:
+        out = outputs[consumer.sink]
+        if consumer.collect is not None:
+            collector = consumer.collect(rules, out, skipped)
+            collectors.append(collector)
+            steps.append((collector.add, consumer.namespace, out))
+        else:
+            remap = consumer.remap
+            assert remap is not None
+            steps.append((lambda row, remap=remap: remap(row, rules), consumer.namespace, out))
+
+    def map_all(row: ExportRow) -> Rejected | None:
+        rejected = None
+        for step, namespace, out in steps:
+            result = step(row)
+            if result is None:
+                continue
+            kind = type(result)
+            if kind is Skipped:
+                skipped[result.reason] = skipped.get(result.reason, 0) + 1
+            elif kind is Rejected:
+                if rejected is None:
+                    rejected = result
+            else:
+                key = result.dedupe_key
+                out.keys.append(None if namespace is None or key is None else namespace + key)
+                out.bodies.append(result.body)
+        return rejected
+
+    def finish() -> None:
+        for collector in collectors:
+            collector.finish()
+
+    map_all.finish = finish  # type: ignore[attr-defined]
+    return map_all  # type: ignore[return-value]
 
 
 CONSUMERS: dict[str, Consumer] = {
     EVENTS_SINK: Consumer(EVENTS_SINK, EVENTS_NAMESPACE, remap_event),
 }
+
+
+def _register_consumers() -> None:
+    """The consumers defined in modules of their own, which import this one (orders, profiles)."""
+    from .profiles import ProfileCollector
+
+    CONSUMERS[PROFILES_SINK] = Consumer(PROFILES_SINK, None, collect=ProfileCollector)
 
 
 def _encoded_properties(raw: bytes, event_type: str, key: str) -> bytes:
@@ -536,3 +628,6 @@ def row_summary(row: ExportRow) -> dict[str, Any]:
         "event_time": row.event_time,
         "server_upload_time": row.server_upload_time,
     }
+
+
+_register_consumers()

@@ -29,3 +29,31 @@ class ExportRow(msgspec.Struct, frozen=True, rename={"insert_id": "$insert_id"})
 
 
 row_decoder = msgspec.json.Decoder(ExportRow)
+
+
+# Top-level export columns a `property_mapping` key may name when the user has no property of that name
+# (SPEC §5 "Property sources"): device, platform, location and app fields (amplitude-api.md §1). `carrier`
+# is the export's `device_carrier`.
+SOURCE_COLUMNS: dict[str, str] = {name: name for name in (
+    "adid", "amplitude_id", "city", "country", "device_brand", "device_carrier", "device_family",
+    "device_manufacturer", "device_model", "device_type", "dma", "idfa", "ip_address", "language", "library",
+    "location_lat", "location_lng", "os_name", "os_version", "paying", "platform", "region", "start_version",
+    "user_creation_time", "version_name",
+)} | {"carrier": "device_carrier"}  # fmt: skip
+
+_DECODERS: dict[tuple[str, ...], msgspec.json.Decoder] = {}
+
+
+def row_decoder_for(columns: tuple[str, ...]) -> msgspec.json.Decoder:
+    """A decoder of `ExportRow` that also reads these top-level `columns` (names in SOURCE_COLUMNS' values):
+    the plain `row_decoder` when there are none, so rows cost nothing more unless a mapping asks."""
+    columns = tuple(sorted(set(columns)))
+    if not columns:
+        return row_decoder
+    decoder = _DECODERS.get(columns)
+    if decoder is None:
+        struct = msgspec.defstruct(
+            "ExportRowWithColumns", [(name, object, None) for name in columns], bases=(ExportRow,), frozen=True
+        )
+        decoder = _DECODERS[columns] = msgspec.json.Decoder(struct)
+    return decoder

@@ -21,7 +21,6 @@ from typing import Any, BinaryIO
 import msgspec
 
 from ..pipeline.remap import MappingRules, SinkOutput, row_mapper
-from ..pipeline.rows import row_decoder
 from .export_files import LINE_PREFIX_BYTES, Member, OverlongLine, TruncatedMember, is_blank, iter_text_steps
 
 FRAME = struct.Struct("!I")
@@ -57,7 +56,7 @@ def rules_args(rules: MappingRules) -> dict[str, Any]:
     """What rebuilds `rules` in the child (the derived fields are computed there)."""
     return {"event_mapping": dict(rules.event_mapping), "property_mapping": dict(rules.property_mapping),
             "ext_id_field": rules.ext_id_field, "email_property": rules.email_property,
-            "anonymous": rules.anonymous, "sinks": tuple(rules.sinks)}
+            "anonymous": rules.anonymous, "sinks": tuple(rules.sinks), "count_revenue": rules.count_revenue}
 
 
 def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *, stride: int = 1,
@@ -70,7 +69,7 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
     each inflate the whole member (the steps are the same for all) and map a share of it. The first `skip`
     steps are inflated only (someone else mapped them); line numbers count them all the same.
     """
-    decode = row_decoder.decode
+    decode = rules.row_decoder.decode
     sinks = rules.sinks
     line_no = 0  # physical lines before this step, blank ones included (what `sed -n Np` would show)
     for index, step in enumerate(_prefetched(iter_text_steps(archive, member, max_line))):
@@ -119,6 +118,7 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
             if rejected is not None:
                 letters.append(("export.row.rejected", line_no, {**rejected.item, "member": member.name},
                                 rejected.reason))
+        map_row.finish()
         chunk.rows = rows
         yield chunk
 

@@ -58,6 +58,7 @@ from amplitude_brevo.state import schema
 from amplitude_brevo.state.base import StateError, StateLocked
 from amplitude_brevo.state.checkpoints import Checkpoints
 from amplitude_brevo.state.cohorts import CohortSnapshots
+from amplitude_brevo.state.contacts import ContactsState
 from amplitude_brevo.state.dead_letters import DeadLetter, DeadLetters, StoredDeadLetter
 from amplitude_brevo.state.dedupe import DedupeRecord
 from amplitude_brevo.state.lock import WriterLock
@@ -73,7 +74,7 @@ T = TypeVar("T")
 BUSY_TIMEOUT_S = 10.0
 
 
-class StateStore(Checkpoints, DedupeRecord, DeadLetters, Profiles, CohortSnapshots, IngestSpool):
+class StateStore(Checkpoints, DedupeRecord, DeadLetters, Profiles, ContactsState, CohortSnapshots, IngestSpool):
     """Async facade over the state file; create with :meth:`open`, finish with :meth:`close`.
 
     The public operations come from one mixin per table (see ``state/base.py``); this class owns the

@@ -1,0 +1,1 @@
+"""Contacts: the Brevo attribute model, the profile folder and the contact outbox."""

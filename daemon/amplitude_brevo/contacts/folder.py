@@ -1,0 +1,239 @@
+"""The profile folder: profile snapshots and revenue facts from the export → the state file's contacts.
+
+It drains the `profiles` queue a batch at a time (up to `batching.max_items`, at most `batching.max_wait`
+apart: the batch window). A batch's snapshots are coalesced per user (the newest row wins), converted to
+the Brevo attributes' types and folded into the state file in one transaction with the batch's revenue
+facts (state/contacts.py); a user whose converted attributes or email changed gets a pending write, which
+the contact outbox hands to the contacts sink at the contacts budget's pace. Then the batch's items are
+settled like any sink's, so the export hour's checkpoint moves once its rows are folded: what Brevo has
+not received yet is in the state file, not in memory (memory stays flat in the export's size).
+
+The attribute model (`GET /contacts/attributes`) is read before the first batch is folded, and again
+after each reload. A `property_mapping` target missing in Brevo is reported once (`contacts.attribute_missing`)
+and left out of every contact; with `connectors.brevo.create_attributes` it is created first, its type
+inferred from the first value read for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import orjson
+
+from ..logs import get_logger
+from ..pipeline.items import Item
+from ..pipeline.remap import PROFILES_SINK, counts_revenue
+from ..sinks.brevo_client import Stopping
+from ..state.contacts import FoldResult, Totals
+from .attributes import AttributeModel, Dropped, convert, ensure_attributes, identity_target, load_attributes
+
+log = get_logger("contacts")
+
+DROPPED_LOGS_PER_MINUTE = 20  # per attribute: warnings naming the user; past that, counted only
+
+
+class AttributeTargets:
+    """What the config asks to write to each contact: `property_mapping` key → attribute, and the revenue
+    totals' attributes. Frozen per config; rebuilt on reload."""
+
+    def __init__(self, cfg: Any) -> None:
+        identity = cfg.identity.email_property
+        self.mapping = {
+            source: target.upper() for source, target in cfg.property_mapping.items()
+            if source != identity and not identity_target(target)
+        } if cfg.sync.user_properties else {}
+        counting = counts_revenue(cfg)
+        self.ltv = cfg.revenue.ltv_attribute.upper() if counting and cfg.revenue.ltv_attribute else None
+        self.count = cfg.revenue.count_attribute.upper() if counting and cfg.revenue.count_attribute else None
+
+    def names(self) -> list[str]:
+        return [*self.mapping.values(), *filter(None, (self.ltv, self.count))]
+
+
+class ProfileFolder:
+    role = "consumer"
+    name = PROFILES_SINK
+
+    def __init__(self, *, cfg: Any, queue: Any, state: Any, acks: Any, client: Any, metrics: Any = None,
+                 on_pending: Callable[[], None] | None = None) -> None:
+        self.cfg = cfg
+        self.queue = queue
+        self.state = state
+        self.acks = acks
+        self.client = client  # a BrevoClient: attribute reads and creation, under the contacts budget
+        self.metrics = metrics
+        self.on_pending = on_pending  # the outbox's wake-up: new pending writes
+        self.targets = AttributeTargets(cfg)
+        self.model: AttributeModel | None = None
+        self.missing: set[str] = set()
+        self._stopping = client.stop if client.stop is not None else asyncio.Event()
+        client.stop = self._stopping
+        self._reread = False
+        self._dropped_logged: dict[str, tuple[int, int]] = {}  # attribute → (minute, warnings logged in it)
+        self.totals = FoldResult()  # summed over every batch (demo, tests)
+        self.dropped_total: dict[str, int] = {}  # attribute → values dropped by conversion
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def reload(self, cfg: Any) -> None:
+        self.cfg = cfg
+        brevo = cfg.connectors.brevo
+        self.client.reconfigure(base_url=brevo.api_url, api_key=brevo.api_key)
+        self.targets = AttributeTargets(cfg)
+        self._reread = True  # the model is read again before the next batch
+
+    async def run(self) -> None:
+        try:
+            while (batch := await self._next_batch()) is not None:
+                if self.model is None or self._reread:
+                    self._reread = False
+                    await self._load_model()
+                await self._fold(batch)
+        except Stopping:
+            pass
+        log.info("contacts.folder.stopped", new=self.totals.new, changed=self.totals.changed,
+                 unchanged=self.totals.unchanged, revenue_counted=self.totals.revenue_counted)
+
+    async def _next_batch(self) -> list[Item] | None:
+        if self._stopping.is_set():
+            return None
+        taking = asyncio.ensure_future(self.queue.next_batch())
+        stopped = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait((taking, stopped), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopped.cancel()
+            taking.cancel()
+        batch = None
+        with contextlib.suppress(asyncio.CancelledError):
+            batch = await taking
+        if batch is not None and self._stopping.is_set():
+            self.acks.release(batch)
+            return None
+        return batch
+
+    # -- the attribute model --
+    async def _load_model(self) -> None:
+        self.model = await load_attributes(self.client)
+        names = self.targets.names()
+        self.missing = {name for name in names if self.model.get(name) is None}
+        if self.missing and not self.cfg.connectors.brevo.create_attributes:
+            for source, target in self.targets.mapping.items():
+                if target in self.missing:
+                    log.error("contacts.attribute_missing", attribute=target, key=f"property_mapping.{source}",
+                              hint="create it in Brevo (Contacts > Settings > Contact attributes), or set "
+                                   "connectors.brevo.create_attributes: true; until then it is left out of contacts")
+            for key, target in (("revenue.ltv_attribute", self.targets.ltv),
+                                ("revenue.count_attribute", self.targets.count)):
+                if target in self.missing:
+                    log.error("contacts.attribute_missing", attribute=target, key=key,
+                              hint="create it in Brevo as a number attribute, or set "
+                                   "connectors.brevo.create_attributes: true")
+        log.info("contacts.attributes.loaded", missing=sorted(self.missing))
+
+    async def _create_missing(self, snapshots: list[Mapping[str, Any]]) -> None:
+        """create_attributes: create the missing targets, typed by the first value read for each."""
+        samples: dict[str, Any] = {name: None for name in self.missing}
+        for source, target in self.targets.mapping.items():
+            if target in samples and samples[target] is None:
+                samples[target] = next(
+                    (s["p"][source] for s in snapshots if (s.get("p") or {}).get(source) is not None), None)
+                if samples[target] is None and source in ("last_active", "first_seen"):
+                    samples[target] = "2000-01-01"
+        for target in (self.targets.ltv, self.targets.count):
+            if target in samples:
+                samples[target] = 0.0
+        self.model, missing = await ensure_attributes(self.client, self.model, samples, create=True, log=log)
+        self.missing = set(missing)
+
+    # -- one batch --
+    async def _fold(self, batch: list[Item]) -> None:
+        snapshots: dict[str, dict[str, Any]] = {}
+        facts = []
+        for item in batch:
+            data = orjson.loads(item.body)
+            if "r" in data:
+                facts.append(data)
+                continue
+            user = data["u"]
+            known = snapshots.get(user)
+            snapshots[user] = data if known is None else _newer(known, data)
+        if self.missing and self.cfg.connectors.brevo.create_attributes:
+            await self._create_missing(list(snapshots.values()))
+        result = await self.state.fold_contacts(list(snapshots.values()), facts, self.attributes_of)
+        self._count(result)
+        await self.acks.settle(self.name, batch)
+        if (result.new or result.changed) and self.on_pending is not None:
+            self.on_pending()
+
+    def attributes_of(self, sources: Mapping[str, Any], derived: Mapping[str, Any],
+                      totals: Totals | None) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+        """The Brevo attributes of one profile, converted to their types; and what could not be (runs on the
+        state's writer thread, inside the fold's transaction: pure, no I/O)."""
+        model, missing = self.model, self.missing
+        attributes: dict[str, Any] = {}
+        dropped: list[tuple[str, str]] = []
+        for source, target in self.targets.mapping.items():
+            if target in missing:
+                continue
+            value = sources.get(source)
+            if value is None:
+                value = derived.get(source)
+            if value is None:
+                continue
+            converted = convert(model, target, value)
+            if converted is None:
+                continue
+            if isinstance(converted, Dropped):
+                dropped.append((target, converted.reason))
+            else:
+                attributes[target] = converted.value
+        if totals is not None:
+            if self.targets.ltv and self.targets.ltv not in missing:
+                attributes[self.targets.ltv] = round(totals.ltv, 2)
+            if self.targets.count and self.targets.count not in missing:
+                attributes[self.targets.count] = totals.orders
+        return attributes, dropped
+
+    def _count(self, result: FoldResult) -> None:
+        t = self.totals
+        t.new += result.new
+        t.changed += result.changed
+        t.unchanged += result.unchanged
+        t.revenue_counted += result.revenue_counted
+        t.revenue_repeated += result.revenue_repeated
+        if self.metrics:
+            for name in ("new", "changed", "unchanged"):
+                if getattr(result, name):
+                    self.metrics.contacts_folded.labels(result=name).inc(getattr(result, name))
+        minute = int(time.time() // 60)
+        for user, attribute, why in result.dropped:
+            self.dropped_total[attribute] = self.dropped_total.get(attribute, 0) + 1
+            if self.metrics:
+                self.metrics.attributes_dropped.labels(attribute=attribute).inc()
+            at, logged = self._dropped_logged.get(attribute, (minute, 0))
+            if at != minute:
+                at, logged = minute, 0
+            if logged < DROPPED_LOGS_PER_MINUTE:
+                log.warning("contacts.attribute_dropped", user_id=user, attribute=attribute, reason=why,
+                            hint="the rest of the contact is written; fix the value in Amplitude or the "
+                                 "attribute's type in Brevo")
+            self._dropped_logged[attribute] = (at, logged + 1)
+
+
+def _newer(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two snapshots of one user: the newer one's values, both ones' extremes."""
+    key_a = f"{a.get('t') or ''}|{a.get('s') or ''}"
+    key_b = f"{b.get('t') or ''}|{b.get('s') or ''}"
+    newer, older = (b, a) if key_b >= key_a else (a, b)
+    merged = dict(newer)
+    merged["f"] = min(filter(None, (a.get("f"), b.get("f"))), default=None)
+    merged["l"] = max(filter(None, (a.get("l"), b.get("l"))), default=None)
+    if not merged.get("e"):
+        merged["e"] = older.get("e")
+    return merged

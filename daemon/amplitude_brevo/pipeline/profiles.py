@@ -1,0 +1,141 @@
+"""The profile collector: every exported row with a user id feeds its user's profile (SPEC §5).
+
+It runs in the export reader, on every row of a chunk (a decompressed step of one member, thousands of rows of
+one hour), and keeps only the newest row per user — by `event_time`, then upload order — with the first and
+last event times seen. Only after the chunk's last row are the winners' user properties decoded: one decode
+per user and chunk, not per row. Each winner becomes a profile snapshot for the profile folder
+(`contacts/folder.py`), which folds snapshots into the state file across chunks, hours and runs.
+
+With revenue totals kept (`revenue.ltv_attribute` / `count_attribute`), each revenue row also becomes a
+revenue fact, keyed by its dedupe key: the folder counts a key once, ever.
+
+Snapshot: `{"u": user, "t": newest event time (ISO), "s": its server_upload_time, "f": first event time,
+"l": last event time, "e": email or null, "p": {property_mapping key: raw value}}`.
+Revenue fact: `{"r": 1, "k": dedupe key, "u": user, "a": amount, "t": event time}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from .remap import MappingRules, SinkOutput, Skipped, email_id, iso_utc
+from .rows import ExportRow
+
+SKIPPED_NO_IDENTITY = Skipped("no_identity")  # a row of nobody (no user id; anonymous: skip): no profile
+
+
+class ProfileCollector:
+    """One chunk's newest row per user (see the module docstring); `finish()` writes the snapshots."""
+
+    __slots__ = ("rules", "out", "skipped", "users", "facts", "_user_field", "_device")
+
+    def __init__(self, rules: MappingRules, out: SinkOutput, skipped: dict[str, int]) -> None:
+        self.rules = rules
+        self.out = out
+        self.skipped = skipped
+        # user → [newest row, first event_time, last event_time]
+        self.users: dict[str, list[Any]] = {}
+        self.facts: list[bytes] = []
+        # The ext_id is a row field (user_id, device_id) unless identity.ext_id names a user property.
+        self._user_field = rules.ext_id_field if rules._ext_id_attr is None else None
+        self._device = rules.anonymous == "use_device_id"
+
+    def add(self, row: ExportRow) -> Skipped | None:
+        field = self._user_field
+        if field is None:
+            user = self._user_from_properties(row)
+        else:
+            user = getattr(row, field)
+            if not user and self._device:
+                user = row.device_id
+        if not user or type(user) is not str:
+            return SKIPPED_NO_IDENTITY
+        time = row.event_time or ""
+        entry = self.users.get(user)
+        if entry is None:
+            self.users[user] = [row, time, time]
+        else:
+            newest = entry[0]
+            newest_time = newest.event_time or ""
+            # Equal times: the later row in upload order wins (rows come in upload order within a member).
+            if time > newest_time or (time == newest_time and (row.server_upload_time or "") >= (
+                    newest.server_upload_time or "")):
+                entry[0] = row
+            if time and (not entry[1] or time < entry[1]):
+                entry[1] = time
+            if time > entry[2]:
+                entry[2] = time
+        if self.rules.count_revenue:
+            self._revenue(row, user)
+        return None
+
+    def _user_from_properties(self, row: ExportRow) -> Any:
+        try:
+            props = self.rules.user_properties(row.user_properties)
+        except Exception:  # noqa: BLE001 - undecodable properties: nobody's row, like no id
+            return None
+        user = getattr(props, self.rules._ext_id_attr)
+        return user if user else (row.device_id if self._device else None)
+
+    def _revenue(self, row: ExportRow, user: str) -> None:
+        raw = bytes(row.event_properties)
+        if b"revenue" not in raw and b"price" not in raw:
+            return
+        from .revenue import revenue_of  # revenue imports remap, which imports this module
+
+        try:
+            props = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return
+        if type(props) is not dict:
+            return
+        revenue = revenue_of(props)
+        key = row.insert_id or row.uuid
+        at = iso_utc(row.event_time)
+        if revenue is None or not key or at is None:
+            return  # the orders consumer rejects (and dead-letters) what is wrong with such a row
+        self.facts.append(orjson.dumps({"r": 1, "k": key, "u": user, "a": revenue.amount, "t": at}))
+
+    def finish(self) -> None:
+        rules = self.rules
+        keys, bodies = self.out.keys, self.out.bodies
+        for fact in self.facts:
+            keys.append(None)
+            bodies.append(fact)
+        sources = rules._sources
+        email_attr = rules._email_attr
+        for user, (row, first, last) in self.users.items():
+            try:
+                props = rules.user_properties(row.user_properties)
+            except Exception:  # noqa: BLE001 - undecodable user properties: the row's columns still count
+                props = rules.user_properties(b"{}")
+            values: dict[str, Any] = {}
+            for key, attr, column in sources:
+                value = getattr(props, attr)
+                if value is None and column is not None:
+                    value = getattr(row, column, None)
+                if value is not None:
+                    values[key] = value
+            snapshot = {
+                "u": user, "t": iso_utc(row.event_time), "s": row.server_upload_time, "f": iso_utc(first),
+                "l": iso_utc(last), "e": email_id(getattr(props, email_attr)), "p": values,
+            }
+            try:
+                body = orjson.dumps(snapshot)
+            except TypeError:  # e.g. an integer beyond 64 bits: keep the rest
+                snapshot["p"] = {k: v for k, v in values.items() if _encodable(v)}
+                body = orjson.dumps(snapshot)
+            keys.append(None)
+            bodies.append(body)
+        self.users = {}
+        self.facts = []
+
+
+def _encodable(value: Any) -> bool:
+    try:
+        orjson.dumps(value)
+    except TypeError:
+        return False
+    return True

@@ -1,0 +1,259 @@
+"""Contacts and revenue totals: the profile of every user, folded from snapshots, and the writes still due.
+
+`fold_contacts` is the profile folder's one transaction per batch (contacts/folder.py):
+
+1. revenue facts go into the ledger `revenue` by dedupe key; a key inserted for the first time adds its
+   amount to the user's `revenue_totals` (purchases counted in `orders`, refunds in `refunds`), so a
+   re-read, a restart or a kill -9 never counts a purchase twice;
+2. each user's snapshot is folded into their row: the newest row wins (event time, then upload time) for
+   the property values and the email; first seen / last active are the extremes of everything read;
+3. the row's attributes are converted for Brevo (`attributes_of`, given by the folder) and compared with
+   what is stored: unchanged → nothing; changed (or a new user, or a new email) → stored with the next
+   `seq`. A row whose seq is above the `contacts.written` checkpoint has a Brevo write pending: the
+   contact outbox (contacts/outbox.py) reads those in seq order and the checkpoint moves once Brevo has
+   answered for them.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from amplitude_brevo.state.base import StoreBase, chunks, marks, now_or, write_tx
+
+CONTACTS_CHECKPOINT = "contacts.written"
+
+# (sources, derived {first_seen, last_active}, totals or None) → (Brevo attributes, dropped [(attribute, why)])
+AttributesOf = Callable[[Mapping[str, Any], Mapping[str, Any], "Totals | None"], tuple[dict[str, Any], list[Any]]]
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    ltv: float
+    orders: int
+    refunds: int
+
+
+@dataclass(slots=True)
+class FoldResult:
+    new: int = 0  # users seen for the first time, now pending
+    changed: int = 0  # known users whose attributes or email changed, now pending
+    unchanged: int = 0  # snapshots that changed nothing Brevo would see
+    revenue_counted: int = 0  # revenue facts counted for the first time
+    revenue_repeated: int = 0  # facts whose key was counted before
+    dropped: list[tuple[str, str, str]] = field(default_factory=list)  # (user, attribute, why) not convertible
+
+
+@dataclass(frozen=True, slots=True)
+class PendingContact:
+    user_id: str
+    seq: int
+    email: str | None
+    attributes: dict[str, Any]
+    in_brevo: bool
+    brevo_email: str | None
+    brevo_id: int | None
+
+    def body(self) -> bytes:
+        """The contact item's body (see /work/design-8.md: what the contacts sink reads)."""
+        return orjson.dumps({
+            "ext_id": self.user_id, "email": self.email, "attributes": self.attributes, "in_brevo": self.in_brevo,
+            "brevo_email": self.brevo_email, "brevo_id": self.brevo_id, "seq": self.seq,
+        })
+
+
+def seq_key(seq: int) -> str:
+    """A seq as checkpoint text: fixed width, so that the SQL's monotonic check compares it as a number."""
+    return f"{seq:020d}"
+
+
+def seq_of(checkpoint: str | None) -> int:
+    return int(checkpoint) if checkpoint else 0
+
+
+class ContactsState(StoreBase):
+    _next_seq: int | None = None  # touched only on the writer thread
+
+    async def fold_contacts(self, snapshots: Sequence[Mapping[str, Any]], facts: Sequence[Mapping[str, Any]],
+                            attributes_of: AttributesOf, *, now: float | None = None) -> FoldResult:
+        """Fold one batch of snapshots (at most one per user) and revenue facts, in one transaction."""
+        return await self._run(self._fold, list(snapshots), list(facts), attributes_of, now_or(now))
+
+    async def pending_contacts(self, after_seq: int, limit: int = 1000) -> list[PendingContact]:
+        """Rows with a write pending past `after_seq`, in seq order."""
+        return await self._run(_pending, after_seq, limit)
+
+    async def pending_contact(self, user_id: str) -> PendingContact | None:
+        """One user's row as the outbox would send it (whether pending or not)."""
+        return await self._run(_by_user, user_id)
+
+    async def contacts_identified(self, rows: Iterable[tuple[str, str | None, int | None]]) -> None:
+        """Brevo holds these contacts now: (user, the email Brevo has or None, Brevo's id when learned)."""
+        batch = list(rows)
+        if batch:
+            await self._run(_identified, batch)
+
+    async def contact_row(self, user_id: str) -> dict[str, Any] | None:
+        """A user's stored row, decoded (status, forget, tests)."""
+        return await self._run(_row, user_id)
+
+    async def revenue_totals(self, user_id: str) -> Totals | None:
+        return await self._run(lambda conn: _totals(conn, [user_id]).get(user_id))
+
+    async def contacts_count(self) -> int:
+        return await self._run(lambda conn: conn.execute("SELECT count(*) FROM contacts").fetchone()[0])
+
+    # -- on the writer thread --
+    def _seq(self, conn: sqlite3.Connection) -> int:
+        if self._next_seq is None:
+            self._next_seq = (conn.execute("SELECT max(seq) FROM contacts").fetchone()[0] or 0) + 1
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def _fold(self, conn: sqlite3.Connection, snapshots: list[Mapping[str, Any]], facts: list[Mapping[str, Any]],
+              attributes_of: AttributesOf, now: float) -> FoldResult:
+        result = FoldResult()
+        next_seq = self._next_seq
+        try:
+            with write_tx(conn):
+                totals_changed = _count_revenue(conn, facts, result)
+                by_user = {s["u"]: s for s in snapshots}
+                users = [*by_user, *sorted(totals_changed - by_user.keys())]
+                existing = _rows(conn, users)
+                totals = _totals(conn, users)
+                writes = []
+                for user in users:
+                    row = existing.get(user)
+                    snapshot = by_user.get(user)
+                    folded = _folded(row, snapshot)
+                    if folded is None:
+                        continue  # revenue for a user no row has told us about yet: written with their first row
+                    derived = {"first_seen": folded["first_seen"], "last_active": folded["last_active"]}
+                    attributes, dropped = attributes_of(folded["sources"], derived, totals.get(user))
+                    for attribute, why in dropped:
+                        result.dropped.append((user, attribute, why))
+                    encoded = orjson.dumps(attributes, option=orjson.OPT_SORT_KEYS)
+                    pending = row is None or encoded != row["attributes"] or folded["email"] != row["email"]
+                    if pending:
+                        if row is None:
+                            result.new += 1
+                        else:
+                            result.changed += 1
+                        seq = self._seq(conn)
+                    else:
+                        result.unchanged += 1
+                        seq = row["seq"]
+                    writes.append((user, folded["seen"], folded["first_seen"], folded["last_active"],
+                                   folded["email"], orjson.dumps(folded["sources"]), encoded, seq, now))
+                conn.executemany(
+                    "INSERT INTO contacts (user_id, seen, first_seen, last_active, email, sources, attributes, seq,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET"
+                    " seen = excluded.seen, first_seen = excluded.first_seen, last_active = excluded.last_active,"
+                    " email = excluded.email, sources = excluded.sources, attributes = excluded.attributes,"
+                    " seq = excluded.seq, updated_at = excluded.updated_at",
+                    writes,
+                )
+        except BaseException:
+            self._next_seq = next_seq  # the seqs of a rolled-back transaction were never used
+            raise
+        return result
+
+
+def _count_revenue(conn: sqlite3.Connection, facts: list[Mapping[str, Any]], result: FoldResult) -> set[str]:
+    changed: set[str] = set()
+    for fact in facts:
+        cursor = conn.execute("INSERT OR IGNORE INTO revenue (key, user_id, amount, at) VALUES (?, ?, ?, ?)",
+                              (fact["k"], fact["u"], float(fact["a"]), fact.get("t")))
+        if cursor.rowcount != 1:
+            result.revenue_repeated += 1
+            continue
+        result.revenue_counted += 1
+        amount = float(fact["a"])
+        conn.execute(
+            "INSERT INTO revenue_totals (user_id, ltv, orders, refunds) VALUES (?, ?, ?, ?) ON CONFLICT (user_id)"
+            " DO UPDATE SET ltv = ltv + excluded.ltv, orders = orders + excluded.orders,"
+            " refunds = refunds + excluded.refunds",
+            (fact["u"], amount, 1 if amount > 0 else 0, 1 if amount < 0 else 0),
+        )
+        changed.add(fact["u"])
+    return changed
+
+
+def _folded(row: dict[str, Any] | None, snapshot: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The row after `snapshot`: newest wins for values and email, extremes for first/last seen."""
+    if snapshot is None:
+        return None if row is None else {**row, "sources": orjson.loads(row["sources"] or b"{}")}
+    seen = f"{snapshot.get('t') or ''}|{snapshot.get('s') or ''}"
+    first, last = snapshot.get("f"), snapshot.get("l")
+    if row is None:
+        return {"seen": seen, "first_seen": first, "last_active": last, "email": snapshot.get("e"),
+                "sources": dict(snapshot.get("p") or {})}
+    newer = seen >= row["seen"]
+    return {
+        "seen": seen if newer else row["seen"],
+        "first_seen": min(filter(None, (row["first_seen"], first)), default=None),
+        "last_active": max(filter(None, (row["last_active"], last)), default=None),
+        "email": (snapshot.get("e") or row["email"]) if newer else (row["email"] or snapshot.get("e")),
+        "sources": dict(snapshot.get("p") or {}) if newer else orjson.loads(row["sources"] or b"{}"),
+    }
+
+
+_COLUMNS = "user_id, seen, first_seen, last_active, email, sources, attributes, seq, brevo_email, brevo_id, in_brevo"
+
+
+def _rows(conn: sqlite3.Connection, users: list[str]) -> dict[str, dict[str, Any]]:
+    out = {}
+    names = _COLUMNS.split(", ")
+    for part in chunks(users):
+        for values in conn.execute(f"SELECT {_COLUMNS} FROM contacts WHERE user_id IN ({marks(len(part))})", part):
+            out[values[0]] = dict(zip(names, values, strict=True))
+    return out
+
+
+def _totals(conn: sqlite3.Connection, users: list[str]) -> dict[str, Totals]:
+    out = {}
+    for part in chunks(users):
+        sql = f"SELECT user_id, ltv, orders, refunds FROM revenue_totals WHERE user_id IN ({marks(len(part))})"
+        for user, ltv, orders, refunds in conn.execute(sql, part):
+            out[user] = Totals(ltv, orders, refunds)
+    return out
+
+
+def _pending_of(values: tuple[Any, ...]) -> PendingContact:
+    user, seq, email, attributes, in_brevo, brevo_email, brevo_id = values
+    return PendingContact(user, seq, email, orjson.loads(attributes or b"{}"), bool(in_brevo), brevo_email, brevo_id)
+
+
+_PENDING = "SELECT user_id, seq, email, attributes, in_brevo, brevo_email, brevo_id FROM contacts"
+
+
+def _pending(conn: sqlite3.Connection, after_seq: int, limit: int) -> list[PendingContact]:
+    rows = conn.execute(f"{_PENDING} WHERE seq > ? ORDER BY seq LIMIT ?", (after_seq, limit)).fetchall()
+    return [_pending_of(values) for values in rows]
+
+
+def _by_user(conn: sqlite3.Connection, user_id: str) -> PendingContact | None:
+    values = conn.execute(f"{_PENDING} WHERE user_id = ?", (user_id,)).fetchone()
+    return None if values is None else _pending_of(values)
+
+
+def _identified(conn: sqlite3.Connection, rows: list[tuple[str, str | None, int | None]]) -> None:
+    with write_tx(conn):
+        conn.executemany(
+            "UPDATE contacts SET in_brevo = 1, brevo_email = ?, brevo_id = coalesce(?, brevo_id) WHERE user_id = ?",
+            [(email, brevo_id, user) for user, email, brevo_id in rows],
+        )
+
+
+def _row(conn: sqlite3.Connection, user_id: str) -> dict[str, Any] | None:
+    row = _rows(conn, [user_id]).get(user_id)
+    if row is None:
+        return None
+    row["sources"] = orjson.loads(row["sources"] or b"{}")
+    row["attributes"] = orjson.loads(row["attributes"] or b"{}")
+    return row
