@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-big bench-brevo bench-startup clean
+.PHONY: demo test lint bench bench-big bench-brevo bench-budget bench-startup clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ bench-big: $(STAMP)
 
 bench-brevo: $(STAMP)
 	$(BIN)/python bench/brevo_events.py
+
+bench-budget: $(STAMP)
+	$(BIN)/python bench/brevo_budget.py
 
 bench-startup: $(STAMP)
 	$(BIN)/python bench/state_startup.py

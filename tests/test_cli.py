@@ -165,3 +165,78 @@ def test_state_commands_need_no_api_keys(tmp_path):
     for sends in (cli("dlq", "replay", "--all"), cli("check-config")):
         assert sends.returncode == 2
         assert "AMPLITUDE_API_KEY is not set" in sends.stderr and "connectors.brevo.api_key_file" in sends.stderr
+
+
+NOW = 1_790_000_000.0  # 2026-09-21T14:13:20Z: 20 s into its minute
+THIS_MINUTE = int(NOW // 60)
+
+
+def _seed_usage(path):
+    import sqlite3
+    from contextlib import closing
+
+    async def go():
+        async with await StateStore.open(path) as store:
+            await store.record_usage([
+                ("brevo_contacts", THIS_MINUTE - 1, 312),        # the last whole minute
+                ("brevo_contacts", THIS_MINUTE - 30, 8_808),     # earlier in the hour
+                ("brevo_contacts", THIS_MINUTE - 61, 5_000),     # more than an hour ago: not counted
+                ("brevo_contacts", THIS_MINUTE, 77),             # this minute, not over yet: not counted
+                ("brevo_events_batch", THIS_MINUTE - 1, 3),
+                ("brevo_events_batch", THIS_MINUTE - 59, 39),
+            ])
+            await store.record_backlogs({"brevo_orders": 120, "brevo_contacts": 40}, now=NOW - 8)
+            await store.set_checkpoint("contacts.written", f"{9:020d}")
+
+    asyncio.run(go())
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.executemany("INSERT INTO contacts (user_id, seen, seq) VALUES (?, '2026-09-21', ?)",
+                         [(f"u{seq}", seq) for seq in range(1, 13)])  # 10, 11, 12 are past the checkpoint
+
+
+@pytest.fixture
+def at_now(monkeypatch):
+    from amplitude_brevo import cli
+
+    monkeypatch.setattr(cli, "_wall_now", lambda: NOW)
+
+
+def test_status_shows_budget_usage_against_allowances_and_backlogs(cfg_file, tmp_path, capsys, at_now):
+    _seed_usage(tmp_path / "state.db")
+    assert main(["status", "-c", str(cfg_file)]) == 0
+    out = capsys.readouterr().out
+    budgets = out[out.index("Brevo budgets"):out.index("\nbacklogs")].splitlines()[1:]
+    assert {line.split(None, 1)[0]: line.split(None, 1)[1] for line in budgets} == {
+        "brevo_contacts": "312 / 600 last minute (52 %), 9,120 / 36,000 last hour (25 %)",
+        "brevo_events_batch": "3 / 1.7 last minute (180 %), 42 / 100 last hour (42 %)",
+        "brevo_events": "0 / 600 last minute (0 %), 0 / 36,000 last hour (0 %)",
+        "brevo_orders": "0 / 300 last minute (0 %), 0 / 18,000 last hour (0 %)",
+        "brevo_other": "0 / 1.7 last minute (0 %), 0 / 100 last hour (0 %)",
+    }
+    backlogs = [" ".join(line.split()) for line in out[out.index("\nbacklogs") + 1:].splitlines()[1:]]
+    assert backlogs == ["contacts pending write 3", "brevo_contacts queued 40 (as of 8 s ago)",
+                        "brevo_orders queued 120 (as of 8 s ago)"]
+    assert out.index("dead letters") < out.index("Brevo budgets")  # the existing sections stay, first
+
+
+def test_status_json_has_budgets_and_backlogs(cfg_file, tmp_path, capsys, at_now):
+    _seed_usage(tmp_path / "state.db")
+    assert main(["status", "-c", str(cfg_file), "--json"]) == 0
+    report = orjson.loads(capsys.readouterr().out)
+    assert report["budgets"]["brevo_contacts"] == {
+        "last_minute": 312, "last_hour": 9_120, "rate": {"requests": 10, "per": 1.0},
+        "last_minute_allowance": 600.0, "last_hour_allowance": 36_000.0,
+    }
+    assert report["budgets"]["brevo_events_batch"]["last_hour"] == 42
+    assert report["backlogs"] == {"contacts_pending": 3, "queues": {"brevo_orders": 120, "brevo_contacts": 40},
+                                  "queues_at": "2026-09-21T14:13:12Z", "queues_age_seconds": 8.0}
+    assert report["dead_letters"] == {}  # the existing fields stay
+
+
+def test_status_of_a_state_file_without_usage_or_snapshot(cfg_file, tmp_path, capsys):
+    _seed_state(tmp_path / "state.db")
+    assert main(["status", "-c", str(cfg_file)]) == 0
+    out = capsys.readouterr().out
+    assert "0 / 600 last minute (0 %), 0 / 36,000 last hour (0 %)" in out
+    assert "contacts pending write" in out and "no snapshot yet" in out
+    assert "refused" not in out and "export" in out  # the dead-letter section is still there

@@ -6,7 +6,8 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -204,14 +205,72 @@ def _iso(ts: float | None) -> str | None:
     return None if ts is None else datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
+def _wall_now() -> float:
+    """Now, in epoch seconds (a test moves it)."""
+    return time.time()
+
+
+def _budget_report(cfg: Config, usage: Mapping[str, list[tuple[int, int]]], now: float) -> dict[str, dict]:
+    """Per budget: requests in the last whole UTC minute and the 60 before now's minute, with the allowances."""
+    this_minute = int(now // 60)
+    report: dict[str, dict] = {}
+    names = [*cfg.rate_limits, *sorted(set(usage) - set(cfg.rate_limits))]
+    for name in names:
+        rows = usage.get(name, [])
+        entry: dict = {
+            "last_minute": sum(n for minute, n in rows if minute == this_minute - 1),
+            "last_hour": sum(n for minute, n in rows if this_minute - 60 <= minute < this_minute),
+        }
+        limit = cfg.rate_limits.get(name)
+        if limit is not None:
+            requests, per = int(limit.requests), float(limit.per)
+            entry["rate"] = {"requests": requests, "per": per}
+            entry["last_minute_allowance"] = requests * 60 / per
+            entry["last_hour_allowance"] = requests * 3600 / per
+        report[name] = entry
+    return report
+
+
+def _allowance(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 or value == int(value) else f"{value:,.1f}"
+
+
+def _against(used: int, allowance: float | None, span: str) -> str:
+    """`312 / 600 last minute (52 %)`."""
+    if allowance is None:
+        return f"{used:,} {span}"
+    return f"{used:,} / {_allowance(allowance)} {span} ({used / allowance:.0%})".replace("%)", " %)")
+
+
+def _age(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
+    from .state.usage import CONTACTS_CHECKPOINT
+
     async def action(store, cfg: Config) -> int:  # type: ignore[no-untyped-def]
+        now = _wall_now()
         report = {
             "state": str(store.path),
             "schema_version": store.schema_version,
             "checkpoints": await store.checkpoints(),
             "spool_depth": await store.spool_depth(),
             "dead_letters": await store.dead_letter_counts(),
+        }
+        report["budgets"] = _budget_report(cfg, await store.usage_since(int(now // 60) - 60), now)
+        queues, queues_at = await store.backlogs()
+        written = report["checkpoints"].get(CONTACTS_CHECKPOINT)
+        report["backlogs"] = {
+            "contacts_pending": await store.contacts_pending(written),
+            "queues": queues,
+            "queues_at": _iso(queues_at),
+            "queues_age_seconds": None if queues_at is None else round(max(0.0, now - queues_at), 1),
         }
         tail = report["checkpoints"].get("export.next_hour")
         if tail:
@@ -232,6 +291,20 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("dead letters")
         for source, count in sorted(report["dead_letters"].items()) or [("(none)", 0)]:
             print(f"  {source:<28} {count}")
+        print("Brevo budgets   (requests sent, whole UTC minutes, against the configured rate_limits)")
+        for name, b in report["budgets"].items():
+            minute = _against(b["last_minute"], b.get("last_minute_allowance"), "last minute")
+            hour = _against(b["last_hour"], b.get("last_hour_allowance"), "last hour")
+            print(f"  {name:<20} {minute}, {hour}")
+        backlogs = report["backlogs"]
+        print("backlogs")
+        print(f"  {'contacts pending write':<28} {backlogs['contacts_pending']:,}")
+        if backlogs["queues_at"] is None:
+            print(f"  {'queues':<28} (no snapshot yet: the daemon writes one every few seconds while it runs)")
+        else:
+            age = _age(backlogs["queues_age_seconds"])
+            for name, depth in sorted(backlogs["queues"].items()) or [("(no queue)", 0)]:
+                print(f"  {name + ' queued':<28} {depth:,} (as of {age} ago)")
         return EXIT_OK
 
     return _with_state(args, action, secrets=False, lock=False)

@@ -27,6 +27,9 @@ _CONTACTS = "brevo_contacts"
 _ORDERS = "brevo_orders"
 _OTHER = "brevo_other"
 
+# Minutes of request counts a budget keeps when nobody takes them (`Budgets.take_usage`): `status` shows two hours.
+USAGE_MINUTES = 180
+
 # Brevo states its limits per second and per hour; a countdown seen a while into a window reads shorter
 # than the window, so the window learned is the smallest of these that holds the longest countdown seen.
 _WINDOWS = (1.0, 60.0, 3600.0, 86400.0)
@@ -90,11 +93,13 @@ class Budget:
 
     def __init__(
         self, name: str, rate: Rate, on_wait: Callable[[str, float], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self.name = name
         self._on_wait = on_wait
         self._clock = clock
+        self._wall_clock = wall_clock  # what request counts are bucketed by: UTC epoch minutes
+        self._usage: dict[int, int] = {}  # epoch minute -> requests let go, since the last take_usage()
         self.configured = rate  # the starting point (config); `rate` is what is in use
         self.rate = rate
         self._limiter = AsyncLimiter(rate.requests, rate.per)
@@ -143,9 +148,22 @@ class Budget:
         waited = self._clock() - started
         self.wait_seconds_total += waited
         self.acquired_total += 1
+        self._count_request()
         if self._on_wait is not None:
             self._on_wait(self.name, waited)
         return waited
+
+    def _count_request(self) -> None:
+        minute = int(self._wall_clock() // 60)
+        usage = self._usage
+        usage[minute] = usage.get(minute, 0) + 1
+        if len(usage) > USAGE_MINUTES:  # nobody is taking them: keep the newest minutes only
+            del usage[min(usage)]
+
+    def take_usage(self) -> list[tuple[int, int]]:
+        """The requests let go per UTC epoch minute since the last call, `[(minute, requests), ...]`; cleared."""
+        usage, self._usage = self._usage, {}
+        return sorted(usage.items())
 
     async def _wait_resume(self, stop: asyncio.Event | None, max_pause: float | None) -> None:
         while (delay := self.seconds_until_resume()) > 0:
@@ -270,11 +288,12 @@ class Budgets:
 
     def __init__(
         self, rate_limits: Mapping[str, object], on_wait: Callable[[str, float], None] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] = time.monotonic, wall_clock: Callable[[], float] = time.time,
     ) -> None:
         self._budgets: dict[str, Budget] = {}
         self._on_wait = on_wait
         self._clock = clock
+        self._wall_clock = wall_clock
         self.reconfigure(rate_limits)
 
     def reconfigure(self, rate_limits: Mapping[str, object]) -> None:
@@ -283,7 +302,7 @@ class Budgets:
             if name in self._budgets:
                 self._budgets[name].reconfigure(rate)
             else:
-                self._budgets[name] = Budget(name, rate, self._on_wait, self._clock)
+                self._budgets[name] = Budget(name, rate, self._on_wait, self._clock, self._wall_clock)
 
     def __getitem__(self, name: str) -> Budget:
         return self._budgets[name]
@@ -293,3 +312,10 @@ class Budgets:
 
     def __iter__(self) -> Iterator[Budget]:
         return iter(self._budgets.values())
+
+    def take_usage(self) -> list[tuple[str, int, int]]:
+        """Requests let go per budget and UTC epoch minute since the last call: `[(budget, minute, requests)]`.
+
+        What it returns is cleared; the caller (`usage.UsageRecorder`) adds it to the state file for `status`.
+        """
+        return [(budget.name, minute, requests) for budget in self for minute, requests in budget.take_usage()]

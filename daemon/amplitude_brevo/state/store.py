@@ -64,6 +64,7 @@ from amplitude_brevo.state.dedupe import DedupeRecord
 from amplitude_brevo.state.lock import WriterLock
 from amplitude_brevo.state.profiles import Profiles
 from amplitude_brevo.state.spool import IngestSpool
+from amplitude_brevo.state.usage import BudgetUsage
 
 __all__ = ["DeadLetter", "StateError", "StateLocked", "StateStore", "StoredDeadLetter"]
 
@@ -74,7 +75,9 @@ T = TypeVar("T")
 BUSY_TIMEOUT_S = 10.0
 
 
-class StateStore(Checkpoints, DedupeRecord, DeadLetters, Profiles, ContactsState, CohortSnapshots, IngestSpool):
+class StateStore(
+    Checkpoints, DedupeRecord, DeadLetters, Profiles, ContactsState, CohortSnapshots, IngestSpool, BudgetUsage
+):
     """Async facade over the state file; create with :meth:`open`, finish with :meth:`close`.
 
     The public operations come from one mixin per table (see ``state/base.py``); this class owns the
