@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from .app import Component, Daemon, Runtime, StartupError
 from .components import backfill_checkpoint, export_source, sink_components
 from .config import Config
+from .usage import usage_components
 from .sources.amplitude_export import ExportSource
 
 
@@ -83,7 +84,7 @@ async def run_backfill(
                                 "connectors.amplitude.enabled, sync.*, event_mapping, property_mapping, revenue)")
         sinks = sink_components(runtime, dry_run=dry_run, historical=True, upstream=source.finished)
         parts.update(source=source, sink=sinks[0], sinks=sinks, runtime=runtime)
-        return [*sinks, source]
+        return [*sinks, *usage_components(runtime), source]
 
     daemon = Daemon(cfg, config_path=config_path, components=components, burst=True, admin=False,
                     install_signal_handlers=install_signal_handlers)

@@ -17,6 +17,7 @@ from .sinks.brevo_contacts import BrevoContactsSink
 from .sinks.brevo_events import BrevoEventsSink
 from .sinks.brevo_orders import BrevoOrdersSink
 from .sources.amplitude_export import TAIL_CHECKPOINT, ExportSource
+from .usage import usage_components
 
 
 def brevo_client(runtime: Runtime, stop: asyncio.Event) -> BrevoClient:
@@ -100,7 +101,7 @@ def backfill_checkpoint(start: datetime, end: datetime) -> str:
 
 def default_components(runtime: Runtime, *, dry_run: bool = False) -> Sequence[Component]:
     """The components enabled by `runtime.cfg`."""
-    components: list[Component] = sink_components(runtime, dry_run=dry_run)
+    components: list[Component] = [*sink_components(runtime, dry_run=dry_run), *usage_components(runtime)]
     source = export_source(runtime, dry_run=dry_run)
     if source is not None:
         components.append(source)

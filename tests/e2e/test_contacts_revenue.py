@@ -1,0 +1,225 @@
+"""Export → Brevo contacts, orders and lifetime value, end to end (issue 8 acceptance): the sandbox and the
+daemon as separate processes; what Brevo should hold is computed here from the sample data itself."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import sqlite3
+from collections import defaultdict
+from datetime import timedelta
+from typing import Any
+
+from .conftest import SANDBOX_ENV, DaemonProcess, sandbox_config, write_config
+
+# SPEC Appendix A: the seed's property_mapping, whole.
+SEED_MAPPING = {
+    "email": "email", "first_name": "FIRSTNAME", "last_name": "LASTNAME", "phone": "SMS", "plan_type": "PLAN",
+    "signup_date": "SIGNUP_DATE", "total_purchases": "ORDER_COUNT", "lifetime_revenue": "LTV",
+    "last_active": "LAST_ACTIVE", "device_type": "DEVICE",
+}
+CONTACTS_ON = {
+    "sync": {"user_properties": True, "revenue": True},
+    "property_mapping": SEED_MAPPING,
+    "revenue": {"orders": True, "ltv_attribute": "AMP_LTV", "count_attribute": "AMP_ORDERS"},
+    "event_mapping": {},  # contacts and orders only: these tests are not about events
+}
+
+
+def contacts_config(tmp_path, sandbox, **overrides: Any) -> dict:
+    cfg = sandbox_config(tmp_path, sandbox, **{**CONTACTS_ON, **overrides})
+    cfg["connectors"]["brevo"]["create_attributes"] = True
+    cfg["sync"] = {"events": False, "user_properties": True, "revenue": True}
+    return cfg
+
+
+def amount_of(props: dict[str, Any]) -> float | None:
+    """The sample data's revenue spelling (export rows: `$revenue`, else `$price` × `$quantity`)."""
+    if props.get("$revenue") is not None:
+        return float(props["$revenue"])
+    if props.get("$price") is not None:
+        return float(props["$price"]) * float(props.get("$quantity") or 1)
+    return None
+
+
+def expected(data: dict[str, Any]) -> dict[str, Any]:
+    """From the sample data: each user's newest row's mapped properties, their revenue events, totals."""
+    from amplitude_brevo.config import parse_hour
+    from amplitude_brevo.sandbox.sample_data import DatasetSpec, rows_for_hour
+
+    spec = DatasetSpec(start=parse_hour(data["start"]), hours=data["hours"], rows_per_hour=data["rows_per_hour"])
+    newest: dict[str, tuple[tuple[str, str], dict[str, Any]]] = {}
+    orders: dict[str, dict[str, Any]] = {}
+    ltv: dict[str, float] = defaultdict(float)
+    purchases: dict[str, int] = defaultdict(int)
+    for h in range(spec.hours):
+        for row in rows_for_hour(spec, spec.start + timedelta(hours=h)):
+            user = row.get("user_id")
+            if not user:
+                continue
+            order = (row["event_time"], row["server_upload_time"])
+            if user not in newest or order >= newest[user][0]:
+                newest[user] = (order, row)
+            amount = amount_of(row.get("event_properties") or {})
+            if amount is not None:
+                key = row.get("$insert_id") or row["uuid"]
+                if key not in orders:
+                    orders[key] = {"user": user, "amount": amount, "row": row}
+                    ltv[user] += amount
+                    purchases[user] += amount > 0
+    return {"newest": {u: row for u, (_, row) in newest.items()}, "orders": orders, "ltv": ltv,
+            "purchases": purchases}
+
+
+async def _backfill(cfg_path, data, timeout=240):
+    end = int(data["hours"]) - 1
+    proc = await DaemonProcess.start("backfill", "-c", str(cfg_path), "--start", data["start"],
+                                     "--end", f"2026-11-01T{end:02d}", env=SANDBOX_ENV)
+    code = await proc.wait(timeout)
+    assert code == 0, proc.all_output()[-4000:]
+    return proc
+
+
+def check_contacts(dump: dict[str, Any], want: dict[str, Any]) -> None:
+    from amplitude_brevo.contacts.attributes import AttributeModel, Dropped, convert
+
+    from amplitude_brevo.pipeline.remap import email_id
+
+    model = AttributeModel.from_response({"attributes": dump["attributes"]})
+    contacts = {c["ext_id"]: c for c in dump["contacts"] if c.get("ext_id")}
+    assert set(contacts) == set(want["newest"]), "one contact per user with a user id, and no other"
+    dropped = 0
+    for user, row in want["newest"].items():
+        contact, props = contacts[user], row["user_properties"]
+        email = email_id(props.get("email"))
+        if email is not None:  # an invalid one is left out of the contact (and logged)
+            assert contact["email"] == email, (user, contact["email"], email)
+        for source, attribute in SEED_MAPPING.items():
+            if attribute == "email":
+                continue
+            value = props.get(source, row.get(source))
+            got = contact["attributes"].get(attribute)
+            if value is None:
+                assert got is None, (user, attribute, got)
+                continue
+            converted = convert(model, attribute, value)
+            if isinstance(converted, Dropped):
+                dropped += 1
+                assert got is None, (user, attribute, value, got)
+            else:
+                assert got == converted.value, (user, attribute, value, got)
+        assert contact["attributes"].get("AMP_LTV") == (round(want["ltv"][user], 2) if user in want["ltv"] else None)
+        assert contact["attributes"].get("AMP_ORDERS") == (want["purchases"][user] if user in want["ltv"] else None)
+        assert isinstance(contact["attributes"].get("LAST_ACTIVE", "2000-01-01"), str)
+    print(f"{len(contacts)} contacts checked, {dropped} values dropped by conversion")
+
+
+def check_orders(dump: dict[str, Any], want: dict[str, Any], *, historical: bool) -> None:
+    orders = {o["id"]: o for o in dump["orders"]}
+    assert set(orders) == set(want["orders"]), "one order per revenue event"
+    for key, order in want["orders"].items():
+        got = orders[key]
+        assert got["amount"] == order["amount"] or abs(got["amount"] - order["amount"]) < 1e-9, (key, got)
+        assert got["identifiers"]["ext_id"] == order["user"]
+        assert got["historical"] is historical
+        props = order["row"]["event_properties"]
+        assert got["products"][0]["productId"] == props.get("$productId", order["row"]["event_type"])
+        assert got["status"] == ("refunded" if order["amount"] < 0 else "completed")
+
+
+async def test_a_backfill_writes_typed_contacts_orders_and_totals_and_a_rerun_writes_nothing(tmp_path, sandbox):
+    want = expected(sandbox.data)
+    cfg_path = write_config(tmp_path / "config.yaml", contacts_config(tmp_path, sandbox))
+    await _backfill(cfg_path, sandbox.data)
+    dump = await sandbox.received()
+    check_contacts(dump, want)
+    check_orders(dump, want, historical=True)
+    counts = await sandbox.counts()
+    print("contact writes", counts["contact_writes"], "orders", len(dump["orders"]))
+
+    # Again over the same hours, with the checkpoint gone: every row is read again, nothing is written.
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        conn.execute("DELETE FROM checkpoints WHERE name LIKE 'backfill.%'")
+    proc = await _backfill(cfg_path, sandbox.data)
+    assert proc.events("backfill.summary")[-1]["rows_read"] == 6 * 2000
+    again = await sandbox.counts()
+    assert again["contact_writes"] == counts["contact_writes"], "a re-read makes no contact write"
+    assert again["orders"] == counts["orders"] and again.get("orders_updated", 0) == counts.get("orders_updated", 0)
+    check_contacts(await sandbox.received(), want)
+
+
+async def test_sigkill_at_three_moments_with_contacts_and_orders_loses_and_double_counts_nothing(
+        tmp_path, make_sandbox):
+    sandbox = await make_sandbox(hours=3, rows_per_hour=1500)
+    want = expected(sandbox.data)
+    await sandbox.post(sandbox.control + "/faults", {"latency": 0.2})
+    cfg = contacts_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s", "max_window": "1h"})
+    cfg["connectors"]["brevo"]["contacts_import_min"] = 1_000_000  # POST /contacts one by one: slow, killable
+    cfg_path = write_config(tmp_path / "config.yaml", cfg)
+    rng = random.Random(88)
+    for _ in range(3):
+        daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+        await daemon.wait_for_log("daemon.started")
+        await asyncio.sleep(rng.uniform(0.5, 2.5))
+        daemon.proc.send_signal(signal.SIGKILL)
+        await daemon.wait(10)
+    daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+    try:
+        async with asyncio.timeout(180):
+            while True:
+                assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
+                with sqlite3.connect(tmp_path / "state.db") as conn:
+                    hour = conn.execute("SELECT value FROM checkpoints WHERE name = 'export.next_hour'").fetchone()
+                    pending = conn.execute(
+                        "SELECT count(*) FROM contacts WHERE seq > coalesce((SELECT CAST(value AS INTEGER) FROM "
+                        "checkpoints WHERE name = 'contacts.written'), 0)").fetchone()[0]
+                if hour and hour[0] >= "20261101T03" and pending == 0:
+                    break
+                await asyncio.sleep(0.25)
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert await daemon.wait(30) == 0
+    dump = await sandbox.received()
+    check_contacts(dump, want)
+    check_orders(dump, want, historical=False)
+    with sqlite3.connect(tmp_path / "state.db") as conn:
+        totals = {u: (ltv, n) for u, ltv, n in conn.execute("SELECT user_id, ltv, orders FROM revenue_totals")}
+    assert {u: (round(a, 6), n) for u, (a, n) in totals.items()} == {
+        u: (round(want["ltv"][u], 6), want["purchases"][u]) for u in want["ltv"]}, "every purchase counted once"
+
+
+async def test_faults_and_an_outage_with_contacts_and_orders_lose_nothing(tmp_path, make_sandbox):
+    sandbox = await make_sandbox(hours=2, rows_per_hour=1000)
+    want = expected(sandbox.data)
+    await sandbox.post(sandbox.control + "/faults", {"error_rate": 0.2, "error_statuses": [500, 502, 503, 429],
+                                                      "reset_rate": 0.05, "seed": 7, "latency": 0.05})
+    cfg = contacts_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s", "poll_interval": "1s"})
+    cfg["connectors"]["brevo"]["contacts_batch_size"] = 20
+    cfg["connectors"]["brevo"]["contacts_import_min"] = 1_000_000
+    cfg_path = write_config(tmp_path / "config.yaml", cfg)
+    daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+    try:
+        await daemon.wait_for_log("brevo.retry", timeout=60)
+        await sandbox.post(sandbox.control + "/faults", {"outage_seconds": 20})
+        async with asyncio.timeout(240):
+            while True:
+                assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
+                dump = await sandbox.received()
+                if len(dump["orders"]) >= len(want["orders"]) and len(
+                        [c for c in dump["contacts"] if c.get("ext_id")]) >= len(want["newest"]):
+                    with sqlite3.connect(tmp_path / "state.db") as conn:
+                        pending = conn.execute(
+                            "SELECT count(*) FROM contacts WHERE seq > coalesce((SELECT CAST(value AS INTEGER) "
+                            "FROM checkpoints WHERE name = 'contacts.written'), 0)").fetchone()[0]
+                    if pending == 0:
+                        break
+                await asyncio.sleep(0.5)
+        check_contacts(dump, want)
+        check_orders(dump, want, historical=False)
+        assert dump["injected"] > 0 and dump["resets"] > 0
+        outage = [e for e in daemon.events("brevo.retry") if "Sandbox outage" in e["reason"]]
+        assert outage, "requests met the outage and were retried"
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert await daemon.wait(30) == 0
