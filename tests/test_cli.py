@@ -50,8 +50,8 @@ def test_check_config_reports_errors_with_exit_2(tmp_path, capsys):
     assert "batchng" in err and "did you mean 'batching'" in err and "xkeysib-abc-LEAK" not in err
 
 
-# Asks for segments, revenue and the ingest endpoint, none of which this version has.
-UNBUILT = {"lists": {"active_users": 10}, "user_activity": {"enabled": False}, "ingest": {"enabled": True}}
+# Asks for segments, User Activity enrichment and the ingest endpoint, none of which this version has.
+UNBUILT = {"lists": {"active_users": 10}, "user_activity": {"enabled": True}, "ingest": {"enabled": True}}
 
 
 def test_check_config_warns_about_unbuilt_settings(config_file, capsys):
@@ -59,11 +59,12 @@ def test_check_config_warns_about_unbuilt_settings(config_file, capsys):
     assert main(["check-config", "-c", str(path)]) == 0  # still a valid config
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if line.startswith("amplitude-brevo: warning: ")]
-    assert [w.split(": ", 2)[2].split(" ", 1)[0] for w in warnings] == ["sync.revenue", "lists", "ingest.enabled"]
+    assert [w.split(": ", 2)[2].split(" ", 1)[0] for w in warnings] == ["lists", "user_activity.enabled",
+                                                                        "ingest.enabled"]
     assert all("is accepted but not built yet in this version; it is ignored" in w for w in warnings)
     assert "warning" not in captured.out  # stdout stays the rendered YAML alone
 
-    config_file(sync={"revenue": False})
+    config_file(ingest={"enabled": False})  # the segments and enrichment asked for above are gone again
     assert main(["check-config", "-c", str(path)]) == 0
     assert capsys.readouterr().err == ""
 
