@@ -1,0 +1,1 @@
+"""Brevo contacts: the attribute model and value conversion, profiles, the contact outbox."""
