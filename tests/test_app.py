@@ -380,13 +380,13 @@ async def test_a_reload_warns_about_a_newly_configured_capability_that_is_not_bu
     daemon = make_daemon(config_path=config_file())
     await daemon.startup()
     try:
-        config_file(connectors={"brevo": {"create_attributes": True}})
+        config_file(cohorts=[{"id": "c1", "list_id": 5}])
         capsys.readouterr()
         assert await daemon.reload() is True  # the reload configures logging anew: JSON lines on stdout
         lines = [orjson.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
         structlog.reset_defaults()  # not onto capsys's stream, which closes after this test
         warned = [e["detail"] for e in lines if e["event"] == "config.not_built"]
-        assert len(warned) == 1 and warned[0].startswith("connectors.brevo.create_attributes")
+        assert len(warned) == 1 and warned[0].startswith("cohorts")
     finally:
         await daemon.shutdown()
 

@@ -14,6 +14,9 @@ import yaml
 from amplitude_brevo.cli import main
 from amplitude_brevo.config import unbuilt_settings
 from amplitude_brevo.logs import configure_logging
+from amplitude_brevo.sandbox.amplitude_sim import AMPLITUDE_EXPORT_STATE
+from amplitude_brevo.sandbox.brevo_sim import BREVO_STATE
+from amplitude_brevo.sandbox.server import Sandbox, SandboxOptions
 from amplitude_brevo.state import DeadLetter, StateStore
 
 from .conftest import SECRETS, base_config
@@ -50,8 +53,8 @@ def test_check_config_reports_errors_with_exit_2(tmp_path, capsys):
     assert "batchng" in err and "did you mean 'batching'" in err and "xkeysib-abc-LEAK" not in err
 
 
-# Asks for segments, revenue and the ingest endpoint, none of which this version has.
-UNBUILT = {"lists": {"active_users": 10}, "user_activity": {"enabled": False}, "ingest": {"enabled": True}}
+# Asks for segments, User Activity enrichment and the ingest endpoint, none of which this version has.
+UNBUILT = {"lists": {"active_users": 10}, "user_activity": {"enabled": True}, "ingest": {"enabled": True}}
 
 
 def test_check_config_warns_about_unbuilt_settings(config_file, capsys):
@@ -59,13 +62,128 @@ def test_check_config_warns_about_unbuilt_settings(config_file, capsys):
     assert main(["check-config", "-c", str(path)]) == 0  # still a valid config
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if line.startswith("amplitude-brevo: warning: ")]
-    assert [w.split(": ", 2)[2].split(" ", 1)[0] for w in warnings] == ["sync.revenue", "lists", "ingest.enabled"]
+    assert [w.split(": ", 2)[2].split(" ", 1)[0] for w in warnings] == ["lists", "user_activity.enabled",
+                                                                        "ingest.enabled"]
     assert all("is accepted but not built yet in this version; it is ignored" in w for w in warnings)
     assert "warning" not in captured.out  # stdout stays the rendered YAML alone
 
-    config_file(sync={"revenue": False})
+    config_file(ingest={"enabled": False})  # the segments and enrichment asked for above are gone again
     assert main(["check-config", "-c", str(path)]) == 0
     assert capsys.readouterr().err == ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# check-config --online, against both simulators on loopback (main() runs in a thread: it calls asyncio.run)
+
+
+@pytest.fixture
+async def sandbox():
+    """Both simulators, accepting the SECRETS' keys."""
+    options = SandboxOptions(
+        amplitude_api_key=SECRETS["AMPLITUDE_API_KEY"], amplitude_secret_key=SECRETS["AMPLITUDE_SECRET_KEY"],
+        brevo_api_key=SECRETS["BREVO_API_KEY"],
+    )
+    async with Sandbox(options) as sb:
+        yield sb
+
+
+def online_config(config_file, sb, **overrides):
+    urls = {"amplitude": {"api_url": sb.amplitude_url, "ingest_url": sb.amplitude_url},
+            "brevo": {"api_url": sb.brevo_url}}
+    connectors = overrides.pop("connectors", {})
+    for name, section in connectors.items():
+        urls[name] = {**urls[name], **section}
+    overrides.setdefault("property_mapping", {"email": "email", "first_name": "FIRSTNAME", "lifetime_revenue": "ltv"})
+    return config_file(connectors=urls, **overrides)
+
+
+async def check_online(path, capsys) -> tuple[int, list[str], str]:
+    """Exit code, the lines after the rendered config, and stderr."""
+    code = await asyncio.to_thread(main, ["check-config", "-c", str(path), "--online"])
+    captured = capsys.readouterr()
+    assert all(secret not in captured.out + captured.err for secret in SECRETS.values())
+    rendered, _, checks = captured.out.partition("\nbrevo api key: ")
+    yaml.safe_load(rendered)  # the config comes first, as without --online
+    return code, ("brevo api key: " + checks).splitlines(), captured.err
+
+
+def export_requests(sb) -> list[tuple[str, str, int]]:
+    return [(r["start"], r["end"], r["status"]) for r in sb.amplitude_app[AMPLITUDE_EXPORT_STATE].requests]
+
+
+async def test_check_config_online_good_keys(config_file, sandbox, capsys):
+    path = online_config(config_file, sandbox, revenue={"count_attribute": "ORDER_COUNT"})
+    code, lines, _ = await check_online(path, capsys)
+    assert lines == [
+        "brevo api key: ok",
+        "attribute FIRSTNAME: ok (text)",
+        "attribute LTV: ok (float)",  # targets compare case-insensitively; email is identity, not checked
+        "attribute ORDER_COUNT: ok (float)",
+        "amplitude keys: ok",
+    ]
+    assert code == 0
+    # The Export API was really asked, for an hour without data, and said so with its 404.
+    assert export_requests(sandbox) == [("20000101T00", "20000101T00", 404)]
+
+
+async def test_check_config_online_wrong_brevo_key(config_file, sandbox, capsys, monkeypatch):
+    path = online_config(config_file, sandbox)
+    monkeypatch.setenv("BREVO_API_KEY", "xkeysib-not-the-one")
+    code, lines, _ = await check_online(path, capsys)
+    assert code == 1
+    assert lines == [
+        "brevo api key: Brevo rejected connectors.brevo.api_key (HTTP 401 unauthorized: Key not found)",
+        "amplitude keys: ok",
+    ]
+    assert "xkeysib-not-the-one" not in "\n".join(lines)
+
+
+async def test_check_config_online_missing_attribute(config_file, sandbox, capsys):
+    mapping = {"email": "email", "first_name": "FIRSTNAME", "plan_tier": "AMP_TIER"}
+    path = online_config(config_file, sandbox, property_mapping=mapping, revenue={"ltv_attribute": "AMP_LTV"})
+    code, lines, _ = await check_online(path, capsys)
+    assert code == 1
+    assert lines[1:4] == [
+        "attribute FIRSTNAME: ok (text)",
+        "property_mapping.plan_tier -> AMP_TIER: missing in Brevo",
+        "revenue.ltv_attribute -> AMP_LTV: missing in Brevo",
+    ]
+
+    # With create_attributes the daemon creates them at start: reported, not a failure, and not created here.
+    path = online_config(config_file, sandbox, property_mapping=mapping, revenue={"ltv_attribute": "AMP_LTV"},
+                         connectors={"brevo": {"create_attributes": True}})
+    code, lines, _ = await check_online(path, capsys)
+    assert code == 0
+    assert lines[2] == ("property_mapping.plan_tier -> AMP_TIER: missing in Brevo "
+                        "(created at start: connectors.brevo.create_attributes is true)")
+    assert "AMP_TIER" not in sandbox.brevo_app[BREVO_STATE].attributes
+
+
+async def test_check_config_online_wrong_amplitude_secret(config_file, sandbox, capsys, monkeypatch):
+    path = online_config(config_file, sandbox)
+    monkeypatch.setenv("AMPLITUDE_SECRET_KEY", "amp-secret-wrong")
+    code, lines, _ = await check_online(path, capsys)
+    assert code == 1
+    assert lines[0] == "brevo api key: ok"
+    assert lines[-1] == ("amplitude keys: Amplitude rejected connectors.amplitude.api_key / secret_key "
+                         "(HTTP 401: Invalid API key or secret key)")
+    assert "amp-secret-wrong" not in "\n".join(lines)
+
+
+async def test_check_config_online_unreachable(config_file, capsys):
+    path = config_file()  # base_config's URLs: loopback port 9, where nothing listens
+    code, lines, _ = await check_online(path, capsys)
+    assert code == 1
+    assert lines[0].startswith("brevo api key: could not check (cannot reach connectors.brevo.api_url")
+    assert lines[-1].startswith("amplitude keys: could not check (cannot reach connectors.amplitude.api_url")
+
+
+async def test_check_config_without_online_asks_nobody(config_file, sandbox, capsys):
+    path = online_config(config_file, sandbox)
+    assert await asyncio.to_thread(main, ["check-config", "-c", str(path)]) == 0
+    assert "brevo api key" not in capsys.readouterr().out
+    assert export_requests(sandbox) == []
+    assert sandbox.brevo_app[BREVO_STATE].rejected == 0
 
 
 @pytest.mark.parametrize("command", [["run"], ["backfill", "--start", "2026-11-01T00", "--end", "2026-11-01T01"]])

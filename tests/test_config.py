@@ -386,6 +386,7 @@ def test_rate_limit_overrides_merge_with_plan() -> None:
         "brevo_events_batch": RateLimit(requests=200, per=3600.0),
         "brevo_contacts": RateLimit(requests=20, per=1.0),
         "brevo_orders": RateLimit(requests=10, per=1.0),
+        "brevo_orders_batch": RateLimit(requests=200, per=3600.0),
         "brevo_other": RateLimit(requests=300, per=3600.0),  # partial override keeps the plan's `per`
     }
 
@@ -407,6 +408,7 @@ def test_plan_budget_figures() -> None:
             "brevo_events_batch": (100, 3600),
             "brevo_contacts": (10, 1),
             "brevo_orders": (5, 1),
+            "brevo_orders_batch": (100, 3600),
             "brevo_other": (100, 3600),
         },
         "advanced": {
@@ -414,6 +416,7 @@ def test_plan_budget_figures() -> None:
             "brevo_events_batch": (200, 3600),
             "brevo_contacts": (20, 1),
             "brevo_orders": (10, 1),
+            "brevo_orders_batch": (200, 3600),
             "brevo_other": (200, 3600),
         },
         "extended": {
@@ -421,9 +424,28 @@ def test_plan_budget_figures() -> None:
             "brevo_events_batch": (600, 3600),
             "brevo_contacts": (60, 1),
             "brevo_orders": (15, 1),
+            "brevo_orders_batch": (600, 3600),
             "brevo_other": (600, 3600),
         },
     }
+
+
+def test_brevo_contacts_keys() -> None:
+    brevo = parse_config(minimal(), env={}).connectors.brevo
+    assert (brevo.contacts_batch_size, brevo.contacts_import_min, brevo.import_list_id) == (100, 50, None)
+    data = minimal()
+    data["connectors"]["brevo"].update(contacts_batch_size=1000, contacts_import_min=1, import_list_id="7")
+    brevo = parse_config(data, env={}).connectors.brevo
+    assert (brevo.contacts_batch_size, brevo.contacts_import_min, brevo.import_list_id) == (1000, 1, 7)
+
+
+def test_revenue_attributes_distinct_from_property_mapping_are_fine() -> None:
+    cfg = parse_config(
+        minimal(property_mapping={"lifetime_revenue": "LTV"}, revenue={"ltv_attribute": "AMP_LTV",
+                                                                       "count_attribute": "AMP_ORDERS"}),
+        env={},
+    )
+    assert (cfg.revenue.ltv_attribute, cfg.revenue.count_attribute) == ("AMP_LTV", "AMP_ORDERS")
 
 
 def test_amplitude_disabled_needs_no_keys_and_nulls_mean_defaults() -> None:
@@ -687,6 +709,48 @@ BAD_CONFIGS = [
         "revenue.ltv_attribute",
         "not a valid Brevo attribute name",
     ),
+    Bad(
+        "revenue attribute also in property_mapping",
+        [(("revenue", "ltv_attribute"), "LTV")],
+        "revenue.ltv_attribute",
+        "'LTV' is also written by property_mapping.lifetime_revenue; one Brevo attribute takes one source",
+    ),
+    Bad(
+        "revenue attribute also in property_mapping, other case",
+        [(("property_mapping", "total purchases"), "order_count"), (("revenue", "count_attribute"), "ORDER_COUNT")],
+        "revenue.count_attribute",
+        """'ORDER_COUNT' is also written by property_mapping."total purchases"; one Brevo attribute takes one""",
+    ),
+    Bad(
+        "ltv and count on one attribute",
+        [(("revenue", "ltv_attribute"), "AMP_LTV"), (("revenue", "count_attribute"), "AMP_LTV")],
+        "revenue.count_attribute",
+        "'AMP_LTV' is also written by revenue.ltv_attribute; one Brevo attribute takes one source",
+    ),
+    Bad(
+        "contacts batch too large",
+        [(("connectors", "brevo", "contacts_batch_size"), 1001)],
+        "connectors.brevo.contacts_batch_size",
+        "less than or equal to 1000",
+    ),
+    Bad(
+        "contacts batch empty",
+        [(("connectors", "brevo", "contacts_batch_size"), 0)],
+        "connectors.brevo.contacts_batch_size",
+        "greater than or equal to 1",
+    ),
+    Bad(
+        "zero import threshold",
+        [(("connectors", "brevo", "contacts_import_min"), 0)],
+        "connectors.brevo.contacts_import_min",
+        "greater than or equal to 1",
+    ),
+    Bad(
+        "bad import list id",
+        [(("connectors", "brevo", "import_list_id"), 0)],
+        "connectors.brevo.import_list_id",
+        "greater than 0",
+    ),
     Bad("bad bool", [(("sync", "events"), "maybe")], "sync.events", "true or false"),
     Bad("section not a mapping", [(("batching",), "fast")], "batching", "must be a mapping"),
     Bad(
@@ -802,21 +866,14 @@ def unbuilt_keys(cfg: Config) -> list[str]:
 
 def test_unbuilt_settings_of_the_shipped_config() -> None:
     cfg = load_config(SHIPPED, env=ENV)
-    assert unbuilt_keys(cfg) == [
-        "sync.user_properties",
-        "cohorts",
-        "sync.revenue",
-        "lists",
-        "user_activity.enabled",
-        "ingest.enabled",
-    ]
+    assert unbuilt_keys(cfg) == ["cohorts", "lists", "user_activity.enabled", "ingest.enabled"]
     messages = unbuilt_settings(cfg)
-    assert "FIRSTNAME, LTV" in messages[0] and "def456" in messages[1] and "127.0.0.1:8787" in messages[-1]
+    assert "def456" in messages[0] and "127.0.0.1:8787" in messages[-1]
     assert_no_secrets(*messages)
 
 
-# The export path alone: nothing unbuilt is asked for (sync.revenue and ingest.enabled default to true).
-QUIET = minimal(sync={"revenue": False}, ingest={"enabled": False})
+# The export path alone: nothing unbuilt is asked for (ingest.enabled defaults to true).
+QUIET = minimal(sync={}, ingest={"enabled": False})
 PLAN_ATTRIBUTE = (("property_mapping",), {"email": "email", "plan": "PLAN"})
 A_COHORT = (("cohorts",), [{"id": "c1", "list_id": 5}])
 
@@ -825,16 +882,17 @@ A_COHORT = (("cohorts",), [{"id": "c1", "list_id": 5}])
     ("edits", "expected"),
     [
         ([], []),
-        ([(("sync",), DELETE), (("ingest",), DELETE)], ["sync.revenue", "ingest.enabled"]),  # defaults count
-        ([(("connectors", "brevo", "create_attributes"), True)], ["connectors.brevo.create_attributes"]),
+        ([(("sync",), DELETE), (("ingest",), DELETE)], ["ingest.enabled"]),  # defaults count
+        # Built: creating attributes, user properties -> contact attributes, revenue -> orders and LTV.
+        ([(("connectors", "brevo", "create_attributes"), True)], []),
         # Identity targets are carried in `identifiers`: no contact attribute to write.
         ([(("property_mapping",), {"email": "email", "uid": "EXT_ID"})], []),
-        ([PLAN_ATTRIBUTE], ["sync.user_properties", "user_activity.enabled"]),
+        ([PLAN_ATTRIBUTE], ["user_activity.enabled"]),  # contact attributes it would enrich
         ([PLAN_ATTRIBUTE, (("sync", "user_properties"), False)], []),
         ([A_COHORT], ["cohorts"]),
         ([A_COHORT, (("sync", "cohorts"), False)], []),
         ([(("sync", "revenue"), True), (("revenue",), {"orders": False})], []),
-        ([(("sync", "revenue"), True), (("revenue",), {"orders": False, "ltv_attribute": "AMP_LTV"})], ["sync.revenue"]),
+        ([(("sync", "revenue"), True), (("revenue",), {"orders": True, "ltv_attribute": "AMP_LTV"})], []),
         ([(("lists",), {"power_users": 11})], ["lists", "user_activity.enabled"]),
         ([(("lists",), {"power_users": 11}), (("user_activity",), {"enabled": False})], ["lists"]),
         ([(("segments",), {"every": "2h"})], []),  # rules without lists are not synced, built or not

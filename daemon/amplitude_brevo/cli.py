@@ -61,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate the config and print it resolved, secrets masked")
     _add_config(check)
+    check.add_argument(
+        "--online", action="store_true",
+        help="also check both API keys and that every mapped Brevo attribute exists (sends only reads)",
+    )
 
     status = sub.add_parser("status", help="checkpoints, spool depth and dead-letter counts from the state file")
     _add_config(status)
@@ -143,7 +147,155 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     # Valid all the same (exit 0), but the operator should not expect these settings to do anything.
     for message in unbuilt_settings(cfg):
         print(f"amplitude-brevo: warning: {message}", file=sys.stderr)
+    if args.online:
+        return EXIT_OK if asyncio.run(_online_checks(cfg)) else EXIT_RUNTIME
     return EXIT_OK
+
+
+# What `check-config --online` asks Amplitude for: one hour long before any project, which has no data. The
+# Export API answers 404 "Raw data files were not found" with keys it accepts, 401/403 with keys it does not.
+_PROBE_HOUR = "20000101T00"
+_ONLINE_TIMEOUT = 30.0
+_ONLINE_ATTEMPTS = 3  # a 429 / 5xx / connection error is tried again this often before "could not check"
+
+
+async def _online_checks(cfg: Config) -> bool:
+    """`check-config --online`: the Brevo key and attribute model, then the Amplitude keys; one line per check
+    on stdout (secrets masked). True when everything is usable. Nothing is written to either service."""
+    import aiohttp
+
+    from .config.errors import scrub
+
+    secrets = secret_values(cfg)
+
+    def say(line: str) -> None:
+        print(scrub(line, secrets), flush=True)
+
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=_ONLINE_TIMEOUT)) as session:
+        brevo_ok = await _check_brevo(session, cfg, say)
+        amplitude_ok = await _check_amplitude(session, cfg, say)
+    return brevo_ok and amplitude_ok
+
+
+async def _check_brevo(session, cfg: Config, say) -> bool:  # type: ignore[no-untyped-def]
+    """The key (`GET /contacts/attributes` answers), then every attribute the config writes exists."""
+    import aiohttp
+
+    from .config import format_path
+    from .contacts.attributes import COMPUTED_CATEGORIES, AttributeModel, identity_target
+    from .retry import Backoff
+    from .sinks.brevo_client import URL_HINT, BrevoClient, Outcome, validate_response
+    from .sinks.budgets import Budgets
+
+    brevo = cfg.connectors.brevo
+    client = BrevoClient(session, base_url=brevo.api_url, api_key=brevo.api_key, budgets=Budgets(cfg.rate_limits))
+    backoff = Backoff(base=0.2, cap=1.0)
+    reason = ""
+    for attempt in range(1, _ONLINE_ATTEMPTS + 1):
+        try:
+            response = await client.send_once("GET", "/contacts/attributes", budget="brevo_contacts")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            reason = f"cannot reach connectors.brevo.api_url ({type(exc).__name__}: {exc})"
+        else:
+            if response.status in (401, 403):
+                say(f"brevo api key: Brevo rejected connectors.brevo.api_key (HTTP {response.status} "
+                    f"{response.message})")
+                return False
+            outcome = validate_response(response.status)
+            if outcome is Outcome.OK:
+                break
+            reason = f"HTTP {response.status} {response.message}"
+            if outcome is Outcome.UNAVAILABLE:
+                reason += f"; {URL_HINT}"
+            if outcome is not Outcome.RETRY:
+                say(f"brevo api key: could not check ({reason})")
+                return False
+        if attempt >= _ONLINE_ATTEMPTS:
+            say(f"brevo api key: could not check ({reason})")
+            return False
+        await backoff.sleep(attempt)
+    say("brevo api key: ok")
+
+    model = AttributeModel.from_response(response.body)
+    wanted = [
+        (format_path(("property_mapping", source)), target.strip().upper())
+        for source, target in cfg.property_mapping.items()
+        if not identity_target(target)
+    ]
+    if cfg.sync.revenue:
+        for key in ("ltv_attribute", "count_attribute"):
+            name = getattr(cfg.revenue, key)
+            if name:
+                wanted.append((f"revenue.{key}", name))
+    ok = True
+    for key, name in wanted:
+        attribute = model.get(name)
+        if attribute is None:
+            if brevo.create_attributes:
+                say(f"{key} -> {name}: missing in Brevo (created at start: connectors.brevo.create_attributes is true)")
+            else:
+                say(f"{key} -> {name}: missing in Brevo")
+                ok = False
+        elif attribute.category in COMPUTED_CATEGORIES:
+            say(f"{key} -> {name}: a {attribute.category} attribute, computed by Brevo; nothing can write it")
+            ok = False
+        else:
+            say(f"attribute {name}: ok ({attribute.type or attribute.category})")
+    return ok
+
+
+async def _check_amplitude(session, cfg: Config, say) -> bool:  # type: ignore[no-untyped-def]
+    """The project keys: one Export request for an hour without data (HTTP basic auth api_key:secret_key)."""
+    import base64
+
+    import aiohttp
+
+    from .clients.amplitude import UNAVAILABLE_HINT, ExportStatus, validate_export_status
+    from .retry import Backoff
+
+    amp = cfg.connectors.amplitude
+    if not amp.enabled:
+        say("amplitude keys: skipped (connectors.amplitude.enabled is false)")
+        return True
+    if amp.api_key is None or amp.secret_key is None:
+        say("amplitude keys: not set (connectors.amplitude.api_key / secret_key)")
+        return False
+    token = base64.b64encode(f"{amp.api_key.reveal()}:{amp.secret_key.reveal()}".encode()).decode()
+    headers = {"Authorization": f"Basic {token}"}
+    url = f"{amp.api_url.rstrip('/')}/api/2/export"
+    backoff = Backoff(base=0.2, cap=1.0)
+    reason = ""
+    for attempt in range(1, _ONLINE_ATTEMPTS + 1):
+        try:
+            async with session.get(url, params={"start": _PROBE_HOUR, "end": _PROBE_HOUR}, headers=headers) as resp:
+                status = resp.status
+                body = b""
+                while len(body) < 2048:  # the start of the answer is enough (a 200 would be a zip)
+                    chunk = await resp.content.read(2048 - len(body))
+                    if not chunk:
+                        break
+                    body += chunk
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            reason = f"cannot reach connectors.amplitude.api_url ({type(exc).__name__}: {exc})"
+            outcome = ExportStatus.RETRY
+        else:
+            text = " ".join(body.decode("utf-8", "replace").split())[:200]
+            if status in (401, 403):
+                say(f"amplitude keys: Amplitude rejected connectors.amplitude.api_key / secret_key "
+                    f"(HTTP {status}: {text})")
+                return False
+            outcome = validate_export_status(status, body)
+            if outcome in (ExportStatus.OK, ExportStatus.EMPTY):
+                say("amplitude keys: ok")
+                return True
+            reason = f"HTTP {status}: {text}"
+            if outcome is ExportStatus.UNAVAILABLE:
+                reason = f"HTTP {status} without the Export API's no-data message; {UNAVAILABLE_HINT}"
+        if outcome is not ExportStatus.RETRY or attempt >= _ONLINE_ATTEMPTS:
+            break
+        await backoff.sleep(attempt)
+    say(f"amplitude keys: could not check ({reason})")
+    return False
 
 
 def cmd_run(args: argparse.Namespace) -> int:

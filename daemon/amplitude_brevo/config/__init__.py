@@ -4,7 +4,7 @@ The package, by what a reader looks for:
 
     fields.py      field types and validators (durations, URLs, listen addresses, ids), the section base
     connectors.py  connectors.amplitude, connectors.brevo
-    mapping.py     sync, identity, revenue
+    mapping.py     sync, identity, revenue (and the one-source-per-attribute rule)
     export.py      export
     audiences.py   lists, cohorts, cohort_guard, segments, user_activity (and the one-writer-per-list rule)
     service.py     ingest, admin, state

@@ -9,7 +9,7 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, fie
 from amplitude_brevo.secrets import Secret
 
 from .errors import located
-from .fields import Section, Url, empty_secret_to_none, lower, not_bool, secrets_wanted
+from .fields import ListId, Section, Url, empty_secret_to_none, lower, not_bool, secrets_wanted
 
 AMPLITUDE_HOSTS = {
     "US": {"ingest_url": "https://api2.amplitude.com", "api_url": "https://amplitude.com"},
@@ -69,6 +69,12 @@ class BrevoConnector(Section):
     create_attributes: bool = False
     # Events per /events/batch request (Brevo publishes no maximum); 1 sends every event to /events.
     events_batch_size: Annotated[int, BeforeValidator(not_bool), Field(ge=1, le=1000)] = 100
+    # Contacts per POST /contacts/batch request (Brevo's limit: 1000 per request).
+    contacts_batch_size: Annotated[int, BeforeValidator(not_bool), Field(ge=1, le=1000)] = 100
+    # New contacts in one batch at or above this go through POST /contacts/import, fewer through POST /contacts.
+    contacts_import_min: Annotated[int, BeforeValidator(not_bool), Field(ge=1)] = 50
+    # The list /contacts/import adds new contacts to (Brevo requires one); None: a list named "Amplitude users".
+    import_list_id: ListId | None = None
 
 
 class Connectors(Section):

@@ -9,7 +9,9 @@ from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 from .errors import located
 from .fields import HOUR, Duration, PositiveDuration, PositiveInt, Section, did_you_mean, lower, not_bool
 
-BUDGET_NAMES = ("brevo_events", "brevo_events_batch", "brevo_contacts", "brevo_orders", "brevo_other")
+BUDGET_NAMES = (
+    "brevo_events", "brevo_events_batch", "brevo_contacts", "brevo_orders", "brevo_orders_batch", "brevo_other",
+)
 
 
 class RateLimit(Section):
@@ -25,14 +27,16 @@ def _budget(requests: int, per: float) -> RateLimit:
 
 # Brevo's published limits (reference/brevo-api.md §6). brevo_other covers the batch endpoints whose bucket
 # is unstated ("all other endpoints": 100/200/600 requests per hour). /events/batch gets a budget of its own
-# with those same figures, so that events cannot starve /orders/status/batch; the sink reads
-# x-sib-ratelimit-* on every answer and pauses when the server says a window is spent.
+# with those same figures, and so does /orders/status/batch (brevo_orders_batch), so that events, orders and
+# /processes cannot starve one another; the sinks read x-sib-ratelimit-* on every answer and pause when the
+# server says a window is spent.
 PLAN_BUDGETS: dict[str, dict[str, RateLimit]] = {
     "general": {
         "brevo_events": _budget(10, 1),
         "brevo_events_batch": _budget(100, HOUR),
         "brevo_contacts": _budget(10, 1),
         "brevo_orders": _budget(5, 1),
+        "brevo_orders_batch": _budget(100, HOUR),
         "brevo_other": _budget(100, HOUR),
     },
     "advanced": {
@@ -40,6 +44,7 @@ PLAN_BUDGETS: dict[str, dict[str, RateLimit]] = {
         "brevo_events_batch": _budget(200, HOUR),
         "brevo_contacts": _budget(20, 1),
         "brevo_orders": _budget(10, 1),
+        "brevo_orders_batch": _budget(200, HOUR),
         "brevo_other": _budget(200, HOUR),
     },
     "extended": {
@@ -47,6 +52,7 @@ PLAN_BUDGETS: dict[str, dict[str, RateLimit]] = {
         "brevo_events_batch": _budget(600, HOUR),
         "brevo_contacts": _budget(60, 1),
         "brevo_orders": _budget(15, 1),
+        "brevo_orders_batch": _budget(600, HOUR),
         "brevo_other": _budget(600, HOUR),
     },
 }

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ValidationError
 from .audiences import list_writer_errors
 from .errors import ConfigError, Loc, format_path, scrub
 from .fields import is_model, is_secret, unwrap
+from .mapping import attribute_writer_errors
 from .model import Config
 
 # ---------------------------------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ def parse_config(
         env=env, base_dir=Path(base_dir) if base_dir is not None else Path.cwd(), read_secrets=secrets
     )
     resolved = resolver.resolve(data)
-    errors = list(resolver.errors) + list_writer_errors(resolved)
+    errors = list(resolver.errors) + list_writer_errors(resolved) + attribute_writer_errors(resolved)
     config: Config | None = None
     try:
         config = Config.model_validate(resolved, context={"secrets": secrets})

@@ -33,7 +33,7 @@ class Config(Section):
     ingest: Ingest = Ingest()
     admin: Admin = Admin()
     state: State = State()
-    # Resolved: always the four BUDGET_NAMES, plan defaults overridden per budget by the YAML.
+    # Resolved: always every one of BUDGET_NAMES, plan defaults overridden per budget by the YAML.
     rate_limits: dict[BudgetName, RateLimit] = Field(default_factory=lambda: dict(PLAN_BUDGETS["general"]))
     batching: Batching = Batching()
     shutdown_timeout: PositiveDuration = 20.0

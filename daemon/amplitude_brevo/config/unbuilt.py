@@ -10,53 +10,40 @@ _NOT_BUILT = "is accepted but not built yet in this version; it is ignored"
 def unbuilt_settings(cfg: Config) -> list[str]:
     """One message per capability that *cfg* asks for and this version does not have yet.
 
-    Built today: the export path to Brevo events (connectors, sync.events, event_mapping, property_mapping
-    as events' contact_properties, identity, export, rate_limits, batching, state, admin, logging,
-    shutdown_timeout). Everything else of SPEC §3 is validated, so that a config written for a later
-    version is checked in full today, but nothing reads it.
+    Built today: the export path to Brevo events, contacts and orders (connectors, including
+    ``create_attributes``; sync.events, sync.user_properties, sync.revenue; event_mapping, property_mapping,
+    identity, revenue, export, rate_limits, batching, state, admin, logging, shutdown_timeout). Everything
+    else of SPEC §3 is validated, so that a config written for a later version is checked in full today, but
+    nothing reads it.
 
     A capability counts as configured when the resolved config, defaults included, would make the full
     product do something — the same reading the daemon will give it once it is built — and not merely
     because its section is present:
 
-    - ``connectors.brevo.create_attributes``: true.
-    - ``sync.user_properties``: true and ``property_mapping`` names a target besides the identity ones
-      (the ``identity.email_property`` key, targets ``email``/``ext_id``), i.e. there would be contact
-      attributes to write.
     - ``cohorts``: ``sync.cohorts`` true and at least one entry (``cohort_guard`` only guards those).
-    - ``sync.revenue``: true and ``revenue.orders`` true or an LTV/count attribute named.
     - ``lists``: a list id given for a segment; a segment without a list is not synced even when built.
-    - ``user_activity.enabled``: true and there are segments or contact attributes for it to enrich.
+    - ``user_activity.enabled``: true and there are segments or contact attributes for it to enrich
+      (``sync.user_properties`` true and a ``property_mapping`` target besides the identity ones: the
+      ``identity.email_property`` key, targets ``email``/``ext_id``).
     - ``ingest.enabled``: true (the default), because nothing listens on ``ingest.listen``.
 
-    Defaults count: ``sync.revenue`` and ``ingest.enabled`` default to true, so a minimal config hears
-    about them; setting the switch to false says "not wanted" and silences the message. Each message
-    starts with the key path to change.
+    Defaults count: ``ingest.enabled`` defaults to true, so a minimal config hears about it; setting the
+    switch to false says "not wanted" and silences the message. Each message starts with the key path to
+    change.
     """
     out: list[str] = []
-    if cfg.connectors.brevo.create_attributes:
-        out.append(f"connectors.brevo.create_attributes (creating missing Brevo attributes) {_NOT_BUILT}")
-
     identity = cfg.identity.email_property
+    # Contact attributes written from property_mapping: what User Activity would enrich.
     attributes = [
         target
         for source, target in cfg.property_mapping.items()
         if source != identity and target.lower() not in ("email", "ext_id")
     ]
     user_properties = cfg.sync.user_properties and bool(attributes)
-    if user_properties:
-        out.append(
-            f"sync.user_properties (user properties -> Brevo contact attributes {', '.join(attributes)}) "
-            f"{_NOT_BUILT} (property_mapping still fills the contact_properties of forwarded events)"
-        )
 
     if cfg.sync.cohorts and cfg.cohorts:
         ids = ", ".join(c.id for c in cfg.cohorts)
         out.append(f"cohorts (Amplitude cohorts {ids} -> Brevo lists, with cohort_guard) {_NOT_BUILT}")
-
-    revenue = cfg.revenue
-    if cfg.sync.revenue and (revenue.orders or revenue.ltv_attribute or revenue.count_attribute):
-        out.append(f"sync.revenue (revenue events -> Brevo orders and revenue.* attributes) {_NOT_BUILT}")
 
     segment_lists = [name for name in type(cfg.lists).model_fields if getattr(cfg.lists, name) is not None]
     if segment_lists:

@@ -1,1 +1,1 @@
-"""Contacts: the Brevo attribute model, the profile folder and the contact outbox."""
+"""Brevo contacts: the attribute model and value conversion, profiles, the contact outbox."""
