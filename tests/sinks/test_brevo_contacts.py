@@ -11,6 +11,7 @@ simulator itself once it answers so (they are marked `field_reports` in their na
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,8 +37,8 @@ BUDGETS = {"brevo_contacts": Limit(1000, 1), "brevo_other": Limit(1000, 3600)}
 
 
 @asynccontextmanager
-async def contacts_env(tmp_path: Any, **kwargs: Any) -> AsyncIterator[Env]:
-    async with brevo_env(tmp_path, limits=FAST, budgets=BUDGETS, **kwargs) as env:
+async def contacts_env(tmp_path: Any, budgets: dict[str, Limit] | None = None, **kwargs: Any) -> AsyncIterator[Env]:
+    async with brevo_env(tmp_path, limits=FAST, budgets={**BUDGETS, **(budgets or {})}, **kwargs) as env:
         yield env
 
 
@@ -321,7 +322,8 @@ async def test_a_contact_deleted_in_brevo_is_found_by_splitting_and_created_with
         assert (sink.stats.updated, sink.stats.created, sink.stats.dead_lettered) == (3, 1, 0)
 
 
-async def test_a_stop_during_an_import_releases_what_brevo_did_not_answer_for(tmp_path):
+@pytest.mark.parametrize("waiting", ["polling", "between polls"])
+async def test_a_stop_during_an_import_releases_what_brevo_did_not_answer_for(tmp_path, waiting):
     released: list[Item] = []
 
     class Acks(RecordingAcks):
@@ -335,17 +337,45 @@ async def test_a_stop_during_an_import_releases_what_brevo_did_not_answer_for(tm
         sink = sink_for(env, Recorder(), import_min=5, import_list_id=12)
         updates = items(*(contact(f"k{i}", f"k{i}@example.org", known=known[i]) for i in range(3)))
         creates = items(*(contact(f"u{i}", f"u{i}@example.org") for i in range(6)), source=updates[0].token.tracker)
+        if waiting == "between polls":
+            sink.poll_first = 30.0  # stopping does not wait for the next look at the process
         delivering = asyncio.create_task(sink.deliver(updates + creates))
         async with asyncio.timeout(10):
-            while proxy.polled < 3:
+            while proxy.polled < (3 if waiting == "polling" else 0) or len(proxy.log) < 2:
                 await asyncio.sleep(0.01)
         sink.stop()
+        stopped = time.monotonic()
         with pytest.raises(Stopping):
             await delivering
+        assert time.monotonic() - stopped < 1
         assert [got for _, got, _ in env.acks.settled] == [updates], "the batch update was answered and settled"
         assert released == creates, "the import's contacts were not: released, to be read again"
         assert creates[0].token.tracker.outstanding == 6
         assert await env.state.get_checkpoint("export.next_hour") is None
+
+
+async def test_a_spent_contacts_budget_is_waited_out_not_worked_around_with_single_requests(tmp_path):
+    # The single requests spend the same budget: sending them instead of the batch would only cost more.
+    tried: list[str] = []
+
+    class Watched(BrevoContactsSink):
+        async def _call_single(self, batch: Any, method: str, path: str, body: Any) -> Any:
+            tried.append(path)
+            return await super()._call_single(batch, method, path, body)
+
+    async with contacts_env(tmp_path, budgets={"brevo_contacts": Limit(1, 3600)}) as env:
+        known = [existing(env, f"u{i}", f"u{i}@example.org") for i in range(3)]
+        await env.client.budgets["brevo_contacts"].acquire()  # someone spent this hour's request
+        sink = Watched(queue=None, client=env.client, acks=env.acks, identified=Recorder(), batch_size=10)
+        with capture_logs() as logs:
+            delivering = asyncio.create_task(sink.deliver(items(*(contact(f"u{i}", known=known[i]) for i in range(3)))))
+            for _ in range(20):
+                await asyncio.sleep(0)
+            sink.stop()
+            with pytest.raises(Stopping):
+                await delivering
+        assert tried == [] and env.log == []
+        assert "brevo.batch.paused" not in [e["event"] for e in logs]
 
 
 async def test_dry_run_logs_each_contacts_route_and_sends_nothing(tmp_path):

@@ -9,14 +9,18 @@ record that stops a re-send after a crash.
 
 A concrete sink (`BrevoEventsSink`, later contacts, orders, lists) says only what is particular to its
 endpoints: the paths and budgets, how a batch body is built from item bodies, how Brevo names the refused
-items of a batch answer, and which statuses are item verdicts. Everything else is here:
+items of a batch answer, and which statuses are item verdicts. A sink with several routes (contacts) also
+says which items a batch answer sends elsewhere (`diverted_items`), overrides `_send` to send its batch
+route's items here and the others its own way (with `_call_single`, `_settle`), and keeps what Brevo's
+answers taught it in `_record`, before the items are settled. Everything else is here:
 
 * a request refused as a whole without item detail (400/413) is split in halves to isolate the bad item;
   a lone item then goes to the single endpoint for its own verdict;
 * the batch size starts at the configured one, doubles after clean answers up to `max_batch_size`, and
   stays below a size Brevo refused without item detail (one request at a time tries a new size);
 * a batch endpoint whose budget is spent for longer than `max_pause` (an hourly window) hands its items to
-  the single endpoint; a short wait (a 1-second window, a 429 with a short reset) is waited out;
+  the single endpoint, unless that spends the same budget; a short wait (a 1-second window, a 429 with a
+  short reset) is waited out;
 * `stop()`: no new batch is taken and no request not yet sent is sent (waits for a budget or a retry end
   with `Stopping`); requests in flight finish and are settled, then `run()` returns. Items taken but never
   answered for stay unacknowledged and are released from the dedupe record's in-flight set, so the source
