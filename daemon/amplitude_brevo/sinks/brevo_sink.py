@@ -334,8 +334,9 @@ class BrevoSink:
             moved := self.diverted_items(response, len(chunk))
         ):
             # Refused as a whole, naming items that belong on another route: those go there, the rest again.
-            batch.diverted.extend(chunk[p] for p in sorted(set(moved)) if 0 <= p < len(chunk))
-            rest = [i for i in chunk if i not in batch.diverted]
+            gone = {chunk[p] for p in moved if 0 <= p < len(chunk)}
+            batch.diverted.extend(sorted(gone))
+            rest = [i for i in chunk if i not in gone]
             return await self._send_batch(batch, rest) if rest else []
         errors = self.refused_items(response, len(chunk))
         refused = {chunk[p]: self._reason(message) for p, message in errors.items()}
