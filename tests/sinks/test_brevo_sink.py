@@ -21,7 +21,7 @@ from amplitude_brevo.sandbox.brevo_sim import BucketLimit
 from amplitude_brevo.secrets import Secret
 from amplitude_brevo.sinks.brevo_client import BrevoClient, BrevoResponse
 from amplitude_brevo.sinks.brevo_events import BrevoEventsSink
-from amplitude_brevo.sinks.brevo_sink import BatchSize, BrevoSink
+from amplitude_brevo.sinks.brevo_sink import BatchSize, BrevoSink, SinkStats
 from amplitude_brevo.sinks.budgets import Budgets
 from amplitude_brevo.state import StateStore
 from tests.sinks.support import HOUR, KEY, Limit, RecordingAcks, brevo_env, ids, items, tracker
@@ -123,6 +123,19 @@ def test_batch_size_policy():
     fresh.refused(1000)
     assert fresh.current == 500
     assert BatchSize(5000, 1000).current == 1000 and BatchSize(0, 1000).current == 1
+
+
+def test_a_sinks_own_counters_follow_the_shared_ones_in_its_stats():
+    class Counted(SinkStats):
+        __slots__ = ("created",)
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.created = 2
+
+    assert Counted().as_dict() == {**SinkStats().as_dict(), "created": 2}
+    assert list(SinkStats().as_dict()) == ["delivered", "dead_lettered", "batch_requests", "single_requests",
+                                           "would_send"]
 
 
 class SmallBatches(BrevoEventsSink):

@@ -9,14 +9,18 @@ record that stops a re-send after a crash.
 
 A concrete sink (`BrevoEventsSink`, later contacts, orders, lists) says only what is particular to its
 endpoints: the paths and budgets, how a batch body is built from item bodies, how Brevo names the refused
-items of a batch answer, and which statuses are item verdicts. Everything else is here:
+items of a batch answer, and which statuses are item verdicts. A sink with several routes (contacts) also
+says which items a batch answer sends elsewhere (`diverted_items`), overrides `_send` to send its batch
+route's items here and the others its own way (with `_call_single`, `_settle`), and keeps what Brevo's
+answers taught it in `_record`, before the items are settled. Everything else is here:
 
 * a request refused as a whole without item detail (400/413) is split in halves to isolate the bad item;
   a lone item then goes to the single endpoint for its own verdict;
 * the batch size starts at the configured one, doubles after clean answers up to `max_batch_size`, and
   stays below a size Brevo refused without item detail (one request at a time tries a new size);
 * a batch endpoint whose budget is spent for longer than `max_pause` (an hourly window) hands its items to
-  the single endpoint; a short wait (a 1-second window, a 429 with a short reset) is waited out;
+  the single endpoint, unless that spends the same budget; a short wait (a 1-second window, a 429 with a
+  short reset) is waited out;
 * `stop()`: no new batch is taken and no request not yet sent is sent (waits for a budget or a retry end
   with `Stopping`); requests in flight finish and are settled, then `run()` returns. Items taken but never
   answered for stay unacknowledged and are released from the dedupe record's in-flight set, so the source
@@ -56,7 +60,9 @@ class SinkStats:
         self.would_send = 0
 
     def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.__slots__}
+        """Every counter, a subclass's (a sink's own outcomes) after these."""
+        names = [name for cls in reversed(type(self).__mro__) for name in getattr(cls, "__slots__", ())]
+        return {name: getattr(self, name) for name in names}
 
 
 class BatchSize:
@@ -167,6 +173,17 @@ class BrevoSink:
         """The items a batch answer names as refused: {position in the request: Brevo's message}."""
         raise NotImplementedError
 
+    def diverted_items(self, response: BrevoResponse, size: int) -> list[int]:
+        """Positions a batch answer refusing the whole request names as belonging on another route (contacts:
+        "No contact found for indexes 3,4" — to be created). They are left in `batch.diverted`, unsettled, for
+        the sink's `_send` to deliver; the rest of the request is sent again. None by default."""
+        return []
+
+    def would_send(self, item: Item) -> tuple[str, Any]:
+        """(path, payload) a dry run logs for `item`."""
+        path = self.batch_path if self.batching else self.single_request(item)[1]
+        return path, orjson.loads(item.body)
+
     # -- lifecycle --
     @property
     def batching(self) -> bool:
@@ -244,15 +261,16 @@ class BrevoSink:
                  requests=batch.requests, batch_size=self.sizer.current, seconds=round(seconds, 3))
 
     def _dry_run(self, items: list[Item]) -> None:
-        path = self.batch_path if self.batching else self.single_request(items[0])[1]
         for item in items:
-            log.info(f"brevo.dry_run.{self.noun}", sink=self.name, path=path, would_send=orjson.loads(item.body))
+            path, payload = self.would_send(item)
+            log.info(f"brevo.dry_run.{self.noun}", sink=self.name, path=path, would_send=payload)
         self.stats.would_send += len(items)
         self.acks.settle_dry(self.name, items)
 
-    async def _send(self, batch: _Batch) -> None:
-        """Deliver every item of `batch`: batch requests while their budget allows, then single ones."""
-        todo = deque(range(len(batch.items)))
+    async def _send(self, batch: _Batch, indexes: Sequence[int] | None = None) -> None:
+        """Deliver batch.items[indexes] (every item by default): batch requests while their budget allows,
+        then single ones. A sink with several routes overrides this and sends its batch route's items here."""
+        todo = deque(range(len(batch.items)) if indexes is None else indexes)
         singles: list[int] = []
 
         def rest_to_singles() -> bool:
@@ -278,7 +296,14 @@ class BrevoSink:
         await _together([cut_and_send() for _ in range(CHUNKS_IN_FLIGHT)])
         await _together([self._send_single(batch, i) for i in singles])
 
+    @property
+    def _singles_elsewhere(self) -> bool:
+        """The single endpoint spends another budget than the batch one: a way around a spent batch budget."""
+        return self.single_budget is not None and self.single_budget != self.batch_budget
+
     def _batch_open(self) -> bool:
+        if not self._singles_elsewhere:
+            return True  # singles would wait on the same budget: the batch waits instead
         return self.client.budgets[self.batch_budget].can_send_within(MAX_PAUSE)
 
     async def _send_batch(self, batch: _Batch, chunk: list[int]) -> list[int]:
@@ -294,7 +319,7 @@ class BrevoSink:
                 "POST", self.batch_path, self.batch_body([batch.items[i].body for i in chunk]),
                 budget=self.batch_budget, item_verdicts=self.item_verdicts,
                 context={"sink": self.name, "count": len(chunk)},
-                max_pause=MAX_PAUSE if self.single_budget is not None else None,
+                max_pause=MAX_PAUSE if self._singles_elsewhere else None,
             )
         except BudgetPaused as exc:
             # The batch bucket is spent for a long while (e.g. 100 requests an hour): single requests meanwhile.
@@ -305,6 +330,14 @@ class BrevoSink:
         """Settle what Brevo's answer decided for batch.items[chunk]; the indexes still to send one by one."""
         if response is None:
             return list(chunk)
+        if validate_response(response.status) is not Outcome.OK and (
+            moved := self.diverted_items(response, len(chunk))
+        ):
+            # Refused as a whole, naming items that belong on another route: those go there, the rest again.
+            gone = {chunk[p] for p in moved if 0 <= p < len(chunk)}
+            batch.diverted.extend(sorted(gone))
+            rest = [i for i in chunk if i not in gone]
+            return await self._send_batch(batch, rest) if rest else []
         errors = self.refused_items(response, len(chunk))
         refused = {chunk[p]: self._reason(message) for p, message in errors.items()}
         if validate_response(response.status) is Outcome.OK:
@@ -334,17 +367,21 @@ class BrevoSink:
         return []
 
     async def _send_single(self, batch: _Batch, index: int) -> None:
-        method, path, body = self.single_request(batch.items[index])
+        response = await self._call_single(batch, *self.single_request(batch.items[index]))
+        refused = {}
+        if validate_response(response.status) is not Outcome.OK:  # call() returns only answers and verdicts
+            refused[index] = self._reason(f"HTTP {response.status} {response.message}")
+        self._settle(batch, [index], refused)
+
+    async def _call_single(self, batch: _Batch, method: str, path: str, body: Any) -> BrevoResponse:
+        """One request for one item on the single endpoint's budget, `concurrency` at a time."""
         async with self._single_slots:
             response = await self.client.call(method, path, body, budget=self.single_budget,
                                               item_verdicts=self.item_verdicts, context={"sink": self.name})
             # Counted once answered: singles given up while waiting for the budget (a stop) were never sent.
             self.stats.single_requests += 1
             batch.requests += 1
-        refused = {}
-        if validate_response(response.status) is not Outcome.OK:  # call() returns only answers and verdicts
-            refused[index] = self._reason(f"HTTP {response.status} {response.message}")
-        self._settle(batch, [index], refused)
+        return response
 
     def _release(self, items: list[Item]) -> None:
         """Items taken from the queue that Brevo never answered for: the sink stopped (or was cancelled) first.
@@ -383,10 +420,15 @@ class BrevoSink:
             self.metrics.items_out.labels(sink=self.name, outcome="delivered").inc(delivered)
             if letters:
                 self.metrics.items_out.labels(sink=self.name, outcome="dead_lettered").inc(len(letters))
-        recording = asyncio.ensure_future(self.acks.settle(self.name, settled, letters))
+        recording = asyncio.ensure_future(self._record(batch, indexes, settled, letters))
         batch.recording.append(recording)
         self._recording.add(recording)
         recording.add_done_callback(self._recording.discard)
+
+    async def _record(self, batch: _Batch, indexes: Sequence[int], items: list[Item], letters: dict[int, str]) -> None:
+        """Record Brevo's answer for items = batch.items[indexes] (`letters` by position in `items`). A sink
+        that keeps what it learned (contacts: their Brevo ids) does so here, before the items are settled."""
+        await self.acks.settle(self.name, items, letters)
 
     @staticmethod
     async def _recorded(recordings: Sequence[asyncio.Future[None]] | set[asyncio.Future[None]]) -> None:
@@ -403,10 +445,12 @@ class BrevoSink:
 class _Batch:
     """One delivery's bookkeeping: its items, how many Brevo has answered for, and their recordings."""
 
-    __slots__ = ("items", "answered", "settled", "dead_lettered", "requests", "recording")
+    __slots__ = ("items", "answered", "settled", "dead_lettered", "requests", "recording", "diverted", "notes")
 
     def __init__(self, items: list[Item]) -> None:
         self.items = items
+        self.diverted: list[int] = []  # indexes a batch answer sent to another route (see diverted_items)
+        self.notes: dict[int, Any] = {}  # per index: what the sink learned from Brevo's answer, for _record
         self.answered = bytearray(len(items))  # per item: settled
         self.settled = 0
         self.dead_lettered = 0
