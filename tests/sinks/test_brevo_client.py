@@ -287,3 +287,14 @@ async def test_a_caller_may_declare_brevos_404_an_item_verdict_and_a_404_page_st
     assert answers == [], "the 404 page was retried as an outage, Brevo's 404 returned as a verdict"
     assert [e["check"] for e in logs if e["event"] == "health.failing"] == ["brevo /contacts/batch"]
     assert health.healthy
+
+
+def test_readiness_checks_are_named_by_endpoint_not_by_the_contact_asked_about():
+    from amplitude_brevo.sinks.brevo_client import path_template
+
+    assert path_template("/contacts/u%401?identifierType=ext_id") == "/contacts/{id}"
+    assert path_template("/contacts/ana%40example.org") == "/contacts/{id}"
+    assert path_template("/processes/77") == "/processes/{id}"
+    assert path_template("/contacts/lists/12/contacts/add") == "/contacts/lists/{id}/contacts/add"
+    for fixed in ("/contacts/batch", "/contacts/import", "/contacts/attributes", "/contacts/lists", "/events/batch"):
+        assert path_template(fixed) == fixed

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import re
 import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -55,6 +56,16 @@ class BrevoResponse:
             code, message = self.body.get("code"), self.body.get("message")
             return f"{code}: {message}" if code else str(message or self.body)
         return str(self.body or f"HTTP {self.status}")
+
+
+_IDENTIFIER_SEGMENT = re.compile(r"^/(contacts|processes|contacts/lists)/(?!(?:batch|import|attributes|lists|folders)(?:/|$))[^/]+")
+
+
+def path_template(path: str) -> str:
+    """`path` without its query and the identifier in it (`/contacts/{identifier}`): what names a readiness
+    check, so that one check stands for an endpoint whatever contact or process it was asked about."""
+    path = path.split("?", 1)[0]
+    return _IDENTIFIER_SEGMENT.sub(lambda m: f"/{m.group(1)}/{{id}}", path)
 
 
 def validate_response(status: int, item_statuses: Collection[int] = ()) -> Outcome:
@@ -173,7 +184,7 @@ class BrevoClient:
         """
         attempt = 0
         bucket_name = budget or bucket_for(method, path)
-        check = f"brevo {path}"
+        check = f"brevo {path_template(path)}"
         while True:
             attempt += 1
             started = time.monotonic()
