@@ -112,7 +112,7 @@ def export_requests(sb) -> list[tuple[str, str, int]]:
 
 
 async def test_check_config_online_good_keys(config_file, sandbox, capsys):
-    path = online_config(config_file, sandbox, revenue={"count_attribute": "ORDER_COUNT"})
+    path = online_config(config_file, sandbox, revenue={"count_attribute": "ORDER_COUNT"}, sync={"revenue": True})
     code, lines, _ = await check_online(path, capsys)
     assert lines == [
         "brevo api key: ok",
@@ -140,7 +140,8 @@ async def test_check_config_online_wrong_brevo_key(config_file, sandbox, capsys,
 
 async def test_check_config_online_missing_attribute(config_file, sandbox, capsys):
     mapping = {"email": "email", "first_name": "FIRSTNAME", "plan_tier": "AMP_TIER"}
-    path = online_config(config_file, sandbox, property_mapping=mapping, revenue={"ltv_attribute": "AMP_LTV"})
+    path = online_config(config_file, sandbox, property_mapping=mapping, revenue={"ltv_attribute": "AMP_LTV"},
+                         sync={"revenue": True})
     code, lines, _ = await check_online(path, capsys)
     assert code == 1
     assert lines[1:4] == [
@@ -329,6 +330,7 @@ def test_status_shows_budget_usage_against_allowances_and_backlogs(cfg_file, tmp
         "brevo_events_batch": "3 / 1.7 last minute (180 %), 42 / 100 last hour (42 %)",
         "brevo_events": "0 / 600 last minute (0 %), 0 / 36,000 last hour (0 %)",
         "brevo_orders": "0 / 300 last minute (0 %), 0 / 18,000 last hour (0 %)",
+        "brevo_orders_batch": "0 / 1.7 last minute (0 %), 0 / 100 last hour (0 %)",
         "brevo_other": "0 / 1.7 last minute (0 %), 0 / 100 last hour (0 %)",
     }
     backlogs = [" ".join(line.split()) for line in out[out.index("\nbacklogs") + 1:].splitlines()[1:]]

@@ -13,8 +13,8 @@ from typing import Any, TextIO
 from .app import Component, Daemon, Runtime, StartupError
 from .components import backfill_checkpoint, export_source, sink_components
 from .config import Config
-from .usage import usage_components
 from .sources.amplitude_export import ExportSource
+from .usage import usage_components
 
 
 class BackfillError(StartupError):

@@ -404,7 +404,7 @@ def _age(seconds: float) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .state.usage import CONTACTS_CHECKPOINT
+    from .state.contacts import CONTACTS_CHECKPOINT
 
     async def action(store, cfg: Config) -> int:  # type: ignore[no-untyped-def]
         now = _wall_now()

@@ -83,7 +83,6 @@ async def _backfill(cfg_path, data, timeout=240):
 
 def check_contacts(dump: dict[str, Any], want: dict[str, Any]) -> None:
     from amplitude_brevo.contacts.attributes import AttributeModel, Dropped, convert
-
     from amplitude_brevo.pipeline.remap import email_id
 
     model = AttributeModel.from_response({"attributes": dump["attributes"]})

@@ -601,7 +601,9 @@ CONSUMERS: dict[str, Consumer] = {
 def _register_consumers() -> None:
     """The consumers defined in modules of their own, which import this one (orders, profiles)."""
     from .profiles import ProfileCollector
+    from .revenue import remap_order
 
+    CONSUMERS[ORDERS_SINK] = Consumer(ORDERS_SINK, ORDERS_NAMESPACE, remap_order)
     CONSUMERS[PROFILES_SINK] = Consumer(PROFILES_SINK, None, collect=ProfileCollector)
 
 

@@ -26,16 +26,22 @@ from typing import Any
 import msgspec
 import orjson
 
-from .remap import Rejected, Skipped, email_id, identity_of, iso_utc, row_summary
+from .remap import (
+    ORDERS_NAMESPACE,
+    ORDERS_SINK,
+    Rejected,
+    Skipped,
+    email_id,
+    identity_of,
+    iso_utc,
+    row_summary,
+)
 from .rows import ExportRow
 
 __all__ = [
     "ORDERS_NAMESPACE", "ORDERS_SINK", "Order", "Revenue", "order_body", "remap_order", "revenue_of",
     "revenue_of_event",
 ]
-
-ORDERS_SINK = "brevo_orders"
-ORDERS_NAMESPACE = "orders:"  # dedupe-record keys of Brevo orders: `orders:<$insert_id or uuid>`
 
 _decode_dict = msgspec.json.Decoder(dict[str, Any]).decode
 

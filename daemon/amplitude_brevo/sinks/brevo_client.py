@@ -76,7 +76,9 @@ def validate_response(status: int, item_statuses: Collection[int] = ()) -> Outco
     """
     if 200 <= status < 300:
         return Outcome.OK
-    if status in UNAVAILABLE_STATUSES and status not in item_statuses:
+    if status in item_statuses:
+        return Outcome.FATAL  # the caller's endpoint says so about an item (a 404 contact, a 403 eCommerce off)
+    if status in UNAVAILABLE_STATUSES:
         return Outcome.UNAVAILABLE
     if status in (401, 403, 408, 425, 429) or status >= 500:
         return Outcome.RETRY

@@ -17,7 +17,6 @@ from collections.abc import Iterable, Mapping
 import orjson
 
 from amplitude_brevo.state.base import StoreBase, now_or, write_tx
-from amplitude_brevo.state.contacts import CONTACTS_CHECKPOINT
 
 BACKLOGS_KEY = "status.backlogs"
 KEEP_MINUTES = 120  # what `prune_usage` callers keep: `status` shows the last hour
