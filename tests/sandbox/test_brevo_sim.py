@@ -416,15 +416,24 @@ async def test_invalid_contact_gets_400_shape(sim: Sim, body: dict[str, Any], co
 
 async def test_attribute_values_that_do_not_fit_are_ignored(sim: Sim) -> None:
     attributes = {
-        "SIGNUP_DATE": "not a date",
-        "LAST_ACTIVE": "2025-03-01T10:00:00Z",
+        "LAST_ACTIVE": "2025-03-01",
         "LTV": "lots",
+        "NEWSLETTER": "maybe",
         "ORDER_COUNT": 3,
         "PLAN": "pro",
     }
     assert (await sim.post("/v3/contacts", json={"ext_id": "u1", "attributes": attributes})).status == 201
     stored = (await sim.get("/v3/contacts/u1", params={"identifierType": "ext_id"})).body["attributes"]
     assert stored == {"LAST_ACTIVE": "2025-03-01", "ORDER_COUNT": 3, "PLAN": "pro", "EXT_ID": "u1"}
+    put = await sim.call("PUT", "/v3/contacts/u1", params={"identifierType": "ext_id"},
+                         json={"attributes": {"NEWSLETTER": "yes", "PLAN": "free"}})
+    assert put.status == 204
+    stored = (await sim.get("/v3/contacts/u1", params={"identifierType": "ext_id"})).body["attributes"]
+    assert "NEWSLETTER" not in stored and stored["PLAN"] == "free"
+    await sim.call("PUT", "/v3/contacts/u1", params={"identifierType": "ext_id"},
+                   json={"attributes": {"NEWSLETTER": False}})
+    assert (await sim.get("/v3/contacts/u1", params={"identifierType": "ext_id"})).body["attributes"][
+        "NEWSLETTER"] is False
 
 
 async def test_contacts_batch_update_only(sim: Sim) -> None:
@@ -454,8 +463,9 @@ async def test_contacts_batch_update_only(sim: Sim) -> None:
         "/v3/contacts/batch",
         json={"contacts": [{"id": cid, "attributes": {"PLAN": "x"}}, {"email": "ghost@example.org"}]},
     )
-    assert_brevo_error(unknown, 400, "invalid_parameter")
-    assert "contacts[1]" in unknown.body["message"]
+    assert_brevo_error(unknown, 404, "document_not_found")
+    assert unknown.body["message"] == "No contact found for indexes 1"
+    contacts = {c["id"]: c for c in (await sim.received())["contacts"]}
     assert contacts[cid]["attributes"].get("PLAN") is None  # all or nothing
     assert_brevo_error(await sim.post("/v3/contacts/batch", json={}), 400, "missing_parameter")
 
@@ -827,11 +837,14 @@ async def test_received_count_counts_what_the_dump_lists(start_sim) -> None:
         "requests": {"events": 4, "other": 1, "orders": 1, "contacts": 2},
         "statuses": {"204": 3, "400": 1, "429": 1, "207": 1, "201": 2},
         "rejected": 1, "rate_limited": 1, "injected": 0, "resets": 0,
+        "contact_writes": {"created": 2, "updated": 0, "unchanged": 0}, "orders_updated": 0,
+        "ecommerce_active": True, "ecommerce_activations": 0,
     }
     dump = await sim.received()
     assert counts["events"] == len(dump["events"]) and counts["contacts"] == len(dump["contacts"])
     assert counts["lists"] == {lid: len(members) for lid, members in dump["lists"].items()}
-    assert {k: dump[k] for k in ("requests", "statuses", "rejected", "rate_limited", "injected", "resets")} == {
-        k: counts[k] for k in ("requests", "statuses", "rejected", "rate_limited", "injected", "resets")}
+    shared = ("requests", "statuses", "rejected", "rate_limited", "injected", "resets", "contact_writes",
+              "orders_updated", "ecommerce_active", "ecommerce_activations")
+    assert {k: dump[k] for k in shared} == {k: counts[k] for k in shared}
     assert (await sim.post("/_sandbox/brevo/reset")).status == 204
     assert (await sim.counts())["events"] == 0
