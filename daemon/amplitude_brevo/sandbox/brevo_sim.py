@@ -1,4 +1,31 @@
-"""Loopback simulator of Brevo API v3 (contacts, attributes, lists, events, orders) with rate limits and faults."""
+"""Loopback simulator of Brevo API v3 (contacts, attributes, lists, events, orders) with rate limits and faults.
+
+Contacts follow the field reports of reference §1.5: `POST /contacts/batch` is update-only and one unknown contact
+fails the whole call (404 document_not_found "No contact found for indexes 3,4"); an identifier held by another
+contact is 400 duplicate_parameter with `metadata.duplicate_identifiers` (["email"], ["ext_id"], ["sms"]) on
+POST /contacts, PUT /contacts/{id} and /contacts/batch; a date attribute given anything but `YYYY-MM-DD` is
+400 "Invalid date format for attribute NAME" there (import drops it); other ill-fitting values are ignored.
+POST /contacts matches an existing contact by ext_id, then email, then SMS. Every contact write (POST, PUT, batch
+item, import row) is counted `created`, `updated` (something stored changed) or `unchanged`.
+
+Orders are kept by `id` (a re-sent id is an update, counted in `orders_updated`). eCommerce starts active
+(`make_brevo_app(ecommerce_active=False)` to start without it); while inactive, /orders/status, its batch,
+GET /orders and /ecommerce/config/displayCurrency answer 403 permission_denied; POST /ecommerce/activate
+activates it at once.
+
+Sandbox control (no auth, no rate limit, no faults), under /_sandbox/brevo/:
+- GET received: everything stored (events, orders, contacts with email/ext_id, lists, processes) and counters;
+  GET received/count: the same counted (`contact_writes: {created, updated, unchanged}`, `orders_updated`,
+  `ecommerce_active`, `ecommerce_activations`, requests per bucket, statuses ...).
+- POST faults: set BrevoFaults fields (plus `outage_seconds` / `not_found_seconds`), among them
+  `orders_batch_drop` (the next N order batches lose their last order and answer `count` one less) and
+  `import_delay_polls` (new imports answer "in_process" to N polls before "completed").
+- POST limits: `{bucket: {requests, per}}`; the optional buckets `events_batch` / `orders_batch` give
+  /events/batch and /orders/status/batch a window of their own (null removes it).
+- GET / POST ecommerce: `{"active": bool}` reads / sets the eCommerce activation.
+- GET processes/{id}/{report}.csv: the import reports `info.import` links to (e.g. `invalid_emails`).
+- POST reset: back to the configuration given at construction.
+"""
 
 from __future__ import annotations
 
@@ -249,7 +276,7 @@ def coerce_attribute(definition: dict[str, Any], value: Any) -> tuple[bool, Any]
     """Fit `value` to an attribute definition: (True, stored value) or (False, None) when it does not fit.
 
     A value that does not fit is silently ignored by the caller, as Brevo does. `None` clears the attribute.
-    Dates accept `YYYY-MM-DD` or a full ISO date-time (truncated to its date); floats accept numbers and
+    Dates accept only `YYYY-MM-DD` (a real date; reference §1.5 field report); floats accept numbers and
     numeric strings (the daemon converts floats to strings for /events/batch); booleans accept true/false
     and the strings "true"/"false".
     """
@@ -261,13 +288,7 @@ def coerce_attribute(definition: dict[str, Any], value: Any) -> tuple[bool, Any]
             return True, value
         return (True, str(value)) if _is_number(value) else (False, None)
     if kind == "date":
-        if isinstance(value, str) and DATE_RE.match(value):
-            try:
-                return True, date.fromisoformat(value).isoformat()
-            except ValueError:
-                return False, None
-        parsed = _parse_iso_datetime(value)
-        return (True, parsed.date().isoformat()) if parsed else (False, None)
+        return (True, value) if _is_date(value) else (False, None)
     if kind == "float":
         if _is_number(value):
             return True, value
@@ -1317,11 +1338,11 @@ async def import_contacts(request: web.Request) -> web.Response:
     """Apply the rows now; the process reports "completed" (after `import_delay_polls` polls) with
     `info.import`: for each report of IMPORT_REPORTS a loopback CSV URL when it lists something, else null.
 
-    A row whose email is invalid is skipped and listed in `invalid_emails` (`email` column, the address as sent;
-    a row whose SMS has no country code is skipped and counted invalid, listed nowhere); a row whose identifiers point at two different contacts (matched by EXT_ID, its EMAIL
-    or SMS held by another) is skipped and listed in `duplicate_email_id` / `duplicate_phone_id`. A row with
-    EXT_ID and no email creates an ext_id-only contact. Rows of one import apply in order (a later row wins).
-    """
+    A row whose email is invalid is skipped and listed in `invalid_emails` (`email` column, the address as
+    sent); a row whose SMS has no country code is skipped and counted invalid, listed nowhere; a row whose
+    identifiers point at two different contacts (matched by EXT_ID, its EMAIL or SMS held by another) is skipped
+    and listed in `duplicate_email_id` / `duplicate_phone_id`. A row with EXT_ID and no email creates an
+    ext_id-only contact. Rows of one import apply in order (a later row wins)."""
     state = _state(request)
     job = validate_import(state, _body(request))
     list_ids = list(job.list_ids)
