@@ -771,6 +771,18 @@ def test_sandbox_flag_picks_the_events_batch_bucket() -> None:
         parser.parse_args(["--events-batch-bucket", "nope"])
 
 
+def test_sandbox_flag_starts_with_ecommerce_inactive() -> None:
+    import argparse
+
+    from amplitude_brevo.sandbox.server import Sandbox, add_sandbox_arguments, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_sandbox_arguments(parser)
+    assert Sandbox(options_from_args(parser.parse_args([]))).brevo_app[BREVO_STATE].ecommerce_active is True
+    options = options_from_args(parser.parse_args(["--ecommerce-inactive"]))
+    assert Sandbox(options).brevo_app[BREVO_STATE].ecommerce_active is False
+
+
 async def test_latency_is_added(start_sim) -> None:
     sim = await start_sim(faults=BrevoFaults(latency=0.2))
     started = time.monotonic()
@@ -958,6 +970,10 @@ async def test_invalid_email_is_refused_everywhere(sim: Sim, email: str) -> None
         assert_brevo_error(reply, 400, "invalid_parameter")
         assert reply.body["message"].endswith("Invalid email address")
     assert [c["email"] for c in (await sim.received())["contacts"]] == [None]
+    # events and orders check an email_id only for its shape
+    shaped = "@" in email and email.count("@") == 1 and " " not in email and "." in email.split("@")[1]
+    reply = await sim.post("/v3/events", json=event(identifiers={"ext_id": "u1", "email_id": email}))
+    assert reply.status == (204 if shaped else 400)
 
 
 async def test_valid_emails_are_accepted(sim: Sim) -> None:

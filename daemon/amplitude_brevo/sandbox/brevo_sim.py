@@ -145,6 +145,9 @@ NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
 _EMAIL_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _EMAIL_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 EMAIL_RE = re.compile(rf"^{_EMAIL_ATOM}(?:\.{_EMAIL_ATOM})*@(?:{_EMAIL_LABEL}\.)+[A-Za-z]{{2,63}}$")
+# Events' and orders' `identifiers.email_id` are only checked for shape (what Brevo does with an address its
+# contact check refuses there is not known): the strict check is for contact writes.
+IDENTIFIER_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 ATTRIBUTE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
 ORDER_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$")
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -1128,7 +1131,7 @@ def validate_event(event: Any, *, batch_item: bool) -> str | None:
     for key in ("email_id", "ext_id", "phone_id", "whatsapp_id", "landline_number_id"):
         if key in known and not isinstance(known[key], str):
             return f"identifiers.{key} must be a string"
-    if "email_id" in known and not EMAIL_RE.match(known["email_id"]):
+    if "email_id" in known and not IDENTIFIER_EMAIL_RE.match(known["email_id"]):
         return "identifiers.email_id is invalid"
     if "event_date" in event and event["event_date"] is not None:
         parsed = _parse_iso_datetime(event["event_date"])
@@ -1207,7 +1210,7 @@ def validate_order(order: Any) -> BrevoError | None:
         if not isinstance(identifiers, dict) or any(k not in ORDER_IDENTIFIER_KEYS for k in identifiers):
             return _bad("identifiers accepts only " + ", ".join(ORDER_IDENTIFIER_KEYS))
         if identifiers.get("email_id") is not None and not (
-            isinstance(identifiers["email_id"], str) and EMAIL_RE.match(identifiers["email_id"])
+            isinstance(identifiers["email_id"], str) and IDENTIFIER_EMAIL_RE.match(identifiers["email_id"])
         ):
             return _bad("identifiers.email_id is invalid")
     coupons = order.get("coupons")
