@@ -788,7 +788,9 @@ class BrevoState:
 
     def counts(self) -> dict[str, Any]:
         """How much was received, without the payloads: `dump()`'s lists as their lengths (`lists` as members
-        per list), events also per `event_name`, and the same request counters."""
+        per list), events also per `event_name`, and the same counters: requests per bucket, statuses,
+        `contact_writes: {created, updated, unchanged}`, `orders_updated`, `ecommerce_active`,
+        `ecommerce_activations`."""
         return {
             "events": len(self.events),
             "event_names": dict(Counter(str(e.get("event_name")) for e in self.events)),
