@@ -29,6 +29,7 @@ from amplitude_brevo.sandbox.amplitude_sim import (
 from amplitude_brevo.sandbox.sample_data import (
     EXPORT_ROW_FIELDS,
     DatasetSpec,
+    bad_value_users,
     format_ts,
     hour_key,
     hours,
@@ -440,3 +441,70 @@ def test_build_export_zip_memory_stays_flat(tmp_path):
             int.from_bytes(zf.read(n)[-4:], "little") for n in zf.namelist() if n.endswith(".json.gz")
         )
     assert peak < 3_000_000 < uncompressed / 4, (peak, uncompressed)
+
+
+# ---------------------------------------------------------------------------------------------- sample data for contacts
+
+# The seed's example property_mapping (SPEC Appendix A): Amplitude property -> Brevo attribute.
+SEED_PROPERTY_MAPPING = {
+    "email": "email", "first_name": "FIRSTNAME", "last_name": "LASTNAME", "phone": "SMS", "plan_type": "PLAN",
+    "signup_date": "SIGNUP_DATE", "total_purchases": "ORDER_COUNT", "lifetime_revenue": "LTV",
+    "last_active": "LAST_ACTIVE", "device_type": "DEVICE",
+}  # fmt: skip
+DEFAULT_SPEC = DatasetSpec(start=datetime(2026, 11, 1, tzinfo=UTC))  # the sandbox's: 6 h x 2,000 rows, 500 users
+
+
+@pytest.fixture(scope="module")
+def default_rows() -> list[dict]:
+    return [row for h in hours(DEFAULT_SPEC) for row in rows_for_hour(DEFAULT_SPEC, h)]
+
+
+def test_default_data_keeps_its_rows_and_event_types(default_rows):
+    """Pinned: other tests count these; the bad values for contacts must not move them."""
+    assert len(default_rows) == 12_000
+    first_hour = defaultdict(int)
+    for row in default_rows[:2000]:
+        first_hour[row["event_type"]] += 1
+    assert dict(first_hour) == {
+        "$identify": 133, "Add to Cart": 203, "Feature Click": 398, "Page View": 669, "Purchase": 131,
+        "Revenue": 72, "Sign Up": 83, "Subscription Started": 39, "session_start": 272,
+    }  # fmt: skip
+    assert sum(1 for r in default_rows if r["user_id"]) == 11_384
+
+
+def test_every_seed_mapping_key_has_a_source(default_rows):
+    identified = [r for r in default_rows if r["user_id"] is not None]
+    for key in SEED_PROPERTY_MAPPING:
+        with_value = [r for r in identified if r["user_properties"].get(key) not in (None, "")]
+        share = len(with_value) / len(identified)
+        assert share > (0.9 if key == "phone" else 0.999), (key, share)
+    assert all(r["device_type"] for r in default_rows)  # also a top-level column
+    good = set(bad_value_users(DEFAULT_SPEC)["signup_date"])
+    dates = {r["user_properties"]["signup_date"] for r in identified if r["user_id"] not in good}
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", d) and datetime.fromisoformat(d) for d in dates)
+    assert all(r["user_properties"]["last_active"].endswith("Z") for r in identified)
+
+
+def test_bad_values_are_few_fixed_and_listed(default_rows):
+    from amplitude_brevo.pipeline.remap import email_id
+    from amplitude_brevo.sandbox.brevo_sim import EMAIL_RE
+
+    bad = bad_value_users(DEFAULT_SPEC)
+    assert bad["signup_date"] == {"user-00037": "31/02/2024", "user-00137": "soon", "user-00237": "31/02/2024",
+                                  "user-00337": "soon", "user-00437": "31/02/2024"}
+    assert set(bad["email"]) == {"user-00011", "user-00211", "user-00411"}
+    assert set(bad["newsletter"]) == {f"user-{i:05d}" for i in range(23, 500, 50)}
+    assert 0.10 < len(bad["phone"]) / DEFAULT_SPEC.users < 0.20
+    assert bad_value_users(DatasetSpec(seed=7, users=500))["signup_date"].keys() == bad["signup_date"].keys()
+    # every email listed is refused by the Brevo sandbox; some pass a naive x@y.z check (only Brevo refuses them)
+    assert not any(EMAIL_RE.match(e) for e in bad["email"].values())
+    assert sum(email_id(e) is not None for e in bad["email"].values()) == 2
+    seen: dict[str, dict] = {}
+    for row in default_rows:
+        if row["user_id"] is not None:
+            seen[row["user_id"]] = row["user_properties"]
+    for kind, users in bad.items():
+        assert users and all(u in seen and seen[u][kind] == v for u, v in users.items()), kind
+    others = [up for u, up in seen.items() if u not in bad["newsletter"]]
+    assert {up["newsletter"] for up in others} == {True, False}
+    assert all(EMAIL_RE.match(up["email"]) for u, up in seen.items() if u not in bad["email"])

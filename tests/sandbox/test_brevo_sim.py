@@ -416,15 +416,24 @@ async def test_invalid_contact_gets_400_shape(sim: Sim, body: dict[str, Any], co
 
 async def test_attribute_values_that_do_not_fit_are_ignored(sim: Sim) -> None:
     attributes = {
-        "SIGNUP_DATE": "not a date",
-        "LAST_ACTIVE": "2025-03-01T10:00:00Z",
+        "LAST_ACTIVE": "2025-03-01",
         "LTV": "lots",
+        "NEWSLETTER": "maybe",
         "ORDER_COUNT": 3,
         "PLAN": "pro",
     }
     assert (await sim.post("/v3/contacts", json={"ext_id": "u1", "attributes": attributes})).status == 201
     stored = (await sim.get("/v3/contacts/u1", params={"identifierType": "ext_id"})).body["attributes"]
     assert stored == {"LAST_ACTIVE": "2025-03-01", "ORDER_COUNT": 3, "PLAN": "pro", "EXT_ID": "u1"}
+    put = await sim.call("PUT", "/v3/contacts/u1", params={"identifierType": "ext_id"},
+                         json={"attributes": {"NEWSLETTER": "yes", "PLAN": "free"}})
+    assert put.status == 204
+    stored = (await sim.get("/v3/contacts/u1", params={"identifierType": "ext_id"})).body["attributes"]
+    assert "NEWSLETTER" not in stored and stored["PLAN"] == "free"
+    await sim.call("PUT", "/v3/contacts/u1", params={"identifierType": "ext_id"},
+                   json={"attributes": {"NEWSLETTER": False}})
+    assert (await sim.get("/v3/contacts/u1", params={"identifierType": "ext_id"})).body["attributes"][
+        "NEWSLETTER"] is False
 
 
 async def test_contacts_batch_update_only(sim: Sim) -> None:
@@ -454,8 +463,9 @@ async def test_contacts_batch_update_only(sim: Sim) -> None:
         "/v3/contacts/batch",
         json={"contacts": [{"id": cid, "attributes": {"PLAN": "x"}}, {"email": "ghost@example.org"}]},
     )
-    assert_brevo_error(unknown, 400, "invalid_parameter")
-    assert "contacts[1]" in unknown.body["message"]
+    assert_brevo_error(unknown, 404, "document_not_found")
+    assert unknown.body["message"] == "No contact found for indexes 1"
+    contacts = {c["id"]: c for c in (await sim.received())["contacts"]}
     assert contacts[cid]["attributes"].get("PLAN") is None  # all or nothing
     assert_brevo_error(await sim.post("/v3/contacts/batch", json={}), 400, "missing_parameter")
 
@@ -761,6 +771,18 @@ def test_sandbox_flag_picks_the_events_batch_bucket() -> None:
         parser.parse_args(["--events-batch-bucket", "nope"])
 
 
+def test_sandbox_flag_starts_with_ecommerce_inactive() -> None:
+    import argparse
+
+    from amplitude_brevo.sandbox.server import Sandbox, add_sandbox_arguments, options_from_args
+
+    parser = argparse.ArgumentParser()
+    add_sandbox_arguments(parser)
+    assert Sandbox(options_from_args(parser.parse_args([]))).brevo_app[BREVO_STATE].ecommerce_active is True
+    options = options_from_args(parser.parse_args(["--ecommerce-inactive"]))
+    assert Sandbox(options).brevo_app[BREVO_STATE].ecommerce_active is False
+
+
 async def test_latency_is_added(start_sim) -> None:
     sim = await start_sim(faults=BrevoFaults(latency=0.2))
     started = time.monotonic()
@@ -827,11 +849,344 @@ async def test_received_count_counts_what_the_dump_lists(start_sim) -> None:
         "requests": {"events": 4, "other": 1, "orders": 1, "contacts": 2},
         "statuses": {"204": 3, "400": 1, "429": 1, "207": 1, "201": 2},
         "rejected": 1, "rate_limited": 1, "injected": 0, "resets": 0,
+        "contact_writes": {"created": 2, "updated": 0, "unchanged": 0}, "orders_updated": 0,
+        "ecommerce_active": True, "ecommerce_activations": 0,
     }
     dump = await sim.received()
     assert counts["events"] == len(dump["events"]) and counts["contacts"] == len(dump["contacts"])
     assert counts["lists"] == {lid: len(members) for lid, members in dump["lists"].items()}
-    assert {k: dump[k] for k in ("requests", "statuses", "rejected", "rate_limited", "injected", "resets")} == {
-        k: counts[k] for k in ("requests", "statuses", "rejected", "rate_limited", "injected", "resets")}
+    shared = ("requests", "statuses", "rejected", "rate_limited", "injected", "resets", "contact_writes",
+              "orders_updated", "ecommerce_active", "ecommerce_activations")
+    assert {k: dump[k] for k in shared} == {k: counts[k] for k in shared}
     assert (await sim.post("/_sandbox/brevo/reset")).status == 204
     assert (await sim.counts())["events"] == 0
+
+
+# ---------------------------------------------------------------------------------------------- contacts: field reports
+
+
+async def ext(sim: Sim, ext_id: str) -> Reply:
+    return await sim.get(f"/v3/contacts/{ext_id}", params={"identifierType": "ext_id"})
+
+
+async def two_contacts(sim: Sim) -> tuple[int, int]:
+    a = await sim.post("/v3/contacts", json={"ext_id": "u1", "email": "a@example.org",
+                                             "attributes": {"SMS": "+33611111111"}})
+    b = await sim.post("/v3/contacts", json={"ext_id": "u2", "email": "b@example.org",
+                                             "attributes": {"SMS": "+33622222222"}})
+    assert a.status == b.status == 201
+    return a.body["id"], b.body["id"]
+
+
+async def test_batch_unknown_contacts_fail_the_whole_call_listing_every_index(sim: Sim) -> None:
+    ids = [(await sim.post("/v3/contacts", json={"ext_id": f"u{i}"})).body["id"] for i in range(3)]
+    items = [{"id": cid, "attributes": {"PLAN": "pro"}} for cid in ids]
+    items += [{"email": "ghost@example.org", "attributes": {"PLAN": "pro"}}, {"id": 999, "attributes": {"PLAN": "x"}}]
+    reply = await sim.post("/v3/contacts/batch", json={"contacts": items})
+    assert_brevo_error(reply, 404, "document_not_found")
+    assert reply.body["message"] == "No contact found for indexes 3,4"
+    assert all("PLAN" not in c["attributes"] for c in (await sim.received())["contacts"])  # nothing applied
+    assert (await sim.counts())["contact_writes"] == {"created": 3, "updated": 0, "unchanged": 0}
+    middle = await sim.post("/v3/contacts/batch", json={"contacts": [items[0], items[3], items[1]]})
+    assert middle.status == 404 and middle.body["message"] == "No contact found for indexes 1"
+    # retried without the unknown ones, the rest goes through
+    assert (await sim.post("/v3/contacts/batch", json={"contacts": items[:3]})).status == 204
+    assert all(c["attributes"]["PLAN"] == "pro" for c in (await sim.received())["contacts"])
+
+
+async def test_batch_identifier_held_by_another_contact_is_a_duplicate_naming_it(sim: Sim) -> None:
+    a, b = await two_contacts(sim)
+    cases = [
+        ({"id": a, "attributes": {"EMAIL": "B@example.org", "PLAN": "pro"}}, ["email"]),
+        ({"id": a, "ext_id": "u2", "attributes": {"PLAN": "pro"}}, ["ext_id"]),
+        ({"id": a, "attributes": {"SMS": "0033622222222"}}, ["sms"]),
+        ({"email": "a@example.org", "ext_id": "u2", "attributes": {"EMAIL": "b@example.org"}}, ["email", "ext_id"]),
+    ]
+    for item, kinds in cases:
+        reply = await sim.post("/v3/contacts/batch", json={"contacts": [{"id": b, "attributes": {"PLAN": "x"}}, item]})
+        assert_brevo_error(reply, 400, "duplicate_parameter")
+        assert reply.body["metadata"] == {"duplicate_identifiers": kinds}, item
+        assert "already associated with another Contact" in reply.body["message"]
+    # two items of one call giving the same new email to two contacts
+    clash = await sim.post("/v3/contacts/batch", json={"contacts": [
+        {"id": a, "attributes": {"EMAIL": "new@example.org"}}, {"id": b, "attributes": {"EMAIL": "new@example.org"}}]})
+    assert_brevo_error(clash, 400, "duplicate_parameter")
+    assert clash.body["metadata"] == {"duplicate_identifiers": ["email"]}
+    dump = await sim.received()
+    assert {c["email"] for c in dump["contacts"]} == {"a@example.org", "b@example.org"}
+    assert all("PLAN" not in c["attributes"] for c in dump["contacts"])
+    # a contact's own identifiers are no conflict
+    own = await sim.post("/v3/contacts/batch", json={"contacts": [
+        {"id": a, "ext_id": "u1", "attributes": {"EMAIL": "a@example.org", "SMS": "+33611111111", "PLAN": "pro"}}]})
+    assert own.status == 204
+
+
+async def test_post_and_put_contacts_duplicate_identifiers(sim: Sim) -> None:
+    await two_contacts(sim)
+    for update_enabled in (True, False):
+        reply = await sim.post("/v3/contacts", json={"ext_id": "u1", "email": "b@example.org",
+                                                     "updateEnabled": update_enabled})
+        assert_brevo_error(reply, 400, "duplicate_parameter")
+        assert reply.body["metadata"] == {"duplicate_identifiers": ["email"]}
+        assert reply.body["message"] == "Unable to update contact, email is already associated with another Contact"
+    exists = await sim.post("/v3/contacts", json={"ext_id": "u1", "email": "a@example.org"})
+    assert_brevo_error(exists, 400, "duplicate_parameter")
+    assert "metadata" not in exists.body  # the contact itself exists: no other contact involved
+    put = await sim.call("PUT", "/v3/contacts/u1", params={"identifierType": "ext_id"}, json={"ext_id": "u2"})
+    assert_brevo_error(put, 400, "duplicate_parameter")
+    assert put.body["metadata"] == {"duplicate_identifiers": ["ext_id"]}
+    put = await sim.call("PUT", "/v3/contacts/a@example.org", json={"attributes": {"SMS": "+33622222222"}})
+    assert put.body["metadata"] == {"duplicate_identifiers": ["sms"]}
+    assert (await ext(sim, "u1")).body["email"] == "a@example.org"
+    assert (await sim.counts())["contact_writes"] == {"created": 2, "updated": 0, "unchanged": 0}
+
+
+async def test_upsert_matched_by_ext_id_takes_the_new_email(sim: Sim) -> None:
+    created = await sim.post("/v3/contacts", json={"ext_id": "u1", "email": "old@example.org", "updateEnabled": True})
+    assert created.status == 201 and isinstance(created.body["id"], int)
+    moved = await sim.post("/v3/contacts", json={"ext_id": "u1", "email": "new@example.org", "updateEnabled": True,
+                                                 "attributes": {"PLAN": "pro"}})
+    assert moved.status == 204 and moved.body is None
+    contacts = (await sim.received())["contacts"]
+    assert [(c["id"], c["email"], c["ext_id"]) for c in contacts] == [(created.body["id"], "new@example.org", "u1")]
+    assert_brevo_error(await sim.get("/v3/contacts/old@example.org"), 404)
+    assert (await sim.get("/v3/contacts/new@example.org")).body["attributes"]["PLAN"] == "pro"
+    # the old address is free again
+    assert (await sim.post("/v3/contacts", json={"email": "old@example.org"})).status == 201
+
+
+@pytest.mark.parametrize(
+    "email", ["bad@@example.com", "ana..garcia@example.com", ".ana@example.com", "ana@exa_mple.com", "ana@example",
+              "ana@-example.com", "ana @example.com", "ana@example.c"],
+)
+async def test_invalid_email_is_refused_everywhere(sim: Sim, email: str) -> None:
+    cid = (await sim.post("/v3/contacts", json={"ext_id": "u1"})).body["id"]
+    for reply in (
+        await sim.post("/v3/contacts", json={"ext_id": "u2", "email": email}),
+        await sim.post("/v3/contacts", json={"ext_id": "u1", "attributes": {"EMAIL": email}, "updateEnabled": True}),
+        await sim.call("PUT", f"/v3/contacts/{cid}", json={"attributes": {"EMAIL": email}}),
+        await sim.post("/v3/contacts/batch", json={"contacts": [{"id": cid, "attributes": {"EMAIL": email}}]}),
+    ):
+        assert_brevo_error(reply, 400, "invalid_parameter")
+        assert reply.body["message"].endswith("Invalid email address")
+    assert [c["email"] for c in (await sim.received())["contacts"]] == [None]
+    # events and orders check an email_id only for its shape
+    shaped = "@" in email and email.count("@") == 1 and " " not in email and "." in email.split("@")[1]
+    reply = await sim.post("/v3/events", json=event(identifiers={"ext_id": "u1", "email_id": email}))
+    assert reply.status == (204 if shaped else 400)
+
+
+async def test_valid_emails_are_accepted(sim: Sim) -> None:
+    for email in ("Ana.Garcia+news@Example.COM", "o'brien_7@mail.example.co.uk", "x-y@a-b.io"):
+        reply = await sim.post("/v3/contacts", json={"email": email})
+        assert reply.status == 201, (email, reply.body)
+    assert (await sim.get("/v3/contacts/ana.garcia+news@example.com")).status == 200
+
+
+@pytest.mark.parametrize("value", ["31/02/2024", "2024-02-31", "soon", "2025-03-01T10:00:00Z", 20250301, True])
+async def test_date_attribute_not_yyyy_mm_dd_is_400(sim: Sim, value: Any) -> None:
+    cid = (await sim.post("/v3/contacts", json={"ext_id": "u1", "attributes": {"SIGNUP_DATE": "2025-03-01"}})).body["id"]
+    bad = {"SIGNUP_DATE": value, "PLAN": "pro"}
+    for reply in (
+        await sim.post("/v3/contacts", json={"ext_id": "u2", "attributes": bad}),
+        await sim.post("/v3/contacts", json={"ext_id": "u1", "attributes": bad, "updateEnabled": True}),
+        await sim.call("PUT", f"/v3/contacts/{cid}", json={"attributes": bad}),
+        await sim.post("/v3/contacts/batch", json={"contacts": [{"id": cid, "attributes": bad}]}),
+    ):
+        assert_brevo_error(reply, 400, "invalid_parameter")
+        assert reply.body["message"].endswith("Invalid date format for attribute SIGNUP_DATE")
+    [contact] = (await sim.received())["contacts"]
+    assert contact["attributes"] == {"SIGNUP_DATE": "2025-03-01", "EXT_ID": "u1"}
+    # import drops the value and keeps the row
+    imported = await sim.post("/v3/contacts/import", json={"jsonBody": [{"attributes": {"EXT_ID": "u3", **bad}}],
+                                                           "listIds": [13]})
+    assert imported.status == 202
+    assert (await ext(sim, "u3")).body["attributes"] == {"PLAN": "pro", "EXT_ID": "u3"}
+
+
+async def test_contact_writes_are_counted_created_updated_unchanged(sim: Sim) -> None:
+    async def writes() -> dict[str, int]:
+        counts, dump = await sim.counts(), await sim.received()
+        assert counts["contact_writes"] == dump["contact_writes"]
+        return counts["contact_writes"]
+
+    body = {"ext_id": "u1", "email": "a@example.org", "attributes": {"PLAN": "pro", "LTV": 12.5}, "updateEnabled": True}
+    assert (await sim.post("/v3/contacts", json=body)).status == 201
+    assert (await sim.post("/v3/contacts", json=body)).status == 204
+    assert await writes() == {"created": 1, "updated": 0, "unchanged": 1}
+    assert (await sim.post("/v3/contacts", json={**body, "attributes": {"LTV": 13}})).status == 204
+    assert await writes() == {"created": 1, "updated": 1, "unchanged": 1}
+    put = {"attributes": {"LTV": 13}}
+    assert (await sim.call("PUT", "/v3/contacts/a@example.org", json=put)).status == 204  # unchanged
+    assert (await sim.call("PUT", "/v3/contacts/a@example.org", json={"listIds": [10]})).status == 204  # updated
+    assert await writes() == {"created": 1, "updated": 2, "unchanged": 2}
+    cid = (await sim.post("/v3/contacts", json={"ext_id": "u2"})).body["id"]
+    batch = {"contacts": [{"email": "a@example.org", "attributes": {"LTV": 13}}, {"id": cid, "attributes": {"PLAN": "free"}}]}
+    assert (await sim.post("/v3/contacts/batch", json=batch)).status == 204
+    assert await writes() == {"created": 2, "updated": 3, "unchanged": 3}
+    rows = [{"attributes": {"EXT_ID": "u2", "PLAN": "free"}}, {"attributes": {"EXT_ID": "u1", "PLAN": "starter"}},
+            {"email": "c@example.org", "attributes": {}}, {"email": "bad@@example.org", "attributes": {}}]
+    assert (await sim.post("/v3/contacts/import", json={"jsonBody": rows, "listIds": [10]})).status == 202
+    # u2 joins list 10 (updated), u1 changes plan (updated), c is created, the invalid row is no write
+    assert await writes() == {"created": 3, "updated": 5, "unchanged": 3}
+    again = [{"attributes": {"EXT_ID": "u2", "PLAN": "free"}}, {"attributes": {"EXT_ID": "u1", "PLAN": "starter"}}]
+    assert (await sim.post("/v3/contacts/import", json={"jsonBody": again, "listIds": [10]})).status == 202
+    assert await writes() == {"created": 3, "updated": 5, "unchanged": 5}
+    # refused calls write nothing
+    await sim.post("/v3/contacts/batch", json={"contacts": [{"id": 999}]})
+    await sim.post("/v3/contacts", json={"ext_id": "u9", "attributes": {"SIGNUP_DATE": "soon"}})
+    assert await writes() == {"created": 3, "updated": 5, "unchanged": 5}
+    contacts = {c["ext_id"]: c for c in (await sim.received())["contacts"]}
+    assert contacts["u1"]["email"] == "a@example.org" and contacts["u1"]["listIds"] == [10]
+    assert contacts["u1"]["attributes"] == {"PLAN": "starter", "LTV": 13, "EXT_ID": "u1"}
+    assert contacts[None]["email"] == "c@example.org" and contacts["u2"]["email"] is None
+    assert {"id", "email", "ext_id", "attributes", "listIds"} <= contacts["u2"].keys()
+    assert (await sim.post("/_sandbox/brevo/reset")).status == 204
+    assert await writes() == {"created": 0, "updated": 0, "unchanged": 0}
+
+
+# ---------------------------------------------------------------------------------------------- imports: reports, polling
+
+
+async def test_import_reports_invalid_emails_in_a_csv_the_sandbox_serves(sim: Sim) -> None:
+    await two_contacts(sim)
+    rows = [
+        {"email": "ok@example.org", "attributes": {"EXT_ID": "u3"}},
+        {"email": "bad@@example", "attributes": {"EXT_ID": "u4"}},
+        {"attributes": {"EXT_ID": "u5", "PLAN": "pro"}},  # ext_id only
+        {"email": "Ana..G@example.com", "attributes": {"EXT_ID": "u6"}},
+        {"email": "b@example.org", "attributes": {"EXT_ID": "u1"}},  # u1's row, b@'s email: two contacts
+    ]
+    reply = await sim.post("/v3/contacts/import", json={"jsonBody": rows, "listIds": [13]})
+    assert reply.status == 202
+    process = (await sim.get(f"/v3/processes/{reply.body['processId']}")).body
+    assert process["status"] == "completed"
+    report = process["info"]["import"]
+    base = f"http://127.0.0.1:{sim.server.port}/_sandbox/brevo/processes/{process['id']}"
+    assert report["invalid_emails"] == f"{base}/invalid_emails.csv"
+    assert report["duplicate_email_id"] == f"{base}/duplicate_email_id.csv"
+    assert {k for k, v in report.items() if v is None} == {
+        "duplicate_contact_id", "duplicate_ext_id", "duplicate_phone_id", "duplicate_whatsapp_id",
+        "duplicate_landline_number_id"}
+    async with aiohttp.ClientSession() as plain:  # a plain GET on the URL, as a daemon would fetch it
+        async with plain.get(report["invalid_emails"]) as resp:
+            assert resp.status == 200 and resp.content_type == "text/csv"
+            assert await resp.text() == "email\nbad@@example\nAna..G@example.com\n"
+        async with plain.get(report["duplicate_email_id"]) as resp:
+            assert await resp.text() == "email\nb@example.org\n"
+        async with plain.get(f"{base}/duplicate_ext_id.csv") as resp:
+            assert resp.status == 404
+    assert process["info"]["sandbox"] == {"created": 2, "updated": 0, "unchanged": 0, "skipped": 0, "invalid": 2,
+                                          "duplicates": 1}
+    u5 = (await ext(sim, "u5")).body
+    assert "email" not in u5 and u5["attributes"] == {"PLAN": "pro", "EXT_ID": "u5"} and u5["listIds"] == [13]
+    assert (await ext(sim, "u1")).body["email"] == "a@example.org"  # the duplicate row was not applied
+    assert_brevo_error(await ext(sim, "u4"), 404)
+    clean = await sim.post("/v3/contacts/import", json={"jsonBody": [{"email": "z@example.org"}], "listIds": [13]})
+    clean_report = (await sim.get(f"/v3/processes/{clean.body['processId']}")).body["info"]["import"]
+    assert set(clean_report.values()) == {None}
+
+
+async def test_import_delay_polls_reports_in_process_first(sim: Sim) -> None:
+    assert (await sim.post("/_sandbox/brevo/faults", json={"import_delay_polls": 2})).body["import_delay_polls"] == 2
+    pid = (await sim.post("/v3/contacts/import", json={"jsonBody": [{"email": "a@example.org"}],
+                                                       "listIds": [13]})).body["processId"]
+    listed = (await sim.get("/v3/processes")).body["processes"]
+    assert [p["status"] for p in listed] == ["in_process"]  # listing does not spend a poll
+    statuses = [(await sim.get(f"/v3/processes/{pid}")).body for _ in range(3)]
+    assert [p["status"] for p in statuses] == ["in_process", "in_process", "completed"]
+    assert "info" not in statuses[0] and statuses[2]["info"]["import"]["invalid_emails"] is None
+    assert (await sim.get(f"/v3/processes/{pid}")).body["status"] == "completed"
+    assert (await sim.counts())["requests"]["other"] == 5  # /processes spends the "other" bucket
+    assert_brevo_error(await sim.post("/_sandbox/brevo/faults", json={"import_delay_polls": -1}), 400)
+
+
+# ---------------------------------------------------------------------------------------------- orders: ids, eCommerce
+
+
+async def test_orders_are_kept_by_id_a_resent_id_is_an_update(sim: Sim) -> None:
+    assert (await sim.post("/v3/orders/status", json=order("o1"))).status == 204
+    assert (await sim.post("/v3/orders/status", json=order("o1", amount=10.0))).status == 204
+    batch = await sim.post("/v3/orders/status/batch", json={"orders": [order("o2"), order("o1", status="refunded")]})
+    assert batch.status == 202 and batch.body["count"] == 2
+    dump = await sim.received()
+    assert [(o["id"], o["status"], o["amount"], o["historical"]) for o in dump["orders"]] == [
+        ("o1", "refunded", 59.8, True), ("o2", "completed", 59.8, True)]
+    counts = await sim.counts()
+    assert counts["orders"] == 2 and counts["orders_updated"] == 2 == dump["orders_updated"]
+
+
+async def test_get_orders_pages(sim: Sim) -> None:
+    orders = [order(f"o{i:03d}") for i in range(120)]
+    assert (await sim.post("/v3/orders/status/batch", json={"orders": orders})).status == 202
+    first = await sim.get("/v3/orders")
+    assert first.status == 200 and first.body["count"] == 120 and len(first.body["orders"]) == 50
+    assert first.body["orders"][0]["id"] == "o119"  # newest first by default
+    page = (await sim.get("/v3/orders", params={"limit": 100, "offset": 100, "sort": "asc"})).body
+    assert [o["id"] for o in page["orders"]] == [f"o{i:03d}" for i in range(100, 120)]
+    assert_brevo_error(await sim.get("/v3/orders", params={"limit": 101}), 400, "out_of_range")
+    assert (await sim.counts())["requests"] == {"other": 4}
+
+
+async def test_ecommerce_inactive_answers_403_until_activated(start_sim) -> None:
+    sim = await start_sim(ecommerce_active=False)
+    calls = [
+        ("POST", "/v3/orders/status", order()),
+        ("POST", "/v3/orders/status/batch", {"orders": [order()]}),
+        ("GET", "/v3/orders", None),
+        ("GET", "/v3/ecommerce/config/displayCurrency", None),
+    ]
+    for method, path, body in calls:
+        reply = await sim.call(method, path, json=body)
+        assert_brevo_error(reply, 403, "permission_denied")
+        assert reply.body["message"] == (
+            "eCommerce is not activated on this account. Activate it with POST /ecommerce/activate or in Brevo "
+            "(Settings > eCommerce)")
+    assert (await sim.received())["orders"] == [] and (await sim.counts())["ecommerce_active"] is False
+    activate = await sim.call("POST", "/v3/ecommerce/activate")  # no body at all
+    assert activate.status == 200
+    assert (await sim.post("/v3/orders/status", json=order())).status == 204
+    assert (await sim.get("/v3/ecommerce/config/displayCurrency")).body == {"code": "EUR"}
+    assert (await sim.get("/v3/orders")).body["count"] == 1
+    counts = await sim.counts()
+    assert counts["ecommerce_active"] is True and counts["ecommerce_activations"] == 1
+    assert counts["requests"] == {"orders": 2, "other": 6}
+    # switched off at runtime, and back on reset
+    assert (await sim.post("/_sandbox/brevo/ecommerce", json={"active": False})).body == {"active": False}
+    assert_brevo_error(await sim.post("/v3/orders/status", json=order("o2")), 403, "permission_denied")
+    assert (await sim.get("/_sandbox/brevo/ecommerce")).body == {"active": False}
+    assert_brevo_error(await sim.post("/_sandbox/brevo/ecommerce", json={"active": "no"}), 400)
+    assert (await sim.post("/_sandbox/brevo/ecommerce", json={"active": True})).body == {"active": True}
+    assert (await sim.post("/v3/orders/status", json=order("o2"))).status == 204
+    await sim.post("/_sandbox/brevo/reset")
+    assert (await sim.get("/_sandbox/brevo/ecommerce")).body == {"active": False}
+
+
+async def test_display_currency_can_be_set(sim: Sim) -> None:
+    assert (await sim.post("/v3/ecommerce/config/displayCurrency", json={"code": "USD"})).body == {"code": "USD"}
+    assert (await sim.get("/v3/ecommerce/config/displayCurrency")).body == {"code": "USD"}
+    assert_brevo_error(await sim.post("/v3/ecommerce/config/displayCurrency", json={"code": "usd"}), 422)
+
+
+async def test_orders_batch_drop_fault_loses_the_last_order_and_says_so_in_count(sim: Sim) -> None:
+    assert (await sim.post("/_sandbox/brevo/faults", json={"orders_batch_drop": 1})).body["orders_batch_drop"] == 1
+    short = await sim.post("/v3/orders/status/batch", json={"orders": [order("a"), order("b"), order("c")]})
+    assert short.status == 202 and short.body["count"] == 2
+    full = await sim.post("/v3/orders/status/batch", json={"orders": [order("d"), order("e")]})
+    assert full.body["count"] == 2
+    assert [o["id"] for o in (await sim.received())["orders"]] == ["a", "b", "d", "e"]
+    assert_brevo_error(await sim.post("/_sandbox/brevo/faults", json={"orders_batch_drop": 1.5}), 400)
+    invalid = await sim.post("/v3/orders/status/batch", json={
+        "orders": [order("f"), order("g"), order("h"), order("i", amount="x")]})
+    assert_brevo_error(invalid, 400, "invalid_parameter")
+    assert invalid.body["message"].startswith("orders[3]: ")
+
+
+async def test_orders_batch_may_get_a_window_of_its_own(start_sim) -> None:
+    sim = await start_sim(limits=None)
+    assert (await sim.post("/v3/orders/status/batch", json={"orders": [order()]})).headers[
+        "x-sib-ratelimit-limit"] == "100"
+    await sim.post("/_sandbox/brevo/limits", json={"orders_batch": {"requests": 200, "per": 3600}})
+    reply = await sim.post("/v3/orders/status/batch", json={"orders": [order()]})
+    assert reply.headers["x-sib-ratelimit-limit"] == "200" and reply.headers["x-sib-ratelimit-remaining"] == "199"
+    assert (await sim.counts())["requests"] == {"other": 1, "orders_batch": 1}

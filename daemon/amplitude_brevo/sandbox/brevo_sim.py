@@ -1,4 +1,31 @@
-"""Loopback simulator of Brevo API v3 (contacts, attributes, lists, events, orders) with rate limits and faults."""
+"""Loopback simulator of Brevo API v3 (contacts, attributes, lists, events, orders) with rate limits and faults.
+
+Contacts follow the field reports of reference §1.5: `POST /contacts/batch` is update-only and one unknown contact
+fails the whole call (404 document_not_found "No contact found for indexes 3,4"); an identifier held by another
+contact is 400 duplicate_parameter with `metadata.duplicate_identifiers` (["email"], ["ext_id"], ["sms"]) on
+POST /contacts, PUT /contacts/{id} and /contacts/batch; a date attribute given anything but `YYYY-MM-DD` is
+400 "Invalid date format for attribute NAME" there (import drops it); other ill-fitting values are ignored.
+POST /contacts matches an existing contact by ext_id, then email, then SMS. Every contact write (POST, PUT, batch
+item, import row) is counted `created`, `updated` (something stored changed) or `unchanged`.
+
+Orders are kept by `id` (a re-sent id is an update, counted in `orders_updated`). eCommerce starts active
+(`make_brevo_app(ecommerce_active=False)` to start without it); while inactive, /orders/status, its batch,
+GET /orders and /ecommerce/config/displayCurrency answer 403 permission_denied; POST /ecommerce/activate
+activates it at once.
+
+Sandbox control (no auth, no rate limit, no faults), under /_sandbox/brevo/:
+- GET received: everything stored (events, orders, contacts with email/ext_id, lists, processes) and counters;
+  GET received/count: the same counted (`contact_writes: {created, updated, unchanged}`, `orders_updated`,
+  `ecommerce_active`, `ecommerce_activations`, requests per bucket, statuses ...).
+- POST faults: set BrevoFaults fields (plus `outage_seconds` / `not_found_seconds`), among them
+  `orders_batch_drop` (the next N order batches lose their last order and answer `count` one less) and
+  `import_delay_polls` (new imports answer "in_process" to N polls before "completed").
+- POST limits: `{bucket: {requests, per}}`; the optional buckets `events_batch` / `orders_batch` give
+  /events/batch and /orders/status/batch a window of their own (null removes it).
+- GET / POST ecommerce: `{"active": bool}` reads / sets the eCommerce activation.
+- GET processes/{id}/{report}.csv: the import reports `info.import` links to (e.g. `invalid_emails`).
+- POST reset: back to the configuration given at construction.
+"""
 
 from __future__ import annotations
 
@@ -59,9 +86,15 @@ class BrevoFaults:
     # deadline on the state's clock and for this many more requests (set `not_found_seconds` at runtime).
     not_found_until: float = 0.0
     not_found_requests: int = 0
+    # The next this-many POST /orders/status/batch answer `count` one less than received and drop the last order
+    # (a batch that did not fully land: what the daemon's count check is for).
+    orders_batch_drop: int = 0
+    # Each new import process answers "in_process" to this many GET /processes/{id} before "completed".
+    import_delay_polls: int = 0
 
 
-BUCKETS = ("events", "contacts", "orders", "other", "events_batch")
+BUCKETS = ("events", "contacts", "orders", "other", "events_batch", "orders_batch")
+OPTIONAL_BUCKETS = ("events_batch", "orders_batch")  # only when set (limits= or POST /_sandbox/brevo/limits)
 # Where /events/batch is counted when no `events_batch` limit is set: Brevo's table does not say. "other"
 # (100 per hour on General, the table's reading) or "events" (shared with /events, 10 per second).
 EVENTS_BATCH_BUCKETS = ("other", "events")
@@ -87,6 +120,7 @@ DEFAULT_ATTRIBUTES: list[dict[str, Any]] = [
     {"name": "LTV", "category": "normal", "type": "float"},
     {"name": "LAST_ACTIVE", "category": "normal", "type": "date"},
     {"name": "DEVICE", "category": "normal", "type": "text"},
+    {"name": "NEWSLETTER", "category": "normal", "type": "boolean"},
 ]
 
 DEFAULT_LISTS: dict[int, str] = {10: "active_users", 11: "power_users", 12: "churning_users", 13: "all_users"}
@@ -106,7 +140,14 @@ ORDER_IDENTIFIER_KEYS = ("email_id", "ext_id", "phone_id", "loyalty_subscription
 IDENTIFIER_TYPES = ("email_id", "phone_id", "contact_id", "ext_id", "whatsapp_id", "landline_number_id")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,255}$")
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Stricter than "something@something.tld": Brevo refuses addresses such as `ana..b@example.com` or
+# `ana@exa_mple.com` that a naive check (the daemon's) lets through, so the sandbox can refuse them too.
+_EMAIL_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_EMAIL_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+EMAIL_RE = re.compile(rf"^{_EMAIL_ATOM}(?:\.{_EMAIL_ATOM})*@(?:{_EMAIL_LABEL}\.)+[A-Za-z]{{2,63}}$")
+# Events' and orders' `identifiers.email_id` are only checked for shape (what Brevo does with an address its
+# contact check refuses there is not known): the strict check is for contact writes.
+IDENTIFIER_EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 ATTRIBUTE_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,99}$")
 ORDER_DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$")
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -115,11 +156,15 @@ DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 class BrevoError(Exception):
     """An API error, rendered as Brevo's `{"code", "message"}` body (reference §0.1)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, metadata: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.code = code
         self.message = message
+        self.metadata = metadata  # contactErrorModel's optional `metadata` (e.g. duplicate_identifiers)
+
+    def prefixed(self, prefix: str) -> BrevoError:
+        return BrevoError(self.status, self.code, f"{prefix}: {self.message}", self.metadata)
 
 
 def _bad(message: str, code: str = "invalid_parameter") -> BrevoError:
@@ -128,6 +173,17 @@ def _bad(message: str, code: str = "invalid_parameter") -> BrevoError:
 
 def _missing(message: str) -> BrevoError:
     return BrevoError(400, "missing_parameter", message)
+
+
+def duplicate_error(kinds: list[str]) -> BrevoError:
+    """An identifier already held by another contact (field report, reference §1.5)."""
+    verb = "is" if len(kinds) == 1 else "are"
+    return BrevoError(
+        400,
+        "duplicate_parameter",
+        f"Unable to update contact, {' and '.join(kinds)} {verb} already associated with another Contact",
+        {"duplicate_identifiers": list(kinds)},
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -154,15 +210,23 @@ def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 
 def _error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, headers: dict[str, str] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> web.Response:
-    return _json({"code": code, "message": message}, status=status, headers=headers)
+    body: dict[str, Any] = {"code": code, "message": message}
+    if metadata is not None:
+        body["metadata"] = metadata
+    return _json(body, status=status, headers=headers)
+
+
+def _valid_email(value: Any) -> bool:
+    return isinstance(value, str) and EMAIL_RE.match(value.strip()) is not None
 
 
 def normalize_email(value: Any) -> str:
     """Lower-case a valid email or raise 400 invalid_parameter."""
     if not isinstance(value, str) or not EMAIL_RE.match(value.strip()):
-        raise _bad(f"Invalid email address: {value!r}")
+        raise _bad("Invalid email address")
     return value.strip().lower()
 
 
@@ -200,11 +264,22 @@ def _parse_iso_datetime(value: Any) -> datetime | None:
         return None
 
 
+def _is_date(value: Any) -> bool:
+    """A real calendar date written `YYYY-MM-DD`."""
+    if not isinstance(value, str) or not DATE_RE.match(value):
+        return False
+    try:
+        date.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
+
+
 def coerce_attribute(definition: dict[str, Any], value: Any) -> tuple[bool, Any]:
     """Fit `value` to an attribute definition: (True, stored value) or (False, None) when it does not fit.
 
     A value that does not fit is silently ignored by the caller, as Brevo does. `None` clears the attribute.
-    Dates accept `YYYY-MM-DD` or a full ISO date-time (truncated to its date); floats accept numbers and
+    Dates accept only `YYYY-MM-DD` (a real date; reference §1.5 field report); floats accept numbers and
     numeric strings (the daemon converts floats to strings for /events/batch); booleans accept true/false
     and the strings "true"/"false".
     """
@@ -216,13 +291,7 @@ def coerce_attribute(definition: dict[str, Any], value: Any) -> tuple[bool, Any]
             return True, value
         return (True, str(value)) if _is_number(value) else (False, None)
     if kind == "date":
-        if isinstance(value, str) and DATE_RE.match(value):
-            try:
-                return True, date.fromisoformat(value).isoformat()
-            except ValueError:
-                return False, None
-        parsed = _parse_iso_datetime(value)
-        return (True, parsed.date().isoformat()) if parsed else (False, None)
+        return (True, value) if _is_date(value) else (False, None)
     if kind == "float":
         if _is_number(value):
             return True, value
@@ -370,6 +439,7 @@ class BrevoState:
         lists: dict[int, str] | None = None,
         events_batch_max: int = EVENTS_BATCH_MAX,
         events_batch_bucket: str = "other",
+        ecommerce_active: bool = True,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if events_batch_bucket not in EVENTS_BATCH_BUCKETS:
@@ -384,6 +454,7 @@ class BrevoState:
             dict(a) for a in (DEFAULT_ATTRIBUTES if attributes is None else attributes)
         ]
         self._initial_lists = dict(DEFAULT_LISTS if lists is None else lists)
+        self._initial_ecommerce_active = ecommerce_active
         self.reset()
 
     # ---- lifecycle ------------------------------------------------------------------------------------------
@@ -409,8 +480,15 @@ class BrevoState:
         self.by_ext_id: dict[str, int] = {}
         self.by_sms: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []
-        self.orders: list[dict[str, Any]] = []
+        self.orders: dict[str, dict[str, Any]] = {}  # by order id, in first-received order; re-sent = update
+        self.orders_updated = 0
+        self.ecommerce_active = self._initial_ecommerce_active
+        self.ecommerce_activations = 0
+        self.display_currency = "EUR"
         self.processes: dict[int, dict[str, Any]] = {}
+        self.process_polls: dict[int, int] = {}  # GETs left that still answer "in_process"
+        self.process_files: dict[int, dict[str, tuple[str, list[str]]]] = {}  # report name -> (header, rows)
+        self.contact_writes: Counter[str] = Counter({"created": 0, "updated": 0, "unchanged": 0})
         self.requests: Counter[str] = Counter()
         self.statuses: Counter[str] = Counter()
         self.rejected = 0
@@ -434,6 +512,8 @@ class BrevoState:
             return "orders"
         if path == "/v3/events/batch":
             return "events_batch" if "events_batch" in self.windows else self.events_batch_bucket
+        if path == "/v3/orders/status/batch" and "orders_batch" in self.windows:
+            return "orders_batch"
         return "other"
 
     def set_limit(self, bucket: str, limit: BucketLimit | None) -> None:
@@ -483,8 +563,9 @@ class BrevoState:
             raise _bad("error_statuses must be a list of integers")
         if "seed" in body and not _is_int(body["seed"]):
             raise _bad("seed must be an integer")
-        if "not_found_requests" in body and not (_is_int(body["not_found_requests"]) and body["not_found_requests"] >= 0):
-            raise _bad("not_found_requests must be a non-negative integer")
+        for key in ("not_found_requests", "orders_batch_drop", "import_delay_polls"):
+            if key in body and not (_is_int(body[key]) and body[key] >= 0):
+                raise _bad(f"{key} must be a non-negative integer")
         for key in ("error_rate", "reset_rate", "latency", "outage_until", "not_found_until"):
             if key in body:
                 setattr(self.faults, key, float(body[key]))
@@ -494,8 +575,9 @@ class BrevoState:
             self.faults.outage_until = self.clock() + float(body["outage_seconds"])
         if "not_found_seconds" in body:
             self.faults.not_found_until = self.clock() + float(body["not_found_seconds"])
-        if "not_found_requests" in body:
-            self.faults.not_found_requests = body["not_found_requests"]
+        for key in ("not_found_requests", "orders_batch_drop", "import_delay_polls"):
+            if key in body:
+                setattr(self.faults, key, body[key])
         if "seed" in body:
             self.faults.seed = body["seed"]
             self.rng = random.Random(body["seed"])
@@ -528,27 +610,47 @@ class BrevoState:
             if key is not None and index.get(key) == contact.id:
                 del index[key]
 
+    def holder(self, kind: str, value: str | None) -> Contact | None:
+        """The contact holding identifier `value` of `kind` ("ext_id", "email" or "sms")."""
+        index = {"ext_id": self.by_ext_id, "email": self.by_email, "sms": self.by_sms}[kind]
+        cid = index.get(value) if value else None
+        return self.contacts.get(cid) if cid is not None else None
+
+    def holders(self, patch: ContactPatch) -> list[tuple[str, Contact]]:
+        """(kind, contact) for each identifier of `patch` an existing contact holds: ext_id, then email, then sms."""
+        found = []
+        for kind, value in (("ext_id", patch.ext_id), ("email", patch.email), ("sms", patch.sms)):
+            contact = self.holder(kind, value)
+            if contact is not None:
+                found.append((kind, contact))
+        return found
+
     def matches(self, patch: ContactPatch) -> list[Contact]:
-        """Distinct existing contacts holding any identifier of `patch`."""
-        ids: list[int] = []
-        for index, key in (
-            (self.by_email, patch.email),
-            (self.by_ext_id, patch.ext_id),
-            (self.by_sms, patch.sms),
-        ):
-            cid = index.get(key) if key else None
-            if cid is not None and cid not in ids:
-                ids.append(cid)
-        return [self.contacts[cid] for cid in ids]
+        """Distinct existing contacts holding any identifier of `patch`; the first is the one matched (by ext_id,
+        else email, else SMS)."""
+        out: list[Contact] = []
+        for _kind, contact in self.holders(patch):
+            if contact not in out:
+                out.append(contact)
+        return out
 
     def conflicts(self, contact: Contact | None, patch: ContactPatch, *, force_merge: bool) -> list[Contact]:
-        """Other contacts holding an identifier `patch` would give `contact`; 400 unless force_merge."""
-        others = [c for c in self.matches(patch) if contact is None or c.id != contact.id]
-        if others and not force_merge:
-            raise _bad(
-                "Contact already exist or an identifier is held by another contact", "duplicate_parameter"
-            )
+        """Other contacts holding an identifier `patch` would give `contact`: 400 duplicate_parameter naming the
+        identifier kinds in `metadata.duplicate_identifiers`, unless force_merge (then they are returned)."""
+        kinds, others = [], []
+        for kind, holder in self.holders(patch):
+            if contact is not None and holder.id == contact.id:
+                continue
+            kinds.append(kind)
+            if holder not in others:
+                others.append(holder)
+        if kinds and not force_merge:
+            raise duplicate_error(kinds)
         return others
+
+    def count_write(self, outcome: str) -> None:
+        """One contact write: "created", "updated" (a stored value changed) or "unchanged"."""
+        self.contact_writes[outcome] += 1
 
     def delete_contact(self, contact: Contact) -> None:
         self._unindex(contact)
@@ -560,6 +662,19 @@ class BrevoState:
         self.contacts[contact.id] = contact
         self.apply_patch(contact, patch)
         return contact
+
+    @staticmethod
+    def _snapshot(contact: Contact) -> tuple[Any, ...]:
+        return (contact.email, contact.ext_id, contact.sms, dict(contact.attributes), contact.email_blacklisted,
+                contact.sms_blacklisted, frozenset(contact.list_ids))
+
+    def write(self, contact: Contact, patch: ContactPatch, *, merged: bool = False) -> str:
+        """Apply `patch` to an existing contact and count the write: "updated" or "unchanged" (a merge updates)."""
+        before = self._snapshot(contact)
+        self.apply_patch(contact, patch)
+        outcome = "unchanged" if self._snapshot(contact) == before and not merged else "updated"
+        self.count_write(outcome)
+        return outcome
 
     def apply_patch(self, contact: Contact, patch: ContactPatch) -> None:
         self._unindex(contact)
@@ -624,13 +739,31 @@ class BrevoState:
 
     # ---- misc -------------------------------------------------------------------------------------------------
 
-    def new_process(self, name: str, info: dict[str, Any] | None = None) -> dict[str, Any]:
+    def new_process(self, name: str, info: dict[str, Any] | None = None, *, delay_polls: int = 0) -> dict[str, Any]:
         process = {"id": self._next_process_id, "name": name, "status": "completed"}
         if info is not None:
             process["info"] = info
         self.processes[process["id"]] = process
+        if delay_polls:
+            self.process_polls[process["id"]] = delay_polls
         self._next_process_id += 1
         return process
+
+    def process_view(self, pid: int, *, poll: bool = False) -> dict[str, Any]:
+        """What GET /processes answers: "in_process" (no `info`) while polls are left; `poll` spends one."""
+        process = self.processes[pid]
+        left = self.process_polls.get(pid, 0)
+        if left <= 0:
+            return process
+        if poll:
+            self.process_polls[pid] = left - 1
+        return {"id": process["id"], "name": process["name"], "status": "in_process"}
+
+    def store_order(self, order: dict[str, Any], historical: bool) -> None:
+        """Create or update an order by `id` (a re-sent id replaces the order in place, counted in orders_updated)."""
+        if order["id"] in self.orders:
+            self.orders_updated += 1
+        self.orders[order["id"]] = {**order, "historical": historical}
 
     def new_batch_id(self) -> int:
         self._next_batch_id += 1
@@ -642,18 +775,22 @@ class BrevoState:
         return self.lists[lid]
 
     def dump(self) -> dict[str, Any]:
+        """Everything received: events, orders (one per id, with `historical`), contacts (GET's shape plus `email`
+        and `ext_id`, null when absent), list members, processes, and the counters of `counts()`."""
         return {
             "events": self.events,
-            "orders": self.orders,
-            "contacts": [c.to_json() for c in self.contacts.values()],
+            "orders": list(self.orders.values()),
+            "contacts": [{**c.to_json(), "email": c.email, "ext_id": c.ext_id} for c in self.contacts.values()],
             "lists": {str(lid): [c.label() for c in self.members(lid)] for lid in self.lists},
             **self._counters(),
-            "processes": list(self.processes.values()),
+            "processes": [self.process_view(pid) for pid in self.processes],
         }
 
     def counts(self) -> dict[str, Any]:
         """How much was received, without the payloads: `dump()`'s lists as their lengths (`lists` as members
-        per list), events also per `event_name`, and the same request counters."""
+        per list), events also per `event_name`, and the same counters: requests per bucket, statuses,
+        `contact_writes: {created, updated, unchanged}`, `orders_updated`, `ecommerce_active`,
+        `ecommerce_activations`."""
         return {
             "events": len(self.events),
             "event_names": dict(Counter(str(e.get("event_name")) for e in self.events)),
@@ -666,7 +803,9 @@ class BrevoState:
 
     def _counters(self) -> dict[str, Any]:
         return {"requests": dict(self.requests), "statuses": dict(self.statuses), "rejected": self.rejected,
-                "rate_limited": self.rate_limited, "injected": self.injected, "resets": self.resets}
+                "rate_limited": self.rate_limited, "injected": self.injected, "resets": self.resets,
+                "contact_writes": dict(self.contact_writes), "orders_updated": self.orders_updated,
+                "ecommerce_active": self.ecommerce_active, "ecommerce_activations": self.ecommerce_activations}
 
 
 BREVO_STATE: web.AppKey[BrevoState] = web.AppKey("brevo_state", BrevoState)
@@ -710,8 +849,10 @@ def _contact_attributes(state: BrevoState, attributes: Any, patch: ContactPatch,
 
     EMAIL / SMS / EXT_ID set identifiers. Other names must be defined attributes: with `strict` (POST/PUT
     /contacts, /contacts/batch) an unknown name is a 400 invalid_parameter so that the daemon dead-letters it
-    instead of losing it; without (import, events' contact_properties) it is dropped, as Brevo's import does.
-    A value that does not fit its attribute's type is silently ignored (Brevo's documented behaviour).
+    instead of losing it, and a date attribute given anything but `YYYY-MM-DD` is a 400 "Invalid date format for
+    attribute NAME" (field report, reference §1.5); without (import, events' contact_properties) both are dropped,
+    as Brevo's import does. Any other value that does not fit its attribute's type (a boolean given "maybe", a
+    float given "lots") is silently ignored (Brevo's documented behaviour).
     """
     if attributes is None:
         return
@@ -732,7 +873,10 @@ def _contact_attributes(state: BrevoState, attributes: Any, patch: ContactPatch,
             if strict:
                 raise _bad(f"Attribute {raw_name!r} does not exist in the account")
         else:
-            fits, stored = coerce_attribute(state.attributes[name], value)
+            definition = state.attributes[name]
+            if strict and definition.get("type") == "date" and value is not None and not _is_date(value):
+                raise _bad(f"Invalid date format for attribute {name}")
+            fits, stored = coerce_attribute(definition, value)
             if fits:
                 patch.attributes[name] = stored
 
@@ -758,13 +902,20 @@ def validate_contact(state: BrevoState, body: dict[str, Any], *, create: bool) -
 
 
 def validate_contacts_batch(state: BrevoState, body: dict[str, Any]) -> list[tuple[Contact, ContactPatch]]:
-    """Body of POST /contacts/batch: update-only, exactly one of email/id/sms per item, all or nothing."""
+    """Body of POST /contacts/batch: update-only, exactly one of email/id/sms per item, all or nothing.
+
+    In this order: an ill-formed item is a 400 naming it (`contacts[i]: ...`); then unknown contacts fail the whole
+    call with 404 document_not_found "No contact found for indexes 3,4" (every unknown index, 0-based); then an
+    identifier (attributes.EMAIL, ext_id, attributes.SMS) held by another contact, or given to two contacts in
+    the call, is a 400 duplicate_parameter with `metadata.duplicate_identifiers` (reference §1.5 field reports).
+    """
     items = body.get("contacts")
     if items is None:
         raise _missing("contacts is required")
     if not isinstance(items, list) or not items:
         raise _bad("contacts must be a non-empty array")
     updates: list[tuple[Contact, ContactPatch]] = []
+    unknown: list[int] = []
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise _bad(f"contacts[{index}] must be an object")
@@ -789,12 +940,26 @@ def validate_contacts_batch(state: BrevoState, body: dict[str, Any]) -> list[tup
             patch.list_ids = _list_ids(state, item.get("listIds"), "listIds")
             patch.unlink_list_ids = _list_ids(state, item.get("unlinkListIds"), "unlinkListIds")
         except BrevoError as exc:
-            raise BrevoError(exc.status, exc.code, f"contacts[{index}]: {exc.message}") from None
+            raise exc.prefixed(f"contacts[{index}]") from None
         if contact is None:
-            # The endpoint is update-only; an unknown contact fails the whole call so nothing is lost silently.
-            raise _bad(f"contacts[{index}]: contact does not exist")
-        state.conflicts(contact, patch, force_merge=False)
-        updates.append((contact, patch))
+            unknown.append(index)  # update-only: one unknown contact fails the whole call
+        else:
+            updates.append((contact, patch))
+    if unknown:
+        raise BrevoError(404, "document_not_found", "No contact found for indexes " + ",".join(map(str, unknown)))
+    claimed: dict[tuple[str, str], int] = {}  # identifiers given in this call -> the contact they go to
+    for contact, patch in updates:
+        kinds = []
+        for kind, value in (("email", patch.email), ("ext_id", patch.ext_id), ("sms", patch.sms)):
+            if not value:
+                continue
+            holder = state.holder(kind, value)
+            owner = claimed.get((kind, value), holder.id if holder is not None else None)
+            if owner is not None and owner != contact.id:
+                kinds.append(kind)
+            claimed[(kind, value)] = contact.id
+        if kinds:
+            raise duplicate_error(kinds)
     return updates
 
 
@@ -968,7 +1133,7 @@ def validate_event(event: Any, *, batch_item: bool) -> str | None:
     for key in ("email_id", "ext_id", "phone_id", "whatsapp_id", "landline_number_id"):
         if key in known and not isinstance(known[key], str):
             return f"identifiers.{key} must be a string"
-    if "email_id" in known and not EMAIL_RE.match(known["email_id"]):
+    if "email_id" in known and not IDENTIFIER_EMAIL_RE.match(known["email_id"]):
         return "identifiers.email_id is invalid"
     if "event_date" in event and event["event_date"] is not None:
         parsed = _parse_iso_datetime(event["event_date"])
@@ -1047,7 +1212,7 @@ def validate_order(order: Any) -> BrevoError | None:
         if not isinstance(identifiers, dict) or any(k not in ORDER_IDENTIFIER_KEYS for k in identifiers):
             return _bad("identifiers accepts only " + ", ".join(ORDER_IDENTIFIER_KEYS))
         if identifiers.get("email_id") is not None and not (
-            isinstance(identifiers["email_id"], str) and EMAIL_RE.match(identifiers["email_id"])
+            isinstance(identifiers["email_id"], str) and IDENTIFIER_EMAIL_RE.match(identifiers["email_id"])
         ):
             return _bad("identifiers.email_id is invalid")
     coupons = order.get("coupons")
@@ -1095,14 +1260,15 @@ async def create_contact(request: web.Request) -> web.Response:
     force_merge = _optional_bool(body, "forceMerge") or False
     existing = state.matches(patch)
     if not existing:
+        state.count_write("created")
         return _json({"id": state.create_contact(patch).id}, status=201)
+    contact = existing[0]  # matched by ext_id, else email, else SMS
+    others = state.conflicts(contact, patch, force_merge=force_merge and update_enabled)
     if not update_enabled:
         raise _bad("Contact already exist", "duplicate_parameter")
-    contact = existing[0]
-    others = state.conflicts(contact, patch, force_merge=force_merge)
     if others:
         contact = state.merge(contact, others)
-    state.apply_patch(contact, patch)
+    state.write(contact, patch, merged=bool(others))
     if body.get("getId") is True:
         return _json({"id": contact.id})
     return web.Response(status=204)
@@ -1129,7 +1295,7 @@ async def update_contact(request: web.Request) -> web.Response:
     others = state.conflicts(contact, patch, force_merge=bool(body.get("forceMerge")))
     if others:
         contact = state.merge(contact, others)
-    state.apply_patch(contact, patch)
+    state.write(contact, patch, merged=bool(others))
     return web.Response(status=204)
 
 
@@ -1147,7 +1313,7 @@ async def list_contacts(request: web.Request) -> web.Response:
 async def batch_contacts(request: web.Request) -> web.Response:
     state = _state(request)
     for contact, patch in validate_contacts_batch(state, _body(request)):
-        state.apply_patch(contact, patch)
+        state.write(contact, patch)
     return web.Response(status=204)
 
 
@@ -1166,54 +1332,79 @@ def _import_row_patch(state: BrevoState, job: ImportJob, row: dict[str, Any]) ->
     return patch
 
 
+IMPORT_REPORTS = (
+    "invalid_emails", "duplicate_contact_id", "duplicate_ext_id", "duplicate_email_id", "duplicate_phone_id",
+    "duplicate_whatsapp_id", "duplicate_landline_number_id",
+)  # fmt: skip
+_DUPLICATE_REPORT = {"email": "duplicate_email_id", "ext_id": "duplicate_ext_id", "sms": "duplicate_phone_id"}
+
+
 async def import_contacts(request: web.Request) -> web.Response:
+    """Apply the rows now; the process reports "completed" (after `import_delay_polls` polls) with
+    `info.import`: for each report of IMPORT_REPORTS a loopback CSV URL when it lists something, else null.
+
+    A row whose email is invalid is skipped and listed in `invalid_emails` (`email` column, the address as
+    sent); a row whose SMS has no country code is skipped and counted invalid, listed nowhere; a row whose
+    identifiers point at two different contacts (matched by EXT_ID, its EMAIL or SMS held by another) is skipped
+    and listed in `duplicate_email_id` / `duplicate_phone_id`. A row with EXT_ID and no email creates an
+    ext_id-only contact. Rows of one import apply in order (a later row wins)."""
     state = _state(request)
     job = validate_import(state, _body(request))
     list_ids = list(job.list_ids)
     if job.new_list:
         list_ids.append(state.create_list(*job.new_list).id)
-    stats = Counter({"created": 0, "updated": 0, "skipped": 0, "invalid": 0, "duplicates": 0})
+    stats = Counter({"created": 0, "updated": 0, "unchanged": 0, "skipped": 0, "invalid": 0, "duplicates": 0})
+    files: dict[str, list[str]] = {}
     for row in job.rows:
         try:
             patch = _import_row_patch(state, job, row)
         except BrevoError:
             stats["invalid"] += 1
+            if row["email"] and not _valid_email(row["email"]):
+                files.setdefault("invalid_emails", []).append(str(row["email"]))
             continue
         if not patch.has_identifier():
             stats["skipped"] += 1
             continue
         patch.list_ids = list_ids
-        existing = state.matches(patch)
-        if len(existing) > 1:
+        holders = state.holders(patch)
+        conflicting = [(kind, c) for kind, c in holders if c is not holders[0][1]]
+        if conflicting:
             stats["duplicates"] += 1
-        elif not existing:
+            for kind, _contact in conflicting:
+                files.setdefault(_DUPLICATE_REPORT[kind], []).append(str(getattr(patch, kind)))
+        elif not holders:
             state.create_contact(patch)
+            state.count_write("created")
             stats["created"] += 1
         elif job.update_existing:
-            state.apply_patch(existing[0], patch)
-            stats["updated"] += 1
+            stats[state.write(holders[0][1], patch)] += 1
         else:
-            existing[0].list_ids.update(list_ids)
+            contact = holders[0][1]
+            outcome = "updated" if not set(list_ids) <= contact.list_ids else "unchanged"
+            contact.list_ids.update(list_ids)
+            state.count_write(outcome)
             stats["skipped"] += 1
-    process = state.new_process("IMPORTUSER")
-    report = {
-        key: (f"https://sandbox.invalid/processes/{process['id']}/{key}.csv" if count else None)
-        for key, count in (("invalid_emails", stats["invalid"]), ("duplicate_ext_id", stats["duplicates"]))
-    }
+    process = state.new_process("IMPORTUSER", delay_polls=state.faults.import_delay_polls)
+    base = f"{request.scheme}://{request.host}/_sandbox/brevo/processes/{process['id']}"
+    report = {name: (f"{base}/{name}.csv" if files.get(name) else None) for name in IMPORT_REPORTS}
+    headers = {"invalid_emails": "email", "duplicate_email_id": "email", "duplicate_ext_id": "ext_id",
+               "duplicate_phone_id": "sms"}
+    state.process_files[process["id"]] = {name: (headers[name], rows) for name, rows in files.items()}
     process["info"] = {"import": report, "sandbox": dict(stats)}
     return _json({"processId": process["id"]}, status=202)
 
 
 async def get_process(request: web.Request) -> web.Response:
-    pid = request.match_info["process_id"]
-    process = _state(request).processes.get(int(pid)) if pid.isdigit() else None
-    if process is None:
+    state, pid = _state(request), request.match_info["process_id"]
+    if not pid.isdigit() or int(pid) not in state.processes:
         raise BrevoError(404, "document_not_found", "Process does not exist")
-    return _json(process)
+    return _json(state.process_view(int(pid), poll=True))
 
 
 async def list_processes(request: web.Request) -> web.Response:
-    processes = list(_state(request).processes.values())
+    state = _state(request)
+    processes = [state.process_view(pid) for pid in state.processes]
     return _json({"processes": _page(request, processes, 10, 50), "count": len(processes)})
 
 
@@ -1426,17 +1617,64 @@ async def create_events_batch(request: web.Request) -> web.Response:
     )
 
 
+ECOMMERCE_INACTIVE = (
+    "eCommerce is not activated on this account. Activate it with POST /ecommerce/activate or in Brevo "
+    "(Settings > eCommerce)"
+)
+
+
+def _require_ecommerce(state: BrevoState) -> None:
+    if not state.ecommerce_active:
+        raise BrevoError(403, "permission_denied", ECOMMERCE_INACTIVE)
+
+
+async def ecommerce_activate(request: web.Request) -> web.Response:
+    """POST /ecommerce/activate (no body): 200, no body ("activation is in process"); active at once here."""
+    state = _state(request)
+    state.ecommerce_active = True
+    state.ecommerce_activations += 1
+    return web.Response(status=200)
+
+
+async def get_display_currency(request: web.Request) -> web.Response:
+    state = _state(request)
+    _require_ecommerce(state)
+    return _json({"code": state.display_currency})
+
+
+async def set_display_currency(request: web.Request) -> web.Response:
+    state, body = _state(request), _body(request)
+    _require_ecommerce(state)
+    code = body.get("code")
+    if code is None:
+        raise _missing("code is required")
+    if not (isinstance(code, str) and re.fullmatch(r"[A-Z]{3}", code)):
+        raise BrevoError(422, "unprocessable_entity", "code must be an ISO 4217 currency code")
+    state.display_currency = code
+    return _json({"code": code})
+
+
+async def list_orders(request: web.Request) -> web.Response:
+    """GET /orders: `limit` (default 50, max 100), `offset`, `sort` (default desc, by first receipt)."""
+    state = _state(request)
+    _require_ecommerce(state)
+    orders = list(state.orders.values())
+    return _json({"orders": _page(request, orders, 50, 100), "count": len(orders)})
+
+
 async def create_order(request: web.Request) -> web.Response:
     state, body = _state(request), _body(request)
+    _require_ecommerce(state)
     error = validate_order(body)
     if error:
         raise error
-    state.orders.append({**body, "historical": False})
+    state.store_order(body, historical=False)
     return web.Response(status=204)
 
 
 async def create_orders_batch(request: web.Request) -> web.Response:
     state, body = _state(request), _body(request)
+    _require_ecommerce(state)
     orders = body.get("orders")
     if orders is None:
         raise _missing("orders is required")
@@ -1451,8 +1689,12 @@ async def create_orders_batch(request: web.Request) -> web.Response:
     for index, order in enumerate(orders):  # all or nothing
         error = validate_order(order)
         if error:
-            raise BrevoError(error.status, error.code, f"orders[{index}]: {error.message}")
-    state.orders.extend({**order, "historical": historical} for order in orders)
+            raise error.prefixed(f"orders[{index}]")
+    if state.faults.orders_batch_drop > 0:  # fault: the last order of this batch never lands
+        state.faults.orders_batch_drop -= 1
+        orders = orders[:-1]
+    for order in orders:
+        state.store_order(order, historical)
     return _json({"batchId": state.new_batch_id(), "count": len(orders)}, status=202)
 
 
@@ -1465,10 +1707,15 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 HTTP_CODES = {404: "document_not_found", 405: "method_not_allowed", 413: "out_of_range"}
 
 
+BODYLESS_PATHS = frozenset({"/v3/ecommerce/activate"})  # POSTs that take no body
+
+
 async def _read_json_body(request: web.Request) -> dict[str, Any]:
     """POST/PUT bodies: JSON objects only (406 for another content type, 400 for bad JSON)."""
     raw = await request.read()
     if not raw.strip():
+        if request.path in BODYLESS_PATHS:
+            return {}
         raise _missing("No inputs in the body")
     ctype = request.content_type
     if ctype != "application/json" and not ctype.endswith("+json"):
@@ -1507,7 +1754,7 @@ async def _serve_v3(
             request[_BODY] = await _read_json_body(request)
         response = await handler(request)
     except BrevoError as exc:
-        response = _error_response(exc.status, exc.code, exc.message)
+        response = _error_response(exc.status, exc.code, exc.message, metadata=exc.metadata)
     except web.HTTPException as exc:
         response = _error_response(exc.status, HTTP_CODES.get(exc.status, "bad_request"), exc.reason)
     if 400 <= response.status < 500:
@@ -1600,7 +1847,7 @@ async def sandbox_limits(request: web.Request) -> web.Response:
         for bucket, spec in body.items():
             if bucket not in BUCKETS:
                 raise _bad(f"Unknown bucket {bucket!r}; expected one of {list(BUCKETS)}")
-            if spec is None and bucket == "events_batch":
+            if spec is None and bucket in OPTIONAL_BUCKETS:
                 continue
             if not (
                 isinstance(spec, dict)
@@ -1615,6 +1862,34 @@ async def sandbox_limits(request: web.Request) -> web.Response:
     for bucket, spec in body.items():
         state.set_limit(bucket, None if spec is None else BucketLimit(spec["requests"], float(spec["per"])))
     return _json({name: asdict(w.limit) for name, w in state.windows.items()})
+
+
+async def sandbox_ecommerce(request: web.Request) -> web.Response:
+    """GET: `{"active": bool}`; POST `{"active": false}` deactivates eCommerce (true activates it)."""
+    state = _state(request)
+    if request.method == "POST":
+        try:
+            body = await _control_body(request)
+            if set(body) != {"active"} or not isinstance(body["active"], bool):
+                raise _bad('expected {"active": true|false}')
+        except BrevoError as exc:
+            return _error_response(exc.status, exc.code, exc.message)
+        state.ecommerce_active = body["active"]
+    return _json({"active": state.ecommerce_active})
+
+
+async def sandbox_process_file(request: web.Request) -> web.Response:
+    """The CSV an import's `info.import.<report>` URL points to: a header line, then one value per line."""
+    state, pid, name = _state(request), request.match_info["process_id"], request.match_info["report"]
+    files = state.process_files.get(int(pid)) if pid.isdigit() else None
+    if files is None or name not in files:
+        return _error_response(404, "document_not_found", "No such report")
+    header, rows = files[name]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow([header])
+    writer.writerows([value] for value in rows)
+    return web.Response(text=out.getvalue(), content_type="text/csv")
 
 
 async def sandbox_reset(request: web.Request) -> web.Response:
@@ -1636,6 +1911,7 @@ def make_brevo_app(
     lists: dict[int, str] | None = None,
     events_batch_max: int = EVENTS_BATCH_MAX,
     events_batch_bucket: str = "other",
+    ecommerce_active: bool = True,
     clock: Callable[[], float] = time.monotonic,
 ) -> web.Application:
     """Build the simulator app; `app[BREVO_STATE]` is the live state.
@@ -1653,6 +1929,7 @@ def make_brevo_app(
         lists=lists,
         events_batch_max=events_batch_max,
         events_batch_bucket=events_batch_bucket,
+        ecommerce_active=ecommerce_active,
         clock=clock,
     )
     r = app.router
@@ -1679,9 +1956,16 @@ def make_brevo_app(
     r.add_post("/v3/events/batch", create_events_batch)
     r.add_post("/v3/orders/status", create_order)
     r.add_post("/v3/orders/status/batch", create_orders_batch)
+    r.add_get("/v3/orders", list_orders)
+    r.add_post("/v3/ecommerce/activate", ecommerce_activate)
+    r.add_get("/v3/ecommerce/config/displayCurrency", get_display_currency)
+    r.add_post("/v3/ecommerce/config/displayCurrency", set_display_currency)
     r.add_get("/_sandbox/brevo/received", sandbox_received)
     r.add_get("/_sandbox/brevo/received/count", sandbox_received_count)
     r.add_post("/_sandbox/brevo/faults", sandbox_faults)
     r.add_post("/_sandbox/brevo/limits", sandbox_limits)
     r.add_post("/_sandbox/brevo/reset", sandbox_reset)
+    r.add_get("/_sandbox/brevo/ecommerce", sandbox_ecommerce)
+    r.add_post("/_sandbox/brevo/ecommerce", sandbox_ecommerce)
+    r.add_get("/_sandbox/brevo/processes/{process_id}/{report}.csv", sandbox_process_file)
     return app

@@ -1,4 +1,19 @@
-"""Deterministic, realistic Amplitude Export API rows (one lazy generator per server-upload hour)."""
+"""Deterministic, realistic Amplitude Export API rows (one lazy generator per server-upload hour).
+
+Identified users carry in `user_properties` a source for every key of the seed's `property_mapping` (SPEC
+Appendix A): email, first_name, last_name, phone (absent for ~5 %), plan_type, signup_date (`YYYY-MM-DD`),
+total_purchases, lifetime_revenue, last_active (ISO, from the row's event time), device_type (also a top-level
+column, with another value); plus interests and newsletter (boolean).
+
+A small, fixed share of users carries values Brevo refuses or that cannot be converted, picked by user index so
+that they do not depend on the seed and do not change the rows, their number or their event types
+(`bad_value_users(spec)` lists them):
+- signup_date unparseable: index % 100 == 37 (1 %): "31/02/2024" or "soon", alternately;
+- email Brevo refuses: index % 200 == 11 (0.5 %): "first..last11@domain" (passes a naive `x@y.z` check, refused
+  by Brevo's) or "first.last211@@domain" (refused by both), alternately;
+- newsletter "maybe" instead of true/false: index % 50 == 23 (2 %);
+- phone without a country code: ~15 % of users (drawn with the rest of the user).
+"""
 
 from __future__ import annotations
 
@@ -16,10 +31,14 @@ from typing import Any
 from .. import durations
 
 __all__ = [
+    "BAD_EMAIL",
+    "BAD_NEWSLETTER",
+    "BAD_SIGNUP_DATE",
     "DEFAULT_EVENT_TYPES",
     "EXPORT_ROW_FIELDS",
     "REVENUE_EVENT_TYPES",
     "DatasetSpec",
+    "bad_value_users",
     "format_ts",
     "hour_key",
     "hours",
@@ -245,6 +264,17 @@ _SIGNUP_METHODS = ("email", "google", "apple", "github")
 _CURRENCIES = ("USD", "USD", "USD", "EUR", "EUR", "GBP")
 _SCHEMA_PLAN = {"branch": "main", "source": "web", "version": "7"}
 
+# Bad values, by user index: (modulus, remainder) — see the module docstring.
+BAD_SIGNUP_DATE = (100, 37)
+BAD_EMAIL = (200, 11)
+BAD_NEWSLETTER = (50, 23)
+_BAD_SIGNUP_DATES = ("31/02/2024", "soon")
+
+
+def _has(rule: tuple[int, int], idx: int) -> bool:
+    return idx % rule[0] == rule[1]
+
+
 _EVENT_WEIGHTS = {
     "Page View": 30.0, "Feature Click": 18.0, "session_start": 12.0, "Add to Cart": 9.0, "$identify": 6.0,
     "Purchase": 6.0, "Sign Up": 4.0, "Revenue": 3.0, "Subscription Started": 2.0,
@@ -285,7 +315,7 @@ class _Actor:
     purchase_rate: float = 0.0
     avg_order: float = 0.0
     interests: tuple[str, ...] = ()
-    newsletter: bool = False
+    newsletter: bool | str = False  # "maybe" for a few users (BAD_NEWSLETTER)
     utm_source: str | None = None
 
 
@@ -375,9 +405,15 @@ def _make_actor(spec: DatasetSpec, idx: int, anonymous: bool) -> _Actor:
     email = f"{local}@{rng.choice(_DOMAINS)}"
     if rng.random() < 0.04:  # some apps send mixed-case / padded emails
         email = email[:1].upper() + email[1:].replace(".com", ".COM")
+    if _has(BAD_EMAIL, idx):  # no random draw here: the other users' values stay as they were
+        domain = email.split("@", 1)[1]
+        email = f"{_ascii(first)}..{_ascii(last)}{idx}@{domain}" if idx // 200 % 2 == 0 else f"{local}@@{domain}"
     plan = rng.choice(_PLANS)
     paying = plan != "free" or rng.random() < 0.3
-    return _Actor(
+    signup_date = format_ts(creation_ms)[:10]
+    if _has(BAD_SIGNUP_DATE, idx):
+        signup_date = _BAD_SIGNUP_DATES[idx // 100 % 2]
+    actor = _Actor(
         user_id=f"user-{idx:05d}",
         paying=paying,
         static=_static_columns(common, paying),
@@ -386,7 +422,7 @@ def _make_actor(spec: DatasetSpec, idx: int, anonymous: bool) -> _Actor:
         last_name=last,
         phone=_phone(rng, loc),
         plan_type=plan,
-        signup_date=format_ts(creation_ms)[:10],
+        signup_date=signup_date,
         base_purchases=rng.randint(0, 40) if paying else 0,
         purchase_rate=rng.random() * 0.2,
         avg_order=round(rng.uniform(15, 120), 2),
@@ -395,6 +431,9 @@ def _make_actor(spec: DatasetSpec, idx: int, anonymous: bool) -> _Actor:
         utm_source=rng.choice(_UTM_SOURCES),
         **common,
     )
+    if _has(BAD_NEWSLETTER, idx):
+        object.__setattr__(actor, "newsletter", "maybe")
+    return actor
 
 
 @lru_cache(maxsize=16)
@@ -402,6 +441,27 @@ def _population(spec: DatasetSpec) -> tuple[tuple[_Actor, ...], tuple[_Actor, ..
     users = tuple(_make_actor(spec, i, False) for i in range(spec.users))
     anon = tuple(_make_actor(spec, i, True) for i in range(max(10, spec.users // 2)))
     return users, anon
+
+
+def bad_value_users(spec: DatasetSpec) -> dict[str, dict[str, Any]]:
+    """The identified users of `spec` carrying a bad value, per kind: user id -> the value.
+
+    Kinds: `signup_date` (unparseable), `email` (refused by Brevo), `newsletter` ("maybe"), `phone` (no country
+    code). A user may be listed under several kinds. Whether a user has rows at all depends on the spec.
+    """
+    users, _anon = _population(spec)
+    out: dict[str, dict[str, Any]] = {"signup_date": {}, "email": {}, "newsletter": {}, "phone": {}}
+    for idx, actor in enumerate(users):
+        assert actor.user_id is not None
+        if _has(BAD_SIGNUP_DATE, idx):
+            out["signup_date"][actor.user_id] = actor.signup_date
+        if _has(BAD_EMAIL, idx):
+            out["email"][actor.user_id] = actor.email
+        if _has(BAD_NEWSLETTER, idx):
+            out["newsletter"][actor.user_id] = actor.newsletter
+        if actor.phone is not None and not actor.phone.startswith("+"):
+            out["phone"][actor.user_id] = actor.phone
+    return out
 
 
 @lru_cache(maxsize=16)
@@ -536,6 +596,7 @@ def _user_properties(actor: _Actor, event_ms: int, hours_in: float) -> dict[str,
         "last_active": _iso_z(event_ms),
         "device_type": d[11],
         "interests": list(actor.interests),
+        "newsletter": actor.newsletter,
     }
     if actor.phone is None:
         del up["phone"]

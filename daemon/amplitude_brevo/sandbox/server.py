@@ -38,6 +38,7 @@ class SandboxOptions:
     export_faults: ExportFaults | None = None
     brevo_faults: BrevoFaults | None = None
     brevo_events_batch_bucket: str = "other"  # the rate bucket /events/batch spends: "other" or "events"
+    brevo_ecommerce_active: bool = True  # False: orders answer 403 until POST /ecommerce/activate
 
 
 class Sandbox:
@@ -55,6 +56,7 @@ class Sandbox:
         self.brevo_app = make_brevo_app(
             api_key=options.brevo_api_key, limits=options.brevo_limits, faults=options.brevo_faults,
             events_batch_bucket=options.brevo_events_batch_bucket,
+            ecommerce_active=options.brevo_ecommerce_active,
         )
         self._runners: list[web.AppRunner] = []
         self.amplitude_url = ""
@@ -100,6 +102,10 @@ def add_sandbox_arguments(parser: argparse.ArgumentParser) -> None:
         help="Brevo rate bucket of POST /events/batch: other (100 per hour, the published table's reading) "
              "or events (shared with POST /events, 10 per second); default other",
     )
+    parser.add_argument(
+        "--ecommerce-inactive", action="store_true",
+        help="start the Brevo simulator with eCommerce not activated: orders get 403 until POST /ecommerce/activate",
+    )
 
 
 def options_from_args(args: argparse.Namespace) -> SandboxOptions:
@@ -110,7 +116,8 @@ def options_from_args(args: argparse.Namespace) -> SandboxOptions:
         rows_per_hour=args.rows_per_hour, users=args.users,
     )
     return SandboxOptions(host=args.host, amplitude_port=args.amplitude_port, brevo_port=args.brevo_port, spec=spec,
-                          brevo_events_batch_bucket=args.events_batch_bucket)
+                          brevo_events_batch_bucket=args.events_batch_bucket,
+                          brevo_ecommerce_active=not args.ecommerce_inactive)
 
 
 async def run_sandbox(args: argparse.Namespace) -> int:
