@@ -295,9 +295,9 @@ async def test_an_invalid_email_dead_letters_that_contact_only(tmp_path):
         await sink.deliver(batch)
         letters = await env.state.list_dead_letters()
         assert [(orjson.loads(d.item)["ext_id"], d.reason, d.sink) for d in letters] == [
-            ("u2", "Brevo refused the contact: HTTP 400 invalid_parameter: Invalid email address: 'not-an-email'",
+            ("u2", "Brevo refused the contact: HTTP 400 invalid_parameter: Invalid email address",
              "brevo_contacts"),
-            ("n1", "Brevo refused the contact: HTTP 400 invalid_parameter: Invalid email address: 'bad@@example'",
+            ("n1", "Brevo refused the contact: HTTP 400 invalid_parameter: Invalid email address",
              "brevo_contacts"),
         ]
         held = in_brevo(env)

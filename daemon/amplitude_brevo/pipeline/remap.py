@@ -99,9 +99,10 @@ class MappingRules:
     _people: dict[tuple[Any, bytes], bytes] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        unknown = [name for name in self.sinks if name not in CONSUMERS]
+        registry = consumers()
+        unknown = [name for name in self.sinks if name not in registry]
         if unknown or len(set(self.sinks)) != len(self.sinks):
-            raise ValueError(f"sinks must be distinct names among {sorted(CONSUMERS)}, not {list(self.sinks)}")
+            raise ValueError(f"sinks must be distinct names among {sorted(registry)}, not {list(self.sinks)}")
         wanted: dict[str, str] = {}  # user property name → struct attribute
 
         def attr(name: str) -> str:
@@ -124,7 +125,7 @@ class MappingRules:
         )
         setattr_ = object.__setattr__
         setattr_(self, "sinks", tuple(self.sinks))
-        setattr_(self, "_consumers", tuple(CONSUMERS[name] for name in self.sinks))
+        setattr_(self, "_consumers", tuple(registry[name] for name in self.sinks))
         setattr_(self, "_user_decoder", msgspec.json.Decoder(struct))
         setattr_(self, "_email_attr", email_attr)
         setattr_(self, "_ext_id_attr", ext_id_attr)
@@ -598,13 +599,21 @@ CONSUMERS: dict[str, Consumer] = {
 }
 
 
-def _register_consumers() -> None:
-    """The consumers defined in modules of their own, which import this one (orders, profiles)."""
-    from .profiles import ProfileCollector
-    from .revenue import remap_order
+_registered = False
 
-    CONSUMERS[ORDERS_SINK] = Consumer(ORDERS_SINK, ORDERS_NAMESPACE, remap_order)
-    CONSUMERS[PROFILES_SINK] = Consumer(PROFILES_SINK, None, collect=ProfileCollector)
+
+def consumers() -> dict[str, Consumer]:
+    """CONSUMERS, with the consumers defined in modules of their own (orders, profiles), which import this
+    one: registered on first use, so that whichever module is imported first, all are there."""
+    global _registered
+    if not _registered:
+        _registered = True
+        from .profiles import ProfileCollector
+        from .revenue import remap_order
+
+        CONSUMERS.setdefault(ORDERS_SINK, Consumer(ORDERS_SINK, ORDERS_NAMESPACE, remap_order))
+        CONSUMERS.setdefault(PROFILES_SINK, Consumer(PROFILES_SINK, None, collect=ProfileCollector))
+    return CONSUMERS
 
 
 def _encoded_properties(raw: bytes, event_type: str, key: str) -> bytes:
@@ -631,5 +640,3 @@ def row_summary(row: ExportRow) -> dict[str, Any]:
         "server_upload_time": row.server_upload_time,
     }
 
-
-_register_consumers()
