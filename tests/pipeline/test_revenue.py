@@ -44,6 +44,12 @@ def row(**fields: Any) -> ExportRow:
 
 # -- detection --------------------------------------------------------------------------------------------------
 
+def test_a_product_event_with_a_plain_price_is_not_revenue():
+    # "Add to Cart" carries price, quantity and product_id: without `revenue` (or Amplitude's `$` keys) no order.
+    assert revenue_of({"product_id": "sku-1", "price": 19.9, "quantity": 2, "currency": "EUR"}) is None
+    assert revenue_of({"price": 19.9, "revenue": 39.8}) == Revenue(39.8, 19.9, 1)
+
+
 @pytest.mark.parametrize(("props", "expected"), [
     # export rows: the reserved `$` keys
     ({"$price": 24.5, "$quantity": 2, "$revenue": 49.0, "$productId": "sku-17", "$revenueType": "purchase"},
@@ -53,16 +59,16 @@ def row(**fields: Any) -> ExportRow:
     ({"revenue": 10, "productId": "p-2", "revenueType": "tip"}, Revenue(10.0, None, 1, "p-2", "tip")),
     # no revenue: price × quantity, quantity 1 by default, fractional quantities kept
     ({"$price": 24.5, "$quantity": 3}, Revenue(73.5, 24.5, 3)),
-    ({"price": 0.1, "quantity": 3}, Revenue(0.3, 0.1, 3)),
-    ({"price": 19.9}, Revenue(19.9, 19.9, 1)),
-    ({"price": 4.0, "quantity": 2.5}, Revenue(10.0, 4.0, 2.5)),
+    ({"$price": 0.1, "$quantity": 3}, Revenue(0.3, 0.1, 3)),
+    ({"$price": 19.9}, Revenue(19.9, 19.9, 1)),
+    ({"$price": 4.0, "$quantity": 2.5}, Revenue(10.0, 4.0, 2.5)),
     # revenue wins over price × quantity when both are given
     ({"revenue": 45.0, "price": 24.5, "quantity": 2}, Revenue(45.0, 24.5, 2)),
     # numeric strings, integral float quantities
     ({"revenue": " 12.50 ", "quantity": "2.0", "productId": 17}, Revenue(12.5, None, 2, "17")),
     # refunds
     ({"$revenue": -49.0, "$productId": "sku-17"}, Revenue(-49.0, None, 1, "sku-17")),
-    ({"price": -5, "quantity": 2}, Revenue(-10.0, -5.0, 2)),
+    ({"$price": -5, "$quantity": 2}, Revenue(-10.0, -5.0, 2)),
     # a zero amount is still an order
     ({"revenue": 0}, Revenue(0.0)),
 ])

@@ -148,7 +148,15 @@ def _revenue(revenue: Any, price: Any, quantity: Any, product: Any, revenue_type
 
 
 def revenue_of(props: Mapping[str, Any]) -> Revenue | None:
-    """The revenue in `event_properties`, in either spelling (`$revenue`… or `revenue`…), or None."""
+    """The revenue in `event_properties`, in either spelling, or None.
+
+    Amplitude's own keys (`$revenue`, `$price` × `$quantity`, what its SDKs' revenue helpers and the export
+    write) are revenue whenever present. The hand-made spelling (`revenue`, `price`, `quantity`,
+    `product_id`, as in the seed's example) counts only with an explicit `revenue`: a `price` and a
+    `quantity` alone are what any product event carries ("Add to Cart"), and would turn carts into orders.
+    """
+    if props.get("$revenue") is None and props.get("$price") is None and props.get("revenue") is None:
+        return None
     return _revenue(
         _first(props, _REVENUE), _first(props, _PRICE), _first(props, _QUANTITY), _first(props, _PRODUCT),
         _first(props, _TYPE),

@@ -46,6 +46,8 @@ def bucket_for(method: str, path: str) -> str:
         return _EVENTS
     if method.upper() == "POST" and path == "/orders/status":
         return _ORDERS
+    if method.upper() == "POST" and path == "/orders/status/batch":
+        return "brevo_orders_batch"  # unpublished bucket: 100 an hour until its headers say otherwise
     # /events/batch, /orders/status/batch, /processes ...: "all other endpoints" until headers say otherwise.
     return _OTHER
 
