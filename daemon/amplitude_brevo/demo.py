@@ -13,11 +13,13 @@ import aiohttp
 import yaml
 
 from .backfill import run_backfill
+from .components import backfill_checkpoint
 from .config import load_config, parse_hour
 from .logs import configure_logging
 from .sandbox.brevo_sim import BucketLimit
 from .sandbox.sample_data import DatasetSpec
 from .sandbox.server import DEFAULT_START, Sandbox, SandboxOptions
+from .state import StateStore
 
 DEMO_MAPPING = {
     "Purchase": "order_completed",
@@ -27,6 +29,14 @@ DEMO_MAPPING = {
     "Feature Click": "feature_used",
     "Revenue": "revenue_event",
     "Subscription Started": "subscription_created",
+}
+
+
+# SPEC Appendix A: the seed's property_mapping, whole.
+DEMO_PROPERTIES = {
+    "email": "email", "first_name": "FIRSTNAME", "last_name": "LASTNAME", "phone": "SMS", "plan_type": "PLAN",
+    "signup_date": "SIGNUP_DATE", "total_purchases": "ORDER_COUNT", "lifetime_revenue": "LTV",
+    "last_active": "LAST_ACTIVE", "device_type": "DEVICE",
 }
 
 
@@ -43,11 +53,12 @@ def demo_config(sandbox: Sandbox, state_dir: Path) -> dict[str, Any]:
         "connectors": {
             "amplitude": {"api_key": o.amplitude_api_key, "secret_key": o.amplitude_secret_key,
                           "api_url": sandbox.amplitude_url, "ingest_url": sandbox.amplitude_url},
-            "brevo": {"api_key": o.brevo_api_key, "api_url": sandbox.brevo_url},
+            "brevo": {"api_key": o.brevo_api_key, "api_url": sandbox.brevo_url, "create_attributes": True},
         },
         "event_mapping": DEMO_MAPPING,
-        "property_mapping": {"email": "email", "first_name": "FIRSTNAME", "last_name": "LASTNAME",
-                             "plan_type": "PLAN", "total_purchases": "ORDER_COUNT", "lifetime_revenue": "LTV"},
+        "property_mapping": DEMO_PROPERTIES,
+        # Running totals the daemon keeps itself, in attributes it creates (the sandbox has none by these names).
+        "revenue": {"orders": True, "ltv_attribute": "AMP_LTV", "count_attribute": "AMP_ORDERS"},
         "ingest": {"enabled": False},
         "state": {"path": str(state_dir / "state.db")},
         "batching": {"max_items": 1000, "max_wait": "200ms"},
@@ -72,18 +83,70 @@ async def run_demo(args: argparse.Namespace) -> int:
         print(f"sandbox: Amplitude {sandbox.amplitude_url}  Brevo {sandbox.brevo_url}")
         print(f"backfilling export hours {start:%Y-%m-%dT%H} .. {end:%Y-%m-%dT%H} "
               f"({spec.hours} h x {spec.rows_per_hour} rows) through the daemon's export path ...")
+        control = sandbox.brevo_url.removesuffix("/v3") + "/_sandbox/brevo/received"
         first = await run_backfill(cfg, start=start, end=end, config_path=str(cfg_path), progress=False,
                                    install_signal_handlers=False)
+        after_first = await _get(control + "/count")
+        # The same hours again, read from scratch: only the dedupe record and the stored profiles decide.
+        async with await StateStore.open(cfg.state.path) as state:
+            await state.reset_checkpoint(backfill_checkpoint(start, end))
         second = await run_backfill(cfg, start=start, end=end, config_path=str(cfg_path), progress=False,
                                     install_signal_handlers=False)
-        async with aiohttp.ClientSession() as session:
-            url = sandbox.brevo_url.removesuffix("/v3") + "/_sandbox/brevo/received"
-            async with session.get(url) as resp:
-                received = await resp.json()
+        after_second = await _get(control + "/count")
+        received = await _get(control)
     print_summary(first, second, received)
+    print_contacts_and_revenue(first, received, after_first, after_second)
     if args.keep:
         print(f"state and config kept in {state_dir}")
     return 0 if first.complete and first.exit_code == 0 else 1
+
+
+async def _get(url: str) -> Any:
+    async with aiohttp.ClientSession() as session, session.get(url) as resp:
+        return await resp.json()
+
+
+def print_contacts_and_revenue(first: Any, received: dict[str, Any], after_first: dict[str, Any],
+                               after_second: dict[str, Any]) -> None:
+    folder = first.sinks.get("profiles", {})
+    contacts = first.sinks.get("brevo_contacts", {})
+    orders_sink = first.sinks.get("brevo_orders", {})
+    writes = after_first.get("contact_writes", {})
+    print()
+    print("contacts (user properties -> typed attributes; profiles kept in the state file)")
+    print(f"  profiles folded    {folder.get('new', 0):>8,} new, {folder.get('changed', 0):,} changed, "
+          f"{folder.get('unchanged', 0):,} unchanged (no write)")
+    print(f"  written to Brevo   {contacts.get('delivered', 0):>8,}   (created {contacts.get('created', 0):,} one by one, "
+          f"imported {contacts.get('imported', 0):,} in {contacts.get('import_requests', 0):,} imports, "
+          f"updated {contacts.get('updated', 0):,}; {contacts.get('batch_requests', 0):,} /contacts/batch)")
+    print(f"  at the sandbox     created {writes.get('created', 0):,}, updated {writes.get('updated', 0):,}, "
+          f"unchanged {writes.get('unchanged', 0):,}")
+    print(f"  dead-lettered      {contacts.get('dead_lettered', 0):>8,}   (emails Brevo refuses; see `dlq list`)")
+    dropped = folder.get("dropped", {})
+    detail = ", ".join(f"{name} {n}" for name, n in sorted(dropped.items()))
+    print(f"  values dropped     {sum(dropped.values()):>8,}   by conversion to the attribute's type ({detail})")
+    orders = received.get("orders", [])
+    total = sum(o.get("amount", 0) for o in orders)
+    refunds = [o for o in orders if o.get("status") == "refunded"]
+    print("orders and lifetime value")
+    print(f"  orders             {len(orders):>8,}   ({len(refunds):,} refunds; historical: "
+          f"{sorted({str(o.get('historical')) for o in orders})}; {orders_sink.get('batch_requests', 0):,} "
+          f"/orders/status/batch)")
+    print(f"  revenue total      {total:>11,.2f}")
+    print(f"  counted once       {folder.get('revenue_counted', 0):>8,}   revenue events in the LTV / order count "
+          f"totals (AMP_LTV, AMP_ORDERS)")
+    example = next((c for c in received.get("contacts", []) if (c.get("attributes") or {}).get("AMP_LTV")), None)
+    if example:
+        import orjson
+
+        print("  example contact:")
+        print("    " + orjson.dumps({k: example.get(k) for k in ("email", "ext_id", "attributes")}).decode()[:600])
+    again = after_second.get("contact_writes", {})
+    new_writes = sum(again.values()) - sum(writes.values())
+    print("second run")
+    print(f"  contact writes     {new_writes:>8,}")
+    print(f"  new orders         {after_second.get('orders', 0) - after_first.get('orders', 0):>8,}   "
+          f"(orders updated: {after_second.get('orders_updated', 0) - after_first.get('orders_updated', 0):,})")
 
 
 def print_summary(first: Any, second: Any, received: dict[str, Any]) -> None:
@@ -102,7 +165,8 @@ def print_summary(first: Any, second: Any, received: dict[str, Any]) -> None:
     print(f"  Brevo requests     {k['batch_requests']:>8,} /events/batch, {k['single_requests']:,} /events")
     print(f"  429s received      {first.rate_limited:>8,}")
     print(f"  seconds            {first.seconds:>8.1f}")
-    print("second identical run (resumes from the finished checkpoint; the dedupe record guards re-reads)")
+    print("second identical run (its checkpoint removed: every hour is read again; the dedupe record and the")
+    print("stored profiles decide what is sent)")
     print(f"  rows re-read       {second.source['rows_read']:>8,}")
     print(f"  delivered          {second.sink['delivered']:>8,}")
     print()

@@ -99,7 +99,7 @@ async def test_sighup_switching_sync_events_off_and_on_stops_and_resumes_the_exp
     daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
     try:
         await daemon.wait_for_log("brevo.batch.sent", timeout=30)
-        write_config(cfg_path, {**cfg, "sync": {"events": False}})
+        write_config(cfg_path, {**cfg, "sync": {**cfg["sync"], "events": False}})
         daemon.proc.send_signal(signal.SIGHUP)
         switched = await daemon.wait_for_log("config.components", timeout=30)
         assert set(switched["stopped"]) == {"amplitude_export", "brevo_events"} and switched["started"] == []

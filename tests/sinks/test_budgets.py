@@ -29,7 +29,7 @@ from amplitude_brevo.sinks.budgets import (
         ("GET", "/contacts/attributes", "brevo_contacts"),
         ("POST", "/contacts/lists/11/contacts/add", "brevo_contacts"),
         ("POST", "/orders/status", "brevo_orders"),
-        ("POST", "/orders/status/batch", "brevo_other"),
+        ("POST", "/orders/status/batch", "brevo_orders_batch"),
         ("GET", "/processes/4", "brevo_other"),
     ],
 )
@@ -212,9 +212,11 @@ def test_requests_of_ours_in_flight_spend_the_window_too():
 
 
 async def test_can_send_within_counts_the_limiters_refill():
-    budget = Budget("b", Rate(2, 1.0))
-    assert budget.can_send_within(0, 2) and not budget.can_send_within(0, 3)
-    assert budget.can_send_within(1.0, 4), "two more drip in within a second"
+    budget = Budget("b", Rate(2, 1.0))  # a short window: paced evenly, one request every 0.5 s, no burst
+    assert budget.can_send_within(0, 1) and not budget.can_send_within(0, 2)
+    assert budget.can_send_within(1.0, 3) and not budget.can_send_within(1.0, 4), "two more drip in within a second"
+    hourly = Budget("h", Rate(100, 3600.0))  # a long window bursts, as Brevo's window allows
+    assert hourly.can_send_within(0, 100) and not hourly.can_send_within(0, 101)
     budget.pause_for(10)
     assert not budget.can_send_within(5) and budget.can_send_within(11)
 

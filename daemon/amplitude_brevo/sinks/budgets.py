@@ -73,6 +73,20 @@ class Rate:
         return f"{self.requests}/{self.per:g}s"
 
 
+SMOOTH_WINDOW = 10.0  # seconds: budgets with windows this short are paced evenly, without bursts
+
+
+def _limiter_for(rate: Rate) -> AsyncLimiter:
+    """The limiter of a rate. A short window (10 requests a second) is paced evenly, one request every
+    1/10 s: a leaky bucket that may burst its whole allowance would put up to twice the allowance into one
+    of Brevo's fixed windows (the burst at its end, the refill in the next's start... or both in one), which
+    Brevo answers with 429s. A long window (100 an hour) bursts, as its window allows, and paces from
+    `x-sib-ratelimit-remaining`."""
+    if rate.per <= SMOOTH_WINDOW:
+        return AsyncLimiter(1, rate.per / rate.requests)
+    return AsyncLimiter(rate.requests, rate.per)
+
+
 def window_for(longest_reset: float) -> float:
     """The window length a `x-sib-ratelimit-reset` countdown of up to `longest_reset` seconds belongs to."""
     for window in _WINDOWS:
@@ -104,7 +118,7 @@ class Budget:
         self._usage: dict[int, int] = {}  # epoch minute -> requests let go, since the last take_usage()
         self.configured = rate  # the starting point (config); `rate` is what is in use
         self.rate = rate
-        self._limiter = AsyncLimiter(rate.requests, rate.per)
+        self._limiter = _limiter_for(rate)
         self._renewed = asyncio.Event()  # set (and replaced) when the limiter is: its waiters move over
         self._limit_seen: int | None = None  # x-sib-ratelimit-limit of the last answer that had one
         self._longest_reset = 0.0  # the longest countdown seen with that limit
@@ -128,7 +142,7 @@ class Budget:
     def _use(self, rate: Rate) -> None:
         if rate != self.rate:
             self.rate = rate
-            self._limiter = AsyncLimiter(rate.requests, rate.per)
+            self._limiter = _limiter_for(rate)
             self._renewed.set()
             self._renewed = asyncio.Event()
 
