@@ -90,3 +90,10 @@ def test_every_row_feeds_profiles_whatever_its_event_type_and_the_events_consume
     mapper.finish()
     assert len(outputs["brevo_events"].bodies) == 1
     assert sorted(orjson.loads(b)["u"] for b in outputs[PROFILES_SINK].bodies) == ["user-1", "user-2"]
+
+
+def test_an_email_property_that_is_no_email_is_flagged_for_a_warning_and_left_out():
+    snapshots, _ = collect([line(user_properties={"email": "fatima.silva@@acme.io", "first_name": "F"})])
+    assert snapshots[0]["e"] is None and snapshots[0]["x"] == "fatima.silva@@acme.io"
+    snapshots, _ = collect([line()])
+    assert "x" not in snapshots[0]

@@ -161,6 +161,8 @@ class ProfileFolder:
                 facts.append(data)
                 continue
             user = data["u"]
+            if "x" in data:
+                self._dropped(user, "EMAIL", f"{data['x']!r} is not a valid email; the contact is written without it")
             known = snapshots.get(user)
             snapshots[user] = data if known is None else _newer(known, data)
         if self.missing and self.cfg.connectors.brevo.create_attributes:
@@ -211,19 +213,23 @@ class ProfileFolder:
             for name in ("new", "changed", "unchanged"):
                 if getattr(result, name):
                     self.metrics.contacts_folded.labels(result=name).inc(getattr(result, name))
-        minute = int(time.time() // 60)
         for user, attribute, why in result.dropped:
-            self.dropped_total[attribute] = self.dropped_total.get(attribute, 0) + 1
-            if self.metrics:
-                self.metrics.attributes_dropped.labels(attribute=attribute).inc()
-            at, logged = self._dropped_logged.get(attribute, (minute, 0))
-            if at != minute:
-                at, logged = minute, 0
-            if logged < DROPPED_LOGS_PER_MINUTE:
-                log.warning("contacts.attribute_dropped", user_id=user, attribute=attribute, reason=why,
-                            hint="the rest of the contact is written; fix the value in Amplitude or the "
-                                 "attribute's type in Brevo")
-            self._dropped_logged[attribute] = (at, logged + 1)
+            self._dropped(user, attribute, why)
+
+    def _dropped(self, user: str, attribute: str, why: str) -> None:
+        """A value left out of a contact: counted, and logged naming the user (up to a few a minute each)."""
+        self.dropped_total[attribute] = self.dropped_total.get(attribute, 0) + 1
+        if self.metrics:
+            self.metrics.attributes_dropped.labels(attribute=attribute).inc()
+        minute = int(time.time() // 60)
+        at, logged = self._dropped_logged.get(attribute, (minute, 0))
+        if at != minute:
+            at, logged = minute, 0
+        if logged < DROPPED_LOGS_PER_MINUTE:
+            log.warning("contacts.attribute_dropped", user_id=user, attribute=attribute, reason=why,
+                        hint="the rest of the contact is written; fix the value in Amplitude or the "
+                             "attribute's type in Brevo")
+        self._dropped_logged[attribute] = (at, logged + 1)
 
 
 def _newer(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -10,7 +10,8 @@ With revenue totals kept (`revenue.ltv_attribute` / `count_attribute`), each rev
 revenue fact, keyed by its dedupe key: the folder counts a key once, ever.
 
 Snapshot: `{"u": user, "t": newest event time (ISO), "s": its server_upload_time, "f": first event time,
-"l": last event time, "e": email or null, "p": {property_mapping key: raw value}}`.
+"l": last event time, "e": email or null, "p": {property_mapping key: raw value}}`, and `"x"`: the email
+property's text when it is not a valid email (the folder warns; the contact is written without it).
 Revenue fact: `{"r": 1, "k": dedupe key, "u": user, "a": amount, "t": event time}`.
 """
 
@@ -118,10 +119,14 @@ class ProfileCollector:
                     value = getattr(row, column, None)
                 if value is not None:
                     values[key] = value
+            raw_email = getattr(props, email_attr)
+            email = email_id(raw_email)
             snapshot = {
                 "u": user, "t": iso_utc(row.event_time), "s": row.server_upload_time, "f": iso_utc(first),
-                "l": iso_utc(last), "e": email_id(getattr(props, email_attr)), "p": values,
+                "l": iso_utc(last), "e": email, "p": values,
             }
+            if email is None and type(raw_email) is str and raw_email.strip():
+                snapshot["x"] = raw_email[:200]  # not an email: the folder warns, the contact goes without it
             try:
                 body = orjson.dumps(snapshot)
             except TypeError:  # e.g. an integer beyond 64 bits: keep the rest
