@@ -33,12 +33,14 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_selection(parser: argparse.ArgumentParser, *, all_help: str) -> None:
-    """Which dead letters a `dlq replay`/`purge` acts on: ids, a source, or all."""
+def _add_selection(parser: argparse.ArgumentParser, *, all_help: str, by_sink: bool = False) -> None:
+    """Which dead letters a `dlq replay`/`purge` acts on: ids, a source, (replay) a sink, or all."""
     _add_config(parser)
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--id", type=int, action="append", dest="ids", help="a dead letter id (repeatable)")
     group.add_argument("--source", help="every dead letter of this source")
+    if by_sink:
+        group.add_argument("--sink", help="every dead letter of this sink (brevo_events, brevo_orders, brevo_contacts)")
     group.add_argument("--all", action="store_true", help=all_help)
 
 
@@ -81,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(dlq_show)
     dlq_show.add_argument("id", type=int)
     _add_selection(dlq_sub.add_parser("replay", help="re-send dead-lettered Brevo payloads"),
-                   all_help="every dead letter not yet replayed")
+                   all_help="every dead letter not yet replayed", by_sink=True)
     _add_selection(dlq_sub.add_parser("purge", help="delete dead letters"), all_help="every dead letter")
 
     sandbox = sub.add_parser("sandbox", help="run the loopback Amplitude and Brevo simulators")
@@ -489,7 +491,7 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
             configure_logging(cfg.logging.level, "json" if not sys.stderr.isatty() else "console",
                               secret_values(cfg), stream=sys.stderr)
-            result = await replay(cfg, store, ids=args.ids, source=args.source)
+            result = await replay(cfg, store, ids=args.ids, source=args.source, sink=args.sink)
             for i in result.sent:
                 print(f"{i:>6}  sent")
             for i, why in sorted(result.refused.items()):
