@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also check both API keys and that every mapped Brevo attribute exists (sends only reads)",
     )
 
-    status = sub.add_parser("status", help="checkpoints, spool depth and dead-letter counts from the state file")
+    status = sub.add_parser("status", help="checkpoints, Brevo budgets used, contacts and orders backlogs, dead letters (from the state file)")
     _add_config(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of text")
 

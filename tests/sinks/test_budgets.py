@@ -274,3 +274,27 @@ async def test_acquire_with_max_pause_refuses_a_long_wait():
     with pytest.raises(BudgetPaused) as paused:
         await budget.acquire(max_pause=5)
     assert paused.value.seconds == pytest.approx(60, abs=1)
+
+
+async def test_a_saturated_budget_still_serves_a_late_caller_in_its_turn():
+    # The contacts sink keeps the contacts budget busy (workers that take a token as soon as they have sent);
+    # an attribute read arriving meanwhile waits behind the requests already waiting, not for ever.
+    budget = Budget("brevo_contacts", Rate(20, 1.0))  # one request every 50 ms
+    stop = asyncio.Event()
+    sent: list[str] = []
+
+    async def worker() -> None:
+        while not stop.is_set():
+            await budget.acquire(stop)
+            budget.release()
+            sent.append("sink")
+
+    workers = [asyncio.create_task(worker()) for _ in range(6)]
+    await asyncio.sleep(0.2)
+    before = len(sent)
+    await asyncio.wait_for(budget.acquire(), 1.0)  # about 6 turns ahead of it: 0.3 s
+    budget.release()
+    sent.append("read")
+    stop.set()
+    await asyncio.gather(*workers, return_exceptions=True)
+    assert sent.index("read") - before <= 8, "served in its turn among the sink's waiters"
