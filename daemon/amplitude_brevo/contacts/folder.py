@@ -8,7 +8,7 @@ the contact outbox hands to the contacts sink at the contacts budget's pace. The
 settled like any sink's, so the export hour's checkpoint moves once its rows are folded: what Brevo has
 not received yet is in the state file, not in memory (memory stays flat in the export's size).
 
-The attribute model (`GET /contacts/attributes`) is read before the first batch is folded, and again
+The attribute model (`GET /contacts/attributes`) is read when the folder starts, and again
 after each reload. A `property_mapping` target missing in Brevo is reported once (`contacts.attribute_missing`)
 and left out of every contact; with `connectors.brevo.create_attributes` it is created first, its type
 inferred from the first value read for it.
@@ -89,6 +89,7 @@ class ProfileFolder:
 
     async def run(self) -> None:
         try:
+            await self._load_model()  # at start: a missing target is reported before any row is read
             while (batch := await self._next_batch()) is not None:
                 if self.model is None or self._reread:
                     self._reread = False
