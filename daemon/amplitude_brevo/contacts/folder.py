@@ -17,7 +17,6 @@ inferred from the first value read for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -26,6 +25,7 @@ import orjson
 
 from ..logs import get_logger
 from ..pipeline.items import Item
+from ..pipeline.queue import next_batch_unless
 from ..pipeline.remap import PROFILES_SINK, counts_revenue
 from ..sinks.brevo_client import Stopping
 from ..state.contacts import FoldResult, Totals
@@ -101,22 +101,7 @@ class ProfileFolder:
                  unchanged=self.totals.unchanged, revenue_counted=self.totals.revenue_counted)
 
     async def _next_batch(self) -> list[Item] | None:
-        if self._stopping.is_set():
-            return None
-        taking = asyncio.ensure_future(self.queue.next_batch())
-        stopped = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait((taking, stopped), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            taking.cancel()
-        batch = None
-        with contextlib.suppress(asyncio.CancelledError):
-            batch = await taking
-        if batch is not None and self._stopping.is_set():
-            self.acks.release(batch)
-            return None
-        return batch
+        return await next_batch_unless(self.queue, self._stopping, self.acks.release)
 
     # -- the attribute model --
     async def _load_model(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Callable, Iterable
 from itertools import islice
@@ -115,3 +116,25 @@ class BatchQueue(Generic[T]):
             batch = [self._items.popleft() for _ in range(count)]
             self._cond.notify_all()
             return batch
+
+
+async def next_batch_unless(queue: BatchQueue[T], stop: asyncio.Event,
+                            release: Callable[[list[T]], None]) -> list[T] | None:
+    """`queue.next_batch()`, or None as soon as `stop` is set (or once the queue is closed and drained). A
+    batch taken just as the stop came is handed to `release` (never worked on) and None is returned."""
+    if stop.is_set():
+        return None
+    taking = asyncio.ensure_future(queue.next_batch())
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((taking, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        taking.cancel()  # if it has not taken a batch yet
+    batch = None
+    with contextlib.suppress(asyncio.CancelledError):
+        batch = await taking
+    if batch is not None and stop.is_set():
+        release(batch)
+        return None
+    return batch

@@ -411,6 +411,21 @@ def identity_of(row: ExportRow, rules: MappingRules) -> tuple[Any, Any] | Skippe
     return ext_id, user
 
 
+def row_subject(row: ExportRow, rules: MappingRules, noun: str = "row") -> tuple[str, Any, Any, str] | Skipped | Rejected:
+    """What every keyed Brevo item needs of a row: `(dedupe key, ext_id, user properties, event time as ISO
+    UTC)`, or why the row cannot be one (skipped as anonymous, rejected for a missing key or a bad time)."""
+    key = row.insert_id or row.uuid
+    if not key:
+        return Rejected(f"{noun} has neither $insert_id nor uuid", row_summary(row))
+    person = identity_of(row, rules)
+    if type(person) is not tuple:
+        return person
+    at = iso_utc(row.event_time)
+    if at is None:
+        return Rejected(f"unparseable event_time {row.event_time!r}", row_summary(row))
+    return key, person[0], person[1], at
+
+
 def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
     """One export row → a Brevo event, a skip, or a rejection with its reason."""
     event_type = row.event_type
@@ -419,16 +434,10 @@ def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
     head = rules._heads.get(event_type)
     if head is None:
         return SKIPPED_UNMAPPED
-    key = row.insert_id or row.uuid
-    if not key:
-        return Rejected("row has neither $insert_id nor uuid", row_summary(row))
-    person = identity_of(row, rules)
-    if type(person) is not tuple:
-        return person
-    ext_id, user = person
-    event_date = iso_utc(row.event_time)
-    if event_date is None:
-        return Rejected(f"unparseable event_time {row.event_time!r}", row_summary(row))
+    subject = row_subject(row, rules)
+    if type(subject) is not tuple:
+        return subject
+    key, ext_id, user, event_date = subject
     try:
         props_json = _encoded_properties(bytes(row.event_properties), event_type, key)
     except (msgspec.DecodeError, TypeError, ValueError) as exc:
@@ -493,23 +502,12 @@ def map_row(row: ExportRow, rules: MappingRules, outputs: Sequence[SinkOutput],
     makes of it and `skipped` counting skip reasons. Returns the row's rejection, if any consumer rejects it
     (the first one's: a row is dead-lettered once, whatever the others say), else None.
 
-    This runs for every exported row; `member_mapper` calls it through `row_mapper`, bound once per chunk.
+    One row on its own (collecting consumers finish with it); the reader binds the same loop once per chunk
+    through `row_mapper`.
     """
-    rejected = None
-    for consumer, out in zip(rules._consumers, outputs, strict=True):
-        result = consumer.remap(row, rules)
-        if result is None:
-            continue
-        kind = type(result)
-        if kind is Skipped:
-            skipped[result.reason] = skipped.get(result.reason, 0) + 1
-        elif kind is Rejected:
-            if rejected is None:
-                rejected = result
-        else:
-            key = result.dedupe_key
-            out.keys.append(None if consumer.namespace is None or key is None else consumer.namespace + key)
-            out.bodies.append(result.body)
+    mapper = _fan_out(rules, dict(zip(rules.sinks, outputs, strict=True)), skipped)
+    rejected = mapper(row)
+    mapper.finish()
     return rejected
 
 

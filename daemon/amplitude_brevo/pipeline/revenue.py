@@ -32,8 +32,7 @@ from .remap import (
     Rejected,
     Skipped,
     email_id,
-    identity_of,
-    iso_utc,
+    row_subject,
     row_summary,
 )
 from .rows import ExportRow
@@ -252,15 +251,9 @@ def remap_order(row: ExportRow, rules: Any) -> Order | Skipped | Rejected | None
     revenue = revenue_of(props)
     if revenue is None:
         return None
-    key = row.insert_id or row.uuid
-    if not key:
-        return Rejected("revenue row has neither $insert_id nor uuid", row_summary(row))
-    person = identity_of(row, rules)
-    if type(person) is not tuple:
-        return person
-    ext_id, user = person
-    created = iso_utc(row.event_time)
-    if created is None:
-        return Rejected(f"unparseable event_time {row.event_time!r}", row_summary(row))
+    subject = row_subject(row, rules, "revenue row")
+    if type(subject) is not tuple:
+        return subject
+    key, ext_id, user, created = subject
     email = email_id(getattr(user, rules._email_attr))
     return Order(key, order_body(key, ext_id, email, created, revenue, row.event_type))

@@ -40,6 +40,7 @@ import orjson
 
 from ..logs import get_logger
 from ..pipeline.items import Item
+from ..pipeline.queue import next_batch_unless
 from .brevo_client import BrevoClient, BrevoResponse, BudgetPaused, Outcome, Stopping, validate_response
 
 log = get_logger("brevo_sink")
@@ -220,22 +221,7 @@ class BrevoSink:
 
     async def _next_batch(self) -> list[Item] | None:
         """The next batch, or None once the queue is closed and drained or the sink stops."""
-        if self._stopping.is_set():
-            return None
-        taking = asyncio.ensure_future(self.queue.next_batch())
-        stopped = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait((taking, stopped), return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopped.cancel()
-            taking.cancel()  # if it has not taken a batch yet
-        batch = None
-        with contextlib.suppress(asyncio.CancelledError):
-            batch = await taking
-        if batch is not None and self._stopping.is_set():
-            self._release(batch)  # taken as the stop came: never sent
-            return None
-        return batch
+        return await next_batch_unless(self.queue, self._stopping, self._release)
 
     # -- one batch --
     async def deliver(self, items: list[Item]) -> None:
