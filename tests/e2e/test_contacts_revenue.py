@@ -88,9 +88,13 @@ async def brevo_attributes(sandbox) -> dict[str, Any]:
     import aiohttp
 
     headers = {"api-key": SANDBOX_ENV["BREVO_API_KEY"]}
-    async with aiohttp.ClientSession() as s, s.get(sandbox.brevo_url + "/contacts/attributes", headers=headers) as r:
-        assert r.status == 200
-        return await r.json()
+    async with aiohttp.ClientSession() as s, asyncio.timeout(10):
+        while True:  # the contacts bucket may be spent by the daemon's last writes: wait for its window
+            async with s.get(sandbox.brevo_url + "/contacts/attributes", headers=headers) as r:
+                if r.status != 429:
+                    assert r.status == 200, await r.text()
+                    return await r.json()
+                await asyncio.sleep(float(r.headers.get("x-sib-ratelimit-reset", "1")))
 
 
 def _brevo_takes(email: str) -> bool:
