@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import sys
 import tempfile
 import time
@@ -82,7 +83,10 @@ from amplitude_brevo.sandbox.server import (  # noqa: E402
 )
 from amplitude_brevo.state import StateStore  # noqa: E402
 
-START = "2026-11-01T00"
+# Three hours before midnight and three after: the second backfill's rows are a day later, so every returning
+# user's LAST_ACTIVE (a date attribute) changes, and the known contacts are updated through /contacts/batch
+# (within one day most returning users' converted attributes would be unchanged: no write, by design).
+START = "2026-11-01T21"
 
 # SPEC Appendix A.
 PROPERTY_MAPPING = {
@@ -114,30 +118,43 @@ class Survey:
     revenue_events: int = 0
     property_changes: int = 0
     mapped_events: int = 0  # rows of identified users whose event_type is in EVENT_MAPPING
+    users: set[str] = field(default_factory=set)  # while counting
 
 
-def survey(spec: DatasetSpec) -> Survey:
-    """Count in the generated rows what the daemon will be given: users, revenue events, property changes."""
+def survey(spec: DatasetSpec, phases: list[tuple[str, Any, Any]] | None = None) -> tuple[Survey, dict[str, Survey]]:
+    """Count in the generated rows what the daemon will be given: users, revenue events, property changes;
+    for all the hours, and for each phase's hours (a user's first row in a phase is a change only if it
+    differs from that user's last row before it)."""
     out = Survey()
+    by_phase = {label: Survey() for label, _, _ in phases or []}
     last: dict[str, int] = {}
     keys = tuple(PROPERTY_MAPPING)
     for hour in hours(spec):
+        parts = [out, *(by_phase[label] for label, first, end in phases or [] if first <= hour <= end)]
+        seen: list[set[str]] = [set() for _ in parts]
         for row in rows_for_hour(spec, hour):
-            out.rows += 1
+            for part in parts:
+                part.rows += 1
             user = row.get("user_id")
             if user is None:  # anonymous: no identity Brevo could take (neither ext_id nor email)
                 continue
-            if row["event_type"] in EVENT_MAPPING:
-                out.mapped_events += 1
-            if row["event_type"] in REVENUE_EVENT_TYPES:
-                out.revenue_events += 1
+            mapped_event = row["event_type"] in EVENT_MAPPING
+            revenue = row["event_type"] in REVENUE_EVENT_TYPES
             props = row.get("user_properties") or {}
             mapped = hash(tuple(props[k] if k in props else _hashable(row.get(k)) for k in keys))
-            if last.get(user) != mapped:
-                out.property_changes += 1
-                last[user] = mapped
-    out.identified_users = len(last)
-    return out
+            changed = last.get(user) != mapped
+            last[user] = mapped
+            for part, users in zip(parts, seen, strict=True):
+                part.mapped_events += mapped_event
+                part.revenue_events += revenue
+                part.property_changes += changed
+                users.add(user)
+        for part, users in zip(parts, seen, strict=True):
+            part.users.update(users)
+    for part in (out, *by_phase.values()):
+        part.identified_users = len(part.users)
+        part.users = set()
+    return out, by_phase
 
 
 def _hashable(value: Any) -> Any:
@@ -181,25 +198,25 @@ def contacts_written(method: str, path: str, body: bytes) -> int:
     return 0
 
 
+_ID_TAIL = re.compile(r"/[^/]*\d[^/]*$")  # /processes/12, /contacts/user-00042: one path
+
+
 @dataclass
 class Recorder:
     """Every /v3 request the simulator answered: (monotonic time, budget, status, contacts written)."""
 
     requests: list[tuple[float, str, int, int]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # "METHOD /path" of each, ids folded to N
 
-    def middleware(self) -> Any:
-        @web.middleware
-        async def record(request: web.Request, handler: Any) -> web.StreamResponse:
-            if not request.path.startswith("/v3/"):
-                return await handler(request)
-            body = await request.read() if request.method in ("POST", "PUT") else b""
-            response = await handler(request)
-            written = contacts_written(request.method, request.path, body) if response.status < 300 else 0
-            self.requests.append((time.monotonic(), budget_of(request.method, request.path), response.status,
-                                  written))
-            return response
-
-        return record
+    async def handle(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if not request.path.startswith("/v3/"):
+            return await handler(request)
+        body = await request.read() if request.method in ("POST", "PUT") else b""
+        response = await handler(request)
+        written = contacts_written(request.method, request.path, body) if response.status < 300 else 0
+        self.requests.append((time.monotonic(), budget_of(request.method, request.path), response.status, written))
+        self.paths.append(request.method + " " + _ID_TAIL.sub("/N", request.path))
+        return response
 
     def writes(self) -> list[tuple[float, int]]:
         return [(t, n) for t, _, _, n in self.requests if n]
@@ -246,66 +263,96 @@ async def read_state(store: StateStore) -> tuple[int, dict[str, int], float | No
 
 
 class Failed(Exception):
-    pass
+    def __init__(self, message: str, log: Path | None = None) -> None:
+        super().__init__(message)
+        self.log = log
 
 
-async def drive(spec: DatasetSpec, *, smoke: bool, events: bool, timeout: float, first_write_timeout: float,
-                tmp: Path) -> dict[str, Any]:
-    recorder = Recorder()
+async def drive(spec: DatasetSpec, phases: list[tuple[str, Any, Any]], *, smoke: bool, events: bool, timeout: float,
+                first_write_timeout: float, tmp: Path) -> list[dict[str, Any]]:
+    """One `backfill` per phase (label, first hour, last hour), one after the other, against one sandbox and
+    one state file: what a first backfill created, the next one finds (in Brevo and in the state file)."""
+    recorders: list[Recorder] = []
+
+    @web.middleware
+    async def record(request: web.Request, handler: Any) -> web.StreamResponse:
+        return await recorders[-1].handle(request, handler)
+
     options = SandboxOptions(spec=spec, brevo_limits={"events_batch": BucketLimit(100, 3600.0)})
     sandbox = Sandbox(options)
-    sandbox.brevo_app.middlewares.insert(0, recorder.middleware())
-    samples: list[Sample] = []
-    log_path = tmp / "daemon.log"
+    sandbox.brevo_app.middlewares.insert(0, record)
+    results = []
+    usage_before: dict[str, int] = {}
+    sim_before: dict[str, int] = {}
     async with sandbox:
         config = daemon_config(tmp, sandbox, smoke=smoke, events=events)
-        last_hour = hours(spec)[-1]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "daemon"), os.environ.get("PYTHONPATH", "")])}
-        with open(log_path, "wb") as log:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "amplitude_brevo", "backfill", "-c", str(config),
-                "--start", hour_key(spec.start), "--end", hour_key(last_hour),
-                stdout=log, stderr=asyncio.subprocess.STDOUT, env=env,
-            )
-            started = time.monotonic()
-            store: StateStore | None = None
-            try:
-                while True:
-                    try:
-                        await asyncio.wait_for(proc.wait(), 1.0)
-                        break
-                    except TimeoutError:
-                        pass
-                    now = time.monotonic()
-                    if store is None and b'"daemon.started"' in log_path.read_bytes():
-                        store = await StateStore.open(tmp / "state.db", lock=False)
-                    if store is not None:
-                        pending, queues, at = await read_state(store)
-                        samples.append(Sample(now, pending, queues, at))
-                    if not smoke and not recorder.writes() and now - started > first_write_timeout:
-                        raise Failed(f"no contact write reached the sandbox within {first_write_timeout:.0f} s of "
-                                     f"the daemon's start")
-                    if now - started > timeout:
-                        raise Failed(f"the run did not finish within --timeout {timeout:.0f} s")
-            except BaseException:
-                if proc.returncode is None:
-                    proc.kill()
-                    await proc.wait()
-                raise
-            finally:
+        for label, first_hour, last_hour in phases:
+            recorder = Recorder()
+            recorders.append(recorder)
+            print(f"{label}: backfill {hour_key(first_hour)} .. {hour_key(last_hour)} ...", flush=True)
+            result = await _backfill(config, first_hour, last_hour, recorder, smoke=smoke, timeout=timeout,
+                                     first_write_timeout=first_write_timeout, tmp=tmp, label=label)
+            sim = sandbox.brevo_app[BREVO_STATE].counts()
+            async with await StateStore.open(tmp / "state.db", lock=False) as store:
+                usage = await store.usage_since(0)
+            total = {b: sum(n for _, n in rows) for b, rows in usage.items()}
+            result["daemon_usage"] = {b: n - usage_before.get(b, 0) for b, n in total.items()
+                                      if n - usage_before.get(b, 0)}
+            usage_before = total
+            result["sim"] = {**sim, "requests": {k: v - sim_before.get(k, 0) for k, v in sim["requests"].items()}}
+            sim_before = dict(sim["requests"])
+            result["label"] = label
+            results.append(result)
+    return results
+
+
+async def _backfill(config: Path, first_hour: Any, last_hour: Any, recorder: Recorder, *, smoke: bool,
+                    timeout: float, first_write_timeout: float, tmp: Path, label: str) -> dict[str, Any]:
+    samples: list[Sample] = []
+    log_path = tmp / f"daemon-{label}.log"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "daemon"), os.environ.get("PYTHONPATH", "")])}
+    with open(log_path, "wb") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "amplitude_brevo", "backfill", "-c", str(config),
+            "--start", hour_key(first_hour), "--end", hour_key(last_hour),
+            stdout=log, stderr=asyncio.subprocess.STDOUT, env=env,
+        )
+        started = time.monotonic()
+        store: StateStore | None = None
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(proc.wait(), 1.0)
+                    break
+                except TimeoutError:
+                    pass
+                now = time.monotonic()
+                if store is None and b'"daemon.started"' in log_path.read_bytes():
+                    store = await StateStore.open(tmp / "state.db", lock=False)
                 if store is not None:
-                    await store.close()
-        ended = time.monotonic()
-        lines = [orjson.loads(line) for line in log_path.read_bytes().splitlines() if line.startswith(b"{")]
-        if proc.returncode != 0:
-            raise Failed(f"the daemon exited with {proc.returncode}")
-        if not smoke and not recorder.writes():
-            raise Failed("the daemon finished without writing a contact")
-        sim = sandbox.brevo_app[BREVO_STATE].counts()
-    async with await StateStore.open(tmp / "state.db", lock=False) as store:
-        usage = await store.usage_since(0)
+                    pending, queues, at = await read_state(store)
+                    samples.append(Sample(now, pending, queues, at))
+                if not smoke and not recorder.writes() and now - started > first_write_timeout:
+                    raise Failed(f"{label}: no contact write reached the sandbox within {first_write_timeout:.0f} s "
+                                 f"of the daemon's start", log_path)
+                if now - started > timeout:
+                    raise Failed(f"{label}: the run did not finish within --timeout {timeout:.0f} s", log_path)
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        finally:
+            if store is not None:
+                await store.close()
+    ended = time.monotonic()
+    lines = [orjson.loads(line) for line in log_path.read_bytes().splitlines() if line.startswith(b"{")]
+    if proc.returncode != 0:
+        raise Failed(f"{label}: the daemon exited with {proc.returncode}", log_path)
+    if not smoke and not recorder.writes():
+        raise Failed(f"{label}: the daemon finished without writing a contact", log_path)
     return {"recorder": recorder, "samples": samples, "started": started, "ended": ended, "lines": lines,
-            "sim": sim, "daemon_usage": {b: sum(n for _, n in rows) for b, rows in usage.items()}}
+            "log": log_path}
 
 
 # ---------------------------------------------------------------------------------------------- figures
@@ -368,10 +415,14 @@ def figures(result: dict[str, Any], data: Survey) -> dict[str, Any]:
     }
 
 
-def report(spec: DatasetSpec, data: Survey, result: dict[str, Any], fig: dict[str, Any], *, smoke: bool) -> bool:
-    """Print the figures; True when every target is met."""
+def report(spec: DatasetSpec, data: Survey, result: dict[str, Any], fig: dict[str, Any], *, smoke: bool,
+           targeted: bool, note: str = "") -> bool:
+    """Print one backfill's figures; True when every target is met (`target`: the utilization target
+    applies to this backfill)."""
     ok = True
-    print(f"sample data        {spec.hours} h × {spec.rows_per_hour:,} rows = {data.rows:,} rows; "
+    print()
+    print(f"== {result['label']}{note}")
+    print(f"sample data        {data.rows:,} rows; "
           f"{data.identified_users:,} identified users, {data.property_changes:,} property changes, "
           f"{data.revenue_events:,} revenue events, {data.mapped_events:,} mapped events")
     print(f"daemon             backfill in {fig['seconds']:.1f} s")
@@ -393,19 +444,24 @@ def report(spec: DatasetSpec, data: Survey, result: dict[str, Any], fig: dict[st
         else:
             figure = (f"{b['per_second']:.2f} / {allowance:g} per s over {b['backlog_seconds']:.0f} s = "
                       f"{b['utilization']:.1%}")
-        target = ""
+        shown = ""
         if name == "brevo_contacts" and not smoke:
             met = b["utilization"] is not None and b["utilization"] >= UTILIZATION_TARGET
-            ok &= met
-            target = f"  (target ≥ {UTILIZATION_TARGET:.0%}{'' if met else ': MISSED'})"
-        print(f"  {name:<20} {figure}{target}")
+            if targeted:
+                ok &= met
+                shown = f"  (target ≥ {UTILIZATION_TARGET:.0%}{'' if met else ': MISSED'})"
+            else:
+                shown = "  (not a target here: new contacts go in a few big /contacts/import requests)"
+        print(f"  {name:<20} {figure}{shown}")
     steady = sum(b["rate_limited_steady"] for b in fig["budgets"].values())
     total = sum(b["rate_limited"] for b in fig["budgets"].values())
     ok &= steady == 0
     print(f"429s               {total} in all, {steady} in steady state (target 0{'' if steady == 0 else ': MISSED'})")
     sim = result["sim"]
-    print(f"simulated Brevo    {sim['contacts']:,} contacts, {sim['orders']:,} orders, {sim['events']:,} events; "
-          f"requests {sim['requests']}")
+    print(f"simulated Brevo    {sim['contacts']:,} contacts, {sim['orders']:,} orders, {sim['events']:,} events "
+          f"(in all, so far); requests in this backfill {sim['requests']}")
+    paths = Counter(path for path in result["recorder"].paths)
+    print(f"requests by path   {dict(paths.most_common())}")
     own = result["daemon_usage"]
     mine = Counter(b for _, b, _, _ in result["recorder"].requests)
     if own:
@@ -445,28 +501,52 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", action="store_true",
                         help="also forward the rows as Brevo events (off by default: at 100 /events/batch an hour "
                              "they would outlast the contacts)")
+    parser.add_argument("--split", type=int, default=None,
+                        help="hours in the first backfill (default: half); the second backfills the rest")
+    parser.add_argument("--single", action="store_true", help="one backfill over every hour (creates only)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
     configure_logging(level="warning")
     size = SMOKE if args.smoke else FULL
     spec = DatasetSpec(start=parse_hour(START), users=args.users or size["users"], hours=args.hours or size["hours"],
                        rows_per_hour=args.rows_per_hour or size["rows_per_hour"], event_types=BENCH_EVENT_TYPES)
+    all_hours = hours(spec)
+    split = args.split if args.split is not None else len(all_hours) // 2
+    if args.smoke or args.single or not 0 < split < len(all_hours):
+        phases = [("backfill", all_hours[0], all_hours[-1])]
+    else:
+        phases = [("first backfill (creates)", all_hours[0], all_hours[split - 1]),
+                  ("second backfill (updates)", all_hours[split], all_hours[-1])]
     print(f"surveying the sample data ({spec.hours * spec.rows_per_hour:,} rows) ...", flush=True)
-    data = survey(spec)
+    data, by_phase = survey(spec, phases)
+    print(f"sample data        {spec.hours} h × {spec.rows_per_hour:,} rows = {data.rows:,} rows; "
+          f"{data.identified_users:,} identified users, {data.property_changes:,} property changes, "
+          f"{data.revenue_events:,} revenue events, {data.mapped_events:,} mapped events", flush=True)
+    started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-brevo-budget-") as tmp:
         try:
-            result = asyncio.run(drive(spec, smoke=args.smoke, events=args.events, timeout=args.timeout,
-                                       first_write_timeout=args.first_write_timeout, tmp=Path(tmp)))
+            results = asyncio.run(drive(spec, phases, smoke=args.smoke, events=args.events, timeout=args.timeout,
+                                        first_write_timeout=args.first_write_timeout, tmp=Path(tmp)))
         except Failed as exc:
             print(f"bench failed: {exc}", file=sys.stderr)
-            log = Path(tmp) / "daemon.log"
-            tail = log.read_text(errors="replace").splitlines() if log.exists() else []
+            log = exc.log
+            tail = log.read_text(errors="replace").splitlines() if log is not None and log.exists() else []
             notes = [line for line in tail if "config.not_built" in line or '"error"' in line]
             for line in (notes or tail)[-12:]:
                 print(f"  daemon: {line}", file=sys.stderr)
             return 2
-        fig = figures(result, data)
-        met = report(spec, data, result, fig, smoke=args.smoke)
+        met = True
+        for n, result in enumerate(results):
+            fig = figures(result, by_phase[result["label"]])
+            last = n == len(results) - 1
+            # The utilization target is the update backlog's (the last backfill); a single backfill's own.
+            note = "" if len(results) == 1 else (
+                ": new users, written through /contacts/import" if n == 0 else
+                ": the same users' later hours, changed properties, written through /contacts/batch")
+            met &= report(spec, by_phase[result["label"]], result, fig, smoke=args.smoke, targeted=last, note=note)
+    print()
+    print(f"bench              {time.monotonic() - started:.0f} s in all; "
+          f"{'all targets met' if met else 'a target was missed'}")
     return 1 if args.check and not met else 0
 
 

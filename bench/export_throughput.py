@@ -178,19 +178,23 @@ def phase_baseline(args: argparse.Namespace) -> None:
 
 def phase_stages(args: argparse.Namespace) -> None:
     from amplitude_brevo.config import parse_config
-    from amplitude_brevo.pipeline.remap import MappingRules, remap_event
+    from amplitude_brevo.pipeline.remap import MappingRules, SinkOutput, remap_event, row_mapper
     from amplitude_brevo.pipeline.rows import row_decoder
     from amplitude_brevo.sources.export_files import iter_lines, list_members, open_export
 
     cfg = parse_config(bench_config("http://127.0.0.1:9", "/nonexistent", 50_000), env=bench_env())
     rules = MappingRules.from_config(cfg)
+    fan_cfg = parse_config(bench_config("http://127.0.0.1:9", "/nonexistent", 50_000, contacts=True), env=bench_env())
+    fan_rules = MappingRules.from_config(fan_cfg)
     decode = row_decoder.decode
     out: dict[str, Any] = {}
-    for stage in ("lines", "decode", "remap"):
+    stages = ("lines", "decode", "remap") if args.events_only else ("lines", "decode", "remap", "fanout")
+    for stage in stages:
         rows = 0
         started = time.perf_counter()
         with open_export(args.zip) as archive:
             for member in list_members(archive):
+                mapper, size = None, 0
                 for line in iter_lines(archive, member):
                     rows += 1
                     if stage == "lines":
@@ -198,6 +202,18 @@ def phase_stages(args: argparse.Namespace) -> None:
                     row = decode(line)
                     if stage == "remap":
                         remap_event(row, rules)
+                    elif stage == "fanout":
+                        # Every consumer (events, orders, profile collector), finished per ~1 MiB of lines
+                        # as the reader finishes each decompressed step.
+                        if mapper is None:
+                            mapper = row_mapper(fan_rules, {n: SinkOutput() for n in fan_rules.sinks}, {})
+                        mapper(row)
+                        size += len(line)
+                        if size >= MIB:
+                            mapper.finish()
+                            mapper, size = None, 0
+                if mapper is not None:
+                    mapper.finish()
         seconds = time.perf_counter() - started
         out[stage] = {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
     emit(out)
@@ -212,9 +228,13 @@ def bench_env() -> dict[str, str]:
 
 
 def bench_config(url: str, state_dir: str, queue_capacity: int, max_wait: float = 2.0,
-                 readers: int | None = None) -> dict[str, Any]:
-    """The demo's mapping (demo.py) against the benchmark's server; batching as the defaults but `max_wait`;
-    `export.readers` as the default unless given."""
+                 readers: int | None = None, contacts: bool = False) -> dict[str, Any]:
+    """The demo's event mapping (demo.py) against the benchmark's server; batching as the defaults but
+    `max_wait`; `export.readers` as the default unless given.
+
+    `contacts`: contacts and orders switched on as well (`sync: {events, user_properties, revenue}`), with the
+    seed's `property_mapping` (SPEC Appendix A) and revenue totals written to AMP_LTV / AMP_ORDERS: every row
+    also feeds the profile collector, revenue rows the orders consumer."""
     from amplitude_brevo.demo import DEMO_MAPPING
 
     cfg: dict[str, Any] = {
@@ -231,16 +251,22 @@ def bench_config(url: str, state_dir: str, queue_capacity: int, max_wait: float 
         "batching": {"queue_capacity": queue_capacity, "max_wait": max_wait},
         "logging": {"level": "warning", "format": "json"},
     }
+    cfg["sync"] = {"events": True, "user_properties": False, "revenue": False}  # events only
+    if contacts:
+        cfg["sync"] = {"events": True, "user_properties": True, "revenue": True}
+        cfg["property_mapping"] = dict(APPENDIX_A_MAPPING)
+        cfg["revenue"] = {"orders": True, "ltv_attribute": "AMP_LTV", "count_attribute": "AMP_ORDERS"}
     if readers is not None:
         cfg["export"] = {"readers": readers}
     return cfg
 
 
-class _Accepted:
-    status = 202
-    headers: dict[str, str] = {}
-    body = None
-    message = "accepted"
+# SPEC Appendix A: the seed's example property_mapping.
+APPENDIX_A_MAPPING = {
+    "email": "email", "first_name": "FIRSTNAME", "last_name": "LASTNAME", "phone": "SMS", "plan_type": "PLAN",
+    "signup_date": "SIGNUP_DATE", "total_purchases": "ORDER_COUNT", "lifetime_revenue": "LTV",
+    "last_active": "LAST_ACTIVE", "device_type": "DEVICE",
+}
 
 
 class _Unlimited:
@@ -251,20 +277,81 @@ class _Unlimited:
         return True
 
 
+class _Budgets(dict):  # type: ignore[type-arg]
+    """Every budget name answers an unlimited budget."""
+
+    def __missing__(self, name: str) -> _Unlimited:
+        self[name] = budget = _Unlimited()
+        return budget
+
+
 class DiscardingBrevo:
-    """Stands in for BrevoClient: every request is accepted at once and its payload dropped."""
+    """Stands in for BrevoClient: every request is answered at once and its payload dropped.
+
+    The answers are what each sink needs to count its items delivered: `/events/batch` 202; `/orders/status/batch`
+    202 {count: the orders sent}; `/contacts/batch` 204; `/contacts/import` 202 {processId} and `/processes/N`
+    completed; `POST /contacts` 201 {id}; `/contacts/lists` one list named as the import list; and
+    `GET /contacts/attributes` the sandbox's attributes (sandbox/brevo_sim.py) plus the revenue totals'."""
 
     def __init__(self) -> None:
-        self.budgets = {"brevo_events_batch": _Unlimited(), "brevo_events": _Unlimited()}
+        from amplitude_brevo.sandbox.brevo_sim import DEFAULT_ATTRIBUTES
+        from amplitude_brevo.sinks.brevo_client import BrevoResponse
+        from amplitude_brevo.sinks.brevo_contacts import IMPORT_LIST_NAME
+
+        self._response = BrevoResponse
+        self.budgets = _Budgets()
         self.stop = None
+        self.session = None
+        self.health = None
         self.requests = 0
+        self.by_path: dict[str, int] = {}
+        self._ids = itertools.count(1)
+        attributes = [*DEFAULT_ATTRIBUTES, {"name": "AMP_LTV", "category": "normal", "type": "float"},
+                      {"name": "AMP_ORDERS", "category": "normal", "type": "float"}]
+        self._attributes = {"attributes": attributes}
+        self._lists = {"lists": [{"id": 77, "name": IMPORT_LIST_NAME}], "count": 1}
 
     def reconfigure(self, **_: Any) -> None:
         pass
 
-    async def call(self, method: str, path: str, payload: Any = None, **_: Any) -> _Accepted:
-        self.requests += 1
-        return _Accepted()
+    def share(self) -> DiscardingBrevo:
+        """One more client on the same counters and budgets (each sink has a client of its own: `stop`)."""
+        other = object.__new__(DiscardingBrevo)
+        other.__dict__.update(self.__dict__)
+        other.stop = None
+        other._parent = self  # type: ignore[attr-defined]
+        return other
+
+    def _count(self, path: str) -> None:
+        root = getattr(self, "_parent", self)
+        root.requests += 1
+        template = path.split("?")[0]
+        template = "/processes/N" if template.startswith("/processes/") else template
+        root.by_path[template] = root.by_path.get(template, 0) + 1
+
+    async def call(self, method: str, path: str, payload: Any = None, **_: Any) -> Any:
+        self._count(path)
+        answer = self._response
+        if path == "/orders/status/batch":
+            count = bytes(payload).count(b'{"id":') if isinstance(payload, (bytes, bytearray)) else len(
+                (payload or {}).get("orders") or [])
+            return answer(202, {}, {"batchId": next(self._ids), "count": count})
+        if path == "/contacts/batch":
+            return answer(204, {}, None)
+        if path == "/contacts/import":
+            return answer(202, {}, {"processId": next(self._ids)})
+        if path.startswith("/processes/"):
+            return answer(200, {}, {"id": int(path.rsplit("/", 1)[1]), "status": "completed", "info": {}})
+        if path == "/contacts" and method == "POST":
+            return answer(201, {}, {"id": next(self._ids)})
+        if path == "/contacts/attributes":
+            return answer(200, {}, self._attributes)
+        if path.startswith("/contacts/lists") and method == "GET":
+            return answer(200, {}, self._lists)
+        return answer(202 if method == "POST" else 204, {}, None)  # /events/batch, /events, PUT /contacts/...
+
+    async def send_once(self, method: str, path: str, payload: Any = None, **kwargs: Any) -> Any:
+        return await self.call(method, path, payload, **kwargs)
 
 
 class _Timed:
@@ -294,22 +381,35 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     from amplitude_brevo.pipeline.acks import Acknowledger
     from amplitude_brevo.pipeline.dedupe import DedupeRecord
     from amplitude_brevo.pipeline.queue import BatchQueue
+    from amplitude_brevo.pipeline.remap import (
+        CONTACTS_SINK,
+        EVENTS_SINK,
+        ORDERS_SINK,
+        PROFILES_SINK,
+        enabled_sinks,
+    )
     from amplitude_brevo.sinks.brevo_events import BrevoEventsSink
     from amplitude_brevo.sources.amplitude_export import ExportSource
     from amplitude_brevo.state import StateStore
 
-    configure_logging("warning", "json", stream=sys.stderr)
+    contacts_on = not args.events_only
+    # With contacts, the sample data's bad values (SMS without a country code, unparseable dates) are warned
+    # about by design (counted and printed below instead).
+    configure_logging("error" if contacts_on else "warning", "json", stream=sys.stderr)
     work = tempfile.mkdtemp(prefix="amplitude-brevo-bench-")
-    cfg = parse_config(bench_config(args.url, work, args.queue_capacity, args.max_wait, args.readers),
-                       env=bench_env())
+    cfg = parse_config(bench_config(args.url, work, args.queue_capacity, args.max_wait, args.readers,
+                                    contacts=contacts_on), env=bench_env())
     amp, b = cfg.connectors.amplitude, cfg.batching
     state = await StateStore.open(cfg.state.path)
     session = make_session()
     metrics = Metrics()
     client = AmplitudeClient(session, api_url=amp.api_url, api_key=amp.api_key, secret_key=amp.secret_key,
                              metrics=metrics, temp_dir=work)
-    queue: BatchQueue[Any] = BatchQueue("brevo_events", max_items=b.max_items, max_wait=b.max_wait,
-                                        capacity=b.queue_capacity)
+    queues: dict[str, BatchQueue[Any]] = {
+        name: BatchQueue(name, max_items=b.max_items, max_wait=b.max_wait, capacity=b.queue_capacity)
+        for name in (*enabled_sinks(cfg), *((CONTACTS_SINK,) if contacts_on else ()))
+    }
+    queue = queues[EVENTS_SINK]
     start = START
     end = START + timedelta(hours=args.hours - 1)
     far_future = datetime(2100, 1, 1, tzinfo=UTC)
@@ -320,12 +420,63 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
             self.settle_dry(sink, items)  # a discarding sink: acknowledge in memory, record nothing
 
     acks = (Acknowledger if args.record else DiscardingAcks)(state, dedupe, metrics=metrics)
-    source = ExportSource(cfg=cfg, client=client, queues={"brevo_events": queue}, dedupe=dedupe, acks=acks,
-                          checkpoint_name="bench", start=start, end=end, metrics=metrics,
+    source = ExportSource(cfg=cfg, client=client, queues={name: queues[name] for name in enabled_sinks(cfg)},
+                          dedupe=dedupe, acks=acks, checkpoint_name="bench", start=start, end=end, metrics=metrics,
                           now=lambda: far_future)
+    if args.diag_pause_without_profiles:
+        # Diagnosis: the reader pool's pause policy (ReaderPool.in_process) looks at the fullest queue the
+        # export feeds; here the profiles queue is left out of it.
+        others = [q for name, q in source.queues.items() if name != PROFILES_SINK]
+        source.reader.backlog = lambda: max(((len(q), q.capacity) for q in others),
+                                            key=lambda lc: lc[0] / max(1, lc[1]), default=(0, 1))
+    in_process = {"yes": 0, "asked": 0}
+    asked = source.reader.in_process
+
+    def counted_in_process() -> bool:
+        answer = asked()
+        in_process["asked"] += 1
+        in_process["yes"] += answer
+        return answer
+
+    source.reader.in_process = counted_in_process  # type: ignore[method-assign]
     brevo = DiscardingBrevo()
     sink = BrevoEventsSink(queue=queue, client=brevo, acks=acks,  # type: ignore[arg-type]
                            batch_size=cfg.connectors.brevo.events_batch_size, metrics=metrics)
+    consumers: list[Any] = [sink]
+    producers: list[Any] = []  # besides the export: the contact outbox
+    orders = folder = contacts = outbox = None
+    if contacts_on:
+        # What components.sink_components runs for this config (a backfill's: historical orders, the outbox
+        # finishing once the export has folded its last hour), each sink on a discarding client of its own.
+        from amplitude_brevo.contacts.folder import ProfileFolder
+        from amplitude_brevo.contacts.outbox import ContactOutbox
+        from amplitude_brevo.sinks.brevo_contacts import BrevoContactsSink
+        from amplitude_brevo.sinks.brevo_orders import BrevoOrdersSink
+
+        brevo_cfg = cfg.connectors.brevo
+        orders = BrevoOrdersSink(queue=queues[ORDERS_SINK], client=brevo.share(), acks=acks, historical=True,
+                                 batch_size=1000, metrics=metrics)
+        outbox = ContactOutbox(queue=queues[CONTACTS_SINK], state=state, acks=acks, upstream=source.finished)
+        folder = ProfileFolder(cfg=cfg, queue=queues[PROFILES_SINK], state=state, acks=acks, client=brevo.share(),
+                               metrics=metrics, on_pending=outbox.wake)
+        contacts = BrevoContactsSink(queue=queues[CONTACTS_SINK], client=brevo.share(), acks=acks,
+                                     identified=state.contacts_identified, batch_size=brevo_cfg.contacts_batch_size,
+                                     import_min=brevo_cfg.contacts_import_min,
+                                     import_list_id=brevo_cfg.import_list_id, metrics=metrics)
+        contacts.poll_first = 0.0  # the discarding client's imports complete at once: no poll delay to wait out
+        await outbox.start()
+        consumers += [orders, folder, contacts]
+        producers.append(outbox)
+    fold = _Timed(state, "fold_contacts") if contacts_on else None
+    profile_items = {"n": 0}
+    if folder is not None:
+        fold_batch = folder._fold
+
+        async def counted_fold(batch: list[Any]) -> None:
+            profile_items["n"] += len(batch)
+            await fold_batch(batch)
+
+        folder._fold = counted_fold  # type: ignore[method-assign]
     download = _Timed(client, "download_export")
     reading = _Timed(source, "_read_window")
     unseen = _Timed(state, "unseen")
@@ -404,16 +555,24 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     sampler = asyncio.create_task(sample())
     cpu_self, cpu_children = _cpu_seconds(resource.RUSAGE_SELF), _cpu_seconds(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    sink_task = asyncio.create_task(sink.run())
+    consumer_tasks = [asyncio.create_task(c.run()) for c in consumers]
     source_task = asyncio.create_task(source.run())
-    await asyncio.wait([source_task, sink_task], return_when=asyncio.FIRST_COMPLETED)
-    if not source_task.done():
-        source_task.cancel()
-        sink_task.result()  # raises the sink's error
-        raise RuntimeError("the sink stopped before the source finished")
-    source_task.result()
-    await queue.close()
-    await sink_task
+    producer_tasks = [asyncio.create_task(p.run()) for p in producers]
+    # The source ends once every hour is acknowledged by every sink fed by the export (events, orders, profiles
+    # folded); the outbox once, after that, every pending contact write is answered. Then the queues close.
+    for task in (source_task, *producer_tasks):
+        await asyncio.wait([task, *consumer_tasks], return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            for crashed in consumer_tasks:
+                if crashed.done():
+                    crashed.result()  # raises the consumer's error
+            raise RuntimeError("a consumer stopped before the source finished")
+        task.result()
+    for q in queues.values():
+        await q.close()
+    for task in consumer_tasks:
+        await task
     seconds = time.perf_counter() - started
     cpu_self = _cpu_seconds(resource.RUSAGE_SELF) - cpu_self
     sampler.cancel()
@@ -441,6 +600,24 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "together_readers_mib": samples["together_readers"], "queue_at_together_max": samples["queue_at_together_max"],
         "hwm_resets": resets["ok"],
         "cpu_daemon_s": cpu_self, "cpu_readers_s": cpu_children,
+        "in_process": in_process,
+        "contacts": contacts_on, "brevo_by_path": brevo.by_path, "profile_items": profile_items["n"],
+        **(_contact_figures(orders, folder, contacts, outbox, fold, queues) if contacts_on else {}),
+    }
+
+
+def _contact_figures(orders: Any, folder: Any, contacts: Any, outbox: Any, fold: Any,
+                     queues: dict[str, Any]) -> dict[str, Any]:
+    t = folder.totals
+    c = contacts.stats
+    return {
+        "orders_delivered": orders.stats.delivered, "orders_dead_lettered": orders.stats.dead_lettered,
+        "folded_new": t.new, "folded_changed": t.changed, "folded_unchanged": t.unchanged,
+        "revenue_counted": t.revenue_counted, "revenue_repeated": t.revenue_repeated,
+        "dropped": dict(folder.dropped_total),
+        "contacts_queued": outbox.queued, "contacts_delivered": c.delivered, "contacts_imported": c.imported,
+        "contacts_created": c.created, "contacts_updated": c.updated, "contacts_dead_lettered": c.dead_lettered,
+        "fold_seconds": fold.seconds, "fold_calls": fold.calls,
     }
 
 
@@ -537,31 +714,109 @@ async def orchestrate(args: argparse.Namespace) -> int:
         pipe_args += ["--hold"] if args.hold else []
         pipe_args += ["--profile"] if args.profile else []
         pipe_args += ["--no-tune"] if args.no_tune else []
+        pipe_args += ["--diag-pause-without-profiles"] if args.diag_pause_without_profiles else []
         pipe_args += ["--readers", str(args.readers)] if args.readers is not None else []
-        gz_runs, isal_runs, pipe_runs = [], [], []
+        events_args = [*pipe_args, "--events-only"]
+        gz_runs, isal_runs, events_runs, contacts_runs = [], [], [], []
+        flavours = "pipeline (events only)" + ("" if args.events_only else ", pipeline (contacts and orders on)")
         for i in range(args.repeat):
-            print(f"run {i + 1}/{args.repeat}: baselines (stdlib gzip, ISA-L), pipeline ...", flush=True)
+            print(f"run {i + 1}/{args.repeat}: baselines (stdlib gzip, ISA-L), {flavours} ...", flush=True)
             gz_runs.append(await child("baseline", *common, "--codec", "gzip"))
             isal_runs.append(await child("baseline", *common, "--codec", "isal"))
-            pipe_runs.append(await child("pipeline", *pipe_args))
-        stages = None if args.no_stages else await child("stages", *common)
-        recorded = None if args.no_record else await child("pipeline", *pipe_args, "--record")
+            events_runs.append(await child("pipeline", *events_args))
+            if not args.events_only:
+                contacts_runs.append(await child("pipeline", *pipe_args))
+        stages = None if args.no_stages else await child(
+            "stages", *common, *(["--events-only"] if args.events_only else []))
+        recorded = None if args.no_record else await child(
+            "pipeline", *(events_args if args.events_only else pipe_args), "--record")
     finally:
         await runner.cleanup()
-    return report(args, zip_path, meta, gz_runs, isal_runs, stages, pipe_runs, recorded)
+    return report(args, zip_path, meta, gz_runs, isal_runs, stages, events_runs, contacts_runs, recorded)
+
+
+def _ratios(runs: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> list[float]:
+    """Each pipeline run over the baseline run just before it."""
+    return [p["rows_per_s"] / base["rows_per_s"] for base, p in zip(baselines, runs, strict=True)]
+
+
+def _median_index(values: list[float]) -> int:
+    """The index of the median value (the upper one for an even count)."""
+    return sorted(range(len(values)), key=values.__getitem__)[len(values) // 2]
+
+
+def _print_pipeline(title: str, runs: list[dict[str, Any]], isal_runs: list[dict[str, Any]],
+                    gz_runs: list[dict[str, Any]], mb: Any) -> tuple[float, float, dict[str, Any]]:
+    """One flavour's figures; (ratio against ISA-L, against stdlib gzip, the run shown in detail)."""
+    ratios, gz_ratios = _ratios(runs, isal_runs), _ratios(runs, gz_runs)
+    ratio, gz_ratio = statistics.median(ratios), statistics.median(gz_ratios)
+    pipe = runs[_median_index(ratios)]
+    print(f"{title}")
+    print(f"pipeline        download + ExportSource + BatchQueue + discarding sink"
+          f"{'s' if pipe['contacts'] else ''}: {pipe['rows_per_s']:,.0f} rows/s  ({pipe['seconds']:.2f} s); "
+          f"runs {_runs(runs)}")
+    print(f"                download {pipe['download_seconds']:.2f} s ({mb(pipe['bytes'])}); read + queue "
+          f"{pipe['read_seconds']:.2f} s; last deliveries {pipe['seconds'] - pipe['download_seconds'] - pipe['read_seconds']:.2f} s")
+    print(f"                dedupe lookups "
+          f"{pipe['unseen_seconds']:.2f} s awaited over {pipe['unseen_calls']} calls; sink commits "
+          f"{pipe['commit_seconds']:.2f} s over {pipe['commit_calls']} calls; garbage collector "
+          f"{pipe['gc_seconds']:.2f} s (collections by generation {pipe['gc_collections']})")
+    print(f"                CPU: daemon process {pipe['cpu_daemon_s']:.2f} s, reader children {pipe['cpu_readers_s']:.2f} s"
+          f" ({(pipe['cpu_daemon_s'] + pipe['cpu_readers_s']) / pipe['seconds']:.2f} cores of {os.cpu_count()})")
+    print(f"                rows {pipe['rows']:,}  mapped {pipe['mapped']:,}  events delivered {pipe['delivered']:,}  "
+          f"deduplicated {pipe['deduplicated']:,}  skipped {pipe['skipped']}  dead-lettered {pipe['dead_lettered']}")
+    if pipe["contacts"]:
+        folded = pipe["folded_new"] + pipe["folded_changed"] + pipe["folded_unchanged"]
+        print(f"                orders delivered {pipe['orders_delivered']:,} (dead-lettered "
+              f"{pipe['orders_dead_lettered']}); revenue counted {pipe['revenue_counted']:,} (repeated "
+              f"{pipe['revenue_repeated']})")
+        print(f"                profiles folded {folded:,} in {pipe['fold_calls']} transactions "
+              f"({pipe['fold_seconds']:.2f} s awaited): new {pipe['folded_new']:,}, changed "
+              f"{pipe['folded_changed']:,}, unchanged {pipe['folded_unchanged']:,}; attribute values dropped "
+              f"{sum(pipe['dropped'].values())} {pipe['dropped'] or ''}")
+        print(f"                contact writes queued {pipe['contacts_queued']:,}, delivered "
+              f"{pipe['contacts_delivered']:,} (imported {pipe['contacts_imported']:,}, created "
+              f"{pipe['contacts_created']:,}, updated {pipe['contacts_updated']:,}; dead-lettered "
+              f"{pipe['contacts_dead_lettered']})")
+        print(f"                discarded requests {pipe['brevo_by_path']}")
+    print(f"                reader pool: {pipe['in_process']['yes']} of {pipe['in_process']['asked']} answers 'map in "
+          f"the daemon's process' (paused by a backed-up queue, READERS_PAUSE_AT)")
+    print(f"                events queue capacity {pipe['queue_capacity']:,} "
+          f"({'held full: slow sink' if pipe['hold'] else 'drained as fast as possible'}),"
+          f" max depth seen {pipe['queue_max']:,}")
+    print(f"ratio           {ratio:.2f} of ISA-L + orjson   (median of the runs' ratios: "
+          f"{', '.join(f'{r:.2f}' for r in ratios)})")
+    print(f"                {gz_ratio:.2f} of stdlib gzip + orjson   (the former baseline; runs "
+          f"{', '.join(f'{r:.2f}' for r in gz_ratios)})")
+    _print_memory(runs)
+    return ratio, gz_ratio, pipe
+
+
+def _print_memory(runs: list[dict[str, Any]]) -> None:
+    # Memory: the highest, over the pipeline runs, of the daemon's and its reader children's RSS together:
+    # every 100 ms each process's peak since the last sample (VmHWM, then reset), summed, so a peak between
+    # two samples is not missed. Each process's own peak over the run is printed beside it; those need not
+    # coincide (a backed-up queue stops the readers before it is full). (The record run is a slow sink, like
+    # --hold: its queue fills, and its memory is printed on its own line.)
+    peak = max(runs, key=lambda r: r["together_mib"])
+    print(f"peak RSS        {peak['together_mib']:.1f} MiB: daemon process and reader children together, at their"
+          f" highest (daemon {peak['together_daemon_mib']:.1f} + readers {peak['together_readers_mib']:.1f} MiB;"
+          f" events queue depth {peak['queue_at_together_max']:,})")
+    print(f"                each on its own: daemon {peak['peak_rss_mib']:.1f} MiB ({peak['rss_start_mib']:.1f} MiB before"
+          f" the run; queue depth {peak['queue_at_rss_max']:,} at its peak), {peak['readers']} reader children"
+          f" {peak['readers_hwm_mib']:.1f} MiB; summed PSS, sampled every 500 ms: peak"
+          f" {max(r['pss_max_mib'] for r in runs):.1f} MiB"
+          + ("" if all(r["hwm_resets"] for r in runs) else
+             "\n                (peak RSS could not be reset here: the sum above is each process's peak since its start)"))
 
 
 def report(args: argparse.Namespace, zip_path: Path, meta: dict[str, Any], gz_runs: list[dict[str, Any]],
-           isal_runs: list[dict[str, Any]], stages: dict[str, Any] | None, pipe_runs: list[dict[str, Any]],
-           recorded: dict[str, Any] | None) -> int:
+           isal_runs: list[dict[str, Any]], stages: dict[str, Any] | None, events_runs: list[dict[str, Any]],
+           contacts_runs: list[dict[str, Any]], recorded: dict[str, Any] | None) -> int:
     rows = meta["rows"]
-    ratios = [p["rows_per_s"] / i["rows_per_s"] for i, p in zip(isal_runs, pipe_runs, strict=True)]
-    ratio = statistics.median(ratios)  # the target figure: against the fastest full parse
-    gz_ratios = [p["rows_per_s"] / g["rows_per_s"] for g, p in zip(gz_runs, pipe_runs, strict=True)]
-    gz_ratio = statistics.median(gz_ratios)
-    # The run whose ISA-L ratio is the median (the upper one for an even count) is the one shown in detail.
-    median_run = sorted(range(len(ratios)), key=ratios.__getitem__)[len(ratios) // 2]
-    gz, isal, pipe = gz_runs[median_run], isal_runs[median_run], pipe_runs[median_run]
+    ratios = _ratios(events_runs, isal_runs)
+    shown = _median_index(ratios)
+    gz, isal = gz_runs[shown], isal_runs[shown]
     mb = lambda n: f"{n / 1e6:,.1f} MB"  # noqa: E731
     print()
     print(f"export          {zip_path}")
@@ -574,57 +829,58 @@ def report(args: argparse.Namespace, zip_path: Path, meta: dict[str, Any], gz_ru
           f"peak RSS {gz['peak_rss_mib']:.0f} MiB); runs {_runs(gz_runs)}; ISA-L is "
           f"{isal['rows_per_s'] / gz['rows_per_s']:.2f}x faster")
     if stages:
-        for name, label in (("lines", "iter_lines"), ("decode", "+ row_decoder"), ("remap", "+ remap_event")):
+        labels = [("lines", "iter_lines"), ("decode", "+ row_decoder"), ("remap", "+ remap_event")]
+        if "fanout" in stages:
+            labels.append(("fanout", "+ orders, profile collector"))
+        for name, label in labels:
             st = stages[name]
             print(f"  stage         {label:<28}{st['rows_per_s']:>10,.0f} rows/s  ({st['seconds']:.2f} s)")
-    print(f"pipeline        download + ExportSource + BatchQueue + discarding sink:"
-          f" {pipe['rows_per_s']:,.0f} rows/s  ({pipe['seconds']:.2f} s); runs {_runs(pipe_runs)}")
-    print(f"                download {pipe['download_seconds']:.2f} s ({mb(pipe['bytes'])}); read + queue "
-          f"{pipe['read_seconds']:.2f} s; last deliveries {pipe['seconds'] - pipe['download_seconds'] - pipe['read_seconds']:.2f} s")
-    print(f"                dedupe lookups "
-          f"{pipe['unseen_seconds']:.2f} s awaited over {pipe['unseen_calls']} calls; sink commits "
-          f"{pipe['commit_seconds']:.2f} s over {pipe['commit_calls']} calls; garbage collector "
-          f"{pipe['gc_seconds']:.2f} s (collections by generation {pipe['gc_collections']})")
-    print(f"                CPU: daemon process {pipe['cpu_daemon_s']:.2f} s, reader children {pipe['cpu_readers_s']:.2f} s"
-          f" ({(pipe['cpu_daemon_s'] + pipe['cpu_readers_s']) / pipe['seconds']:.2f} cores of {os.cpu_count()})")
-    print(f"                rows {pipe['rows']:,}  mapped {pipe['mapped']:,}  delivered {pipe['delivered']:,}  "
-          f"deduplicated {pipe['deduplicated']:,}  skipped {pipe['skipped']}  dead-lettered {pipe['dead_lettered']}")
-    print(f"                queue capacity {pipe['queue_capacity']:,} ({'held full: slow sink' if pipe['hold'] else 'drained as fast as possible'}),"
-          f" max depth seen {pipe['queue_max']:,}")
-    by_run = ", ".join(f"{r:.2f}" for r in ratios)
-    print(f"ratio           {ratio:.2f} of ISA-L + orjson   (target ≥ {RATIO_TARGET}; median of the runs' ratios: {by_run})")
-    print(f"                {gz_ratio:.2f} of stdlib gzip + orjson   (the former baseline; runs "
-          f"{', '.join(f'{r:.2f}' for r in gz_ratios)})")
+    print()
+    events_ratio, _, events_pipe = _print_pipeline("EVENTS ONLY (sync.events; the spine issue's figure)",
+                                                   events_runs, isal_runs, gz_runs, mb)
+    problems = []
+    figures = [("events only", events_ratio, events_runs, events_pipe)]
+    if contacts_runs:
+        print()
+        contacts_ratio, _, contacts_pipe = _print_pipeline(
+            "CONTACTS AND ORDERS ON (sync: events, user_properties, revenue; Appendix A mapping; AMP_LTV/AMP_ORDERS)",
+            contacts_runs, isal_runs, gz_runs, mb)
+        figures.append(("contacts and orders on", contacts_ratio, contacts_runs, contacts_pipe))
+        pair = _ratios(contacts_runs, events_runs)
+        print(f"against events  {statistics.median(pair):.2f} of the events-only pipeline's rows/s (runs "
+              f"{', '.join(f'{r:.2f}' for r in pair)}: each run over the events-only run just before it)")
     if recorded:
-        print(f"with record     the real sink's SQLite delivery record: {recorded['rows_per_s']:,.0f} rows/s "
+        print()
+        print(f"with record     the real sinks' SQLite delivery record"
+              f"{'' if args.events_only else ' (contacts and orders on)'}: {recorded['rows_per_s']:,.0f} rows/s "
               f"({recorded['rows_per_s'] / isal['rows_per_s']:.2f} of the ISA-L baseline above; commits "
               f"{recorded['commit_seconds']:.2f} s awaited over {recorded['commit_calls']} calls; queue up to "
               f"{recorded['queue_max']:,}, peak RSS {recorded['together_mib']:.1f} MiB)"
               f" — not a target")
-    # Memory: the highest, over the pipeline runs, of the daemon's and its reader children's RSS together:
-    # every 100 ms each process's peak since the last sample (VmHWM, then reset), summed, so a peak between
-    # two samples is not missed. Each process's own peak over the run is printed beside it; those need not
-    # coincide (a backed-up queue stops the readers before it is full). (The record run is a slow sink, like
-    # --hold: its queue fills, and its memory is printed on its own line.)
-    runs = pipe_runs
-    peak = max(runs, key=lambda r: r["together_mib"])
-    total_mib = peak["together_mib"]
-    print(f"peak RSS        {total_mib:.1f} MiB: daemon process and reader children together, at their highest"
-          f" (daemon {peak['together_daemon_mib']:.1f} + readers {peak['together_readers_mib']:.1f} MiB; queue depth"
-          f" {peak['queue_at_together_max']:,})   (target ≤ {RSS_TARGET_MB:.0f} MB)")
-    print(f"                each on its own: daemon {peak['peak_rss_mib']:.1f} MiB ({peak['rss_start_mib']:.1f} MiB before"
-          f" the run; queue depth {peak['queue_at_rss_max']:,} at its peak), {peak['readers']} reader children"
-          f" {peak['readers_hwm_mib']:.1f} MiB; summed PSS, sampled every 500 ms: peak"
-          f" {max(r['pss_max_mib'] for r in runs):.1f} MiB"
-          + ("" if all(r["hwm_resets"] for r in runs) else
-             "\n                (peak RSS could not be reset here: the sum above is each process's peak since its start)"))
-    problems = []
-    if pipe["rows"] != rows or pipe["delivered"] != pipe["mapped"] - pipe["deduplicated"]:
-        problems.append("the pipeline did not read and deliver every row")
-    if ratio < RATIO_TARGET:
-        problems.append(f"ratio {ratio:.2f} of ISA-L + orjson < {RATIO_TARGET}")
-    if total_mib * MIB / 1e6 > RSS_TARGET_MB:
-        problems.append(f"peak RSS {total_mib * MIB / 1e6:.0f} MB > {RSS_TARGET_MB:.0f} MB")
+    print()
+    print("targets")
+    for label, ratio, runs, pipe in figures:
+        peak_mib = max(r["together_mib"] for r in runs)
+        peak_mb = peak_mib * MIB / 1e6
+        if pipe["rows"] != rows or (pipe["delivered"] + pipe.get("orders_delivered", 0)
+                                   + pipe["profile_items"] != pipe["mapped"] - pipe["deduplicated"]):
+            problems.append(f"{label}: the pipeline did not read and deliver every row")
+        if pipe["contacts"]:
+            target, target_text = events_ratio, f"≥ the events-only ratio {events_ratio:.2f} of this run"
+        else:
+            target, target_text = RATIO_TARGET, f"≥ {RATIO_TARGET}"
+        ratio_met = ratio >= target
+        rss_met = peak_mb <= RSS_TARGET_MB
+        print(f"  {label:<24} ratio {ratio:.2f} of ISA-L + orjson (target {target_text}: "
+              f"{'met' if ratio_met else 'MISSED'}); {pipe['rows_per_s']:,.0f} rows/s; peak RSS {peak_mb:.0f} MB "
+              f"(target ≤ {RSS_TARGET_MB:.0f} MB: {'met' if rss_met else 'MISSED'})")
+        if not ratio_met:
+            problems.append(f"{label}: ratio {ratio:.2f} of ISA-L + orjson < {target:.2f}")
+        if not rss_met:
+            problems.append(f"{label}: peak RSS {peak_mb:.0f} MB > {RSS_TARGET_MB:.0f} MB")
+        if pipe["contacts"] and (pipe["contacts_delivered"] != pipe["contacts_queued"]
+                                 or pipe["orders_dead_lettered"] or pipe["contacts_dead_lettered"]):
+            problems.append(f"{label}: not every contact write or order was delivered")
     if args.big and gz["uncompressed_bytes"] < 1e9:
         problems.append("--big export is under 1 GB uncompressed")
     print("result          " + ("all targets met" if not problems else "; ".join(problems)))
@@ -646,6 +902,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-wait", type=float, default=0.1,
                         help="batching.max_wait in seconds (default 0.1, not the daemon's 2 s: with one window, the "
                         "last partial batch would wait that long once, which is latency, not throughput)")
+    parser.add_argument("--events-only", action="store_true",
+                        help="only the events sink (the spine issue's figure); default: that and, run for run, "
+                        "contacts and orders switched on as well")
     parser.add_argument("--hold", action="store_true", help="slow sink: keep the queue full (worst-case memory)")
     parser.add_argument("--repeat", type=int, default=3, help="baselines and pipeline runs, alternately (default 3)")
     parser.add_argument("--readers", type=int, default=None,
@@ -656,6 +915,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="run the pipeline under cProfile (slower)")
     parser.add_argument("--no-tune", action="store_true",
                         help="diagnosis: skip tuning.tune_runtime() (switch interval, gc.freeze)")
+    parser.add_argument("--diag-pause-without-profiles", action="store_true",
+                        help="diagnosis: the reader pool's pause policy ignores the profiles queue")
     parser.add_argument("--no-stages", action="store_true", help="skip the per-stage reference timings")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     # internal: one phase in a child process
