@@ -71,8 +71,20 @@ class Runtime:
         """The batching queue of one sink, created on first use with the configured batching."""
         if sink not in self.queues:
             b = self.cfg.batching
-            self.queues[sink] = BatchQueue(sink, max_items=b.max_items, max_wait=b.max_wait, capacity=b.queue_capacity)
+            self.queues[sink] = BatchQueue(sink, max_items=b.max_items, max_wait=b.max_wait,
+                                           capacity=queue_capacity(sink, b))
         return self.queues[sink]
+
+
+# The profile folder's queue is drained by local work (one SQLite transaction a batch), never by Brevo's
+# budgets: a few batches of room keep it busy, and memory is not spent on snapshots waiting for it.
+LOCAL_QUEUE_BATCHES = 5
+
+
+def queue_capacity(sink: str, batching: Any) -> int:
+    if sink == "profiles":
+        return max(batching.max_items, min(batching.queue_capacity, LOCAL_QUEUE_BATCHES * batching.max_items))
+    return batching.queue_capacity
 
 
 class Component(Protocol):
@@ -369,9 +381,9 @@ class Daemon:
             rt.budgets.reconfigure(new.rate_limits)
             rt.dedupe.window = new.state.dedupe_window
             b = new.batching
-            for queue in rt.queues.values():
+            for name, queue in rt.queues.items():
                 # Through reconfigure(): a larger capacity must wake producers waiting on a full queue.
-                await queue.reconfigure(max_items=b.max_items, max_wait=b.max_wait, capacity=b.queue_capacity)
+                await queue.reconfigure(max_items=b.max_items, max_wait=b.max_wait, capacity=queue_capacity(name, b))
             await self._reconcile(new)
         log.info("config.reloaded", path=str(self.config_path), changed=changed)
 

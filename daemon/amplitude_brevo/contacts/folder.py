@@ -33,6 +33,8 @@ from .attributes import AttributeModel, Dropped, convert, ensure_attributes, ide
 
 log = get_logger("contacts")
 
+MEMO_LIMIT = 100_000  # conversions remembered (cleared when full)
+_UNSET = object()
 DROPPED_LOGS_PER_MINUTE = 20  # per attribute: warnings naming the user; past that, counted only
 
 
@@ -76,6 +78,7 @@ class ProfileFolder:
         self._dropped_logged: dict[str, tuple[int, int]] = {}  # attribute → (minute, warnings logged in it)
         self.totals = FoldResult()  # summed over every batch (demo, tests)
         self.dropped_total: dict[str, int] = {}  # attribute → values dropped by conversion
+        self._converted: dict[tuple[str, type, Any], Any] = {}  # (attribute, type, value) → convert()'s answer
 
     def stop(self) -> None:
         self._stopping.set()
@@ -106,6 +109,7 @@ class ProfileFolder:
     # -- the attribute model --
     async def _load_model(self) -> None:
         self.model = await load_attributes(self.client)
+        self._converted = {}
         names = self.targets.names()
         self.missing = {name for name in names if self.model.get(name) is None}
         if self.missing and not self.cfg.connectors.brevo.create_attributes:
@@ -136,6 +140,7 @@ class ProfileFolder:
                 samples[target] = 0.0
         self.model, missing = await ensure_attributes(self.client, self.model, samples, create=True, log=log)
         self.missing = set(missing)
+        self._converted = {}
 
     # -- one batch --
     async def _fold(self, batch: list[Item]) -> None:
@@ -163,7 +168,7 @@ class ProfileFolder:
                       totals: Totals | None) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         """The Brevo attributes of one profile, converted to their types; and what could not be (runs on the
         state's writer thread, inside the fold's transaction: pure, no I/O)."""
-        model, missing = self.model, self.missing
+        model, missing, memo = self.model, self.missing, self._converted
         attributes: dict[str, Any] = {}
         dropped: list[tuple[str, str]] = []
         for source, target in self.targets.mapping.items():
@@ -174,7 +179,18 @@ class ProfileFolder:
                 value = derived.get(source)
             if value is None:
                 continue
-            converted = convert(model, target, value)
+            kind = type(value)
+            if kind is str or kind is int or kind is float or kind is bool:
+                # Values recur (plans, countries, dates, names of returning users): convert each once.
+                memo_key = (target, kind, value)
+                converted = memo.get(memo_key, _UNSET)
+                if converted is _UNSET:
+                    converted = convert(model, target, value)
+                    if len(memo) >= MEMO_LIMIT:
+                        memo.clear()
+                    memo[memo_key] = converted
+            else:
+                converted = convert(model, target, value)
             if converted is None:
                 continue
             if isinstance(converted, Dropped):

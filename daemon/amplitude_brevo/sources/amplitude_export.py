@@ -31,7 +31,7 @@ from ..pipeline.acks import Acknowledger, OffsetTracker
 from ..pipeline.dedupe import DedupeRecord, Lookup
 from ..pipeline.items import Item
 from ..pipeline.queue import BatchQueue, QueueClosed
-from ..pipeline.remap import MappingRules
+from ..pipeline.remap import PROFILES_SINK, MappingRules
 from ..retry import Backoff
 from ..state import DeadLetter
 from .export_files import Member, list_members, open_export
@@ -167,8 +167,11 @@ class ExportSource:
             self.finished.set()
 
     def _backlog(self) -> tuple[int, int]:
-        """The fullest queue this source feeds, for the reader pool's pause policy."""
-        fullest = max(self.queues.values(), key=lambda q: len(q) / max(1, q.capacity), default=None)
+        """The fullest Brevo queue this source feeds, for the reader pool's pause policy. The profile folder's
+        queue does not count: it is drained by local work on this process, which mapping in-process (what a
+        pause means) would slow down further, not relieve."""
+        brevo = [q for name, q in self.queues.items() if name != PROFILES_SINK]
+        fullest = max(brevo, key=lambda q: len(q) / max(1, q.capacity), default=None)
         return (0, 1) if fullest is None else (len(fullest), fullest.capacity)
 
     async def _initial_hour(self) -> datetime:
