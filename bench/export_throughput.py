@@ -373,6 +373,7 @@ class _Timed:
 
 
 async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
+    from amplitude_brevo.app import queue_size
     from amplitude_brevo.clients.amplitude import AmplitudeClient
     from amplitude_brevo.clients.http import make_session
     from amplitude_brevo.config import parse_config
@@ -406,7 +407,7 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     client = AmplitudeClient(session, api_url=amp.api_url, api_key=amp.api_key, secret_key=amp.secret_key,
                              metrics=metrics, temp_dir=work)
     queues: dict[str, BatchQueue[Any]] = {
-        name: BatchQueue(name, max_items=b.max_items, max_wait=b.max_wait, capacity=b.queue_capacity)
+        name: BatchQueue(name, max_wait=b.max_wait, **queue_size(name, b))  # as the daemon sizes them
         for name in (*enabled_sinks(cfg), *((CONTACTS_SINK,) if contacts_on else ()))
     }
     queue = queues[EVENTS_SINK]

@@ -71,20 +71,22 @@ class Runtime:
         """The batching queue of one sink, created on first use with the configured batching."""
         if sink not in self.queues:
             b = self.cfg.batching
-            self.queues[sink] = BatchQueue(sink, max_items=b.max_items, max_wait=b.max_wait,
-                                           capacity=queue_capacity(sink, b))
+            self.queues[sink] = BatchQueue(sink, max_wait=b.max_wait, **queue_size(sink, b))
         return self.queues[sink]
 
 
-# The profile folder's queue is drained by local work (one SQLite transaction a batch), never by Brevo's
-# budgets: a few batches of room keep it busy, and memory is not spent on snapshots waiting for it.
-LOCAL_QUEUE_BATCHES = 5
+# The profile folder's queue is drained by local work, never by Brevo's budgets. Its batches are larger (one
+# SQLite transaction folds a batch, and the larger the batch the more snapshots of one user it coalesces),
+# and it holds two of them: room enough to keep the folder busy, no memory spent on snapshots waiting.
+PROFILE_BATCH_FACTOR = 10
 
 
-def queue_capacity(sink: str, batching: Any) -> int:
+def queue_size(sink: str, batching: Any) -> dict[str, int]:
+    """`max_items` and `capacity` of a sink's queue."""
     if sink == "profiles":
-        return max(batching.max_items, min(batching.queue_capacity, LOCAL_QUEUE_BATCHES * batching.max_items))
-    return batching.queue_capacity
+        batch = PROFILE_BATCH_FACTOR * batching.max_items
+        return {"max_items": batch, "capacity": max(batch, min(batching.queue_capacity, 2 * batch))}
+    return {"max_items": batching.max_items, "capacity": batching.queue_capacity}
 
 
 class Component(Protocol):
@@ -383,7 +385,7 @@ class Daemon:
             b = new.batching
             for name, queue in rt.queues.items():
                 # Through reconfigure(): a larger capacity must wake producers waiting on a full queue.
-                await queue.reconfigure(max_items=b.max_items, max_wait=b.max_wait, capacity=queue_capacity(name, b))
+                await queue.reconfigure(max_wait=b.max_wait, **queue_size(name, b))
             await self._reconcile(new)
         log.info("config.reloaded", path=str(self.config_path), changed=changed)
 
