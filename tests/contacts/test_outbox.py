@@ -115,3 +115,26 @@ async def test_in_burst_mode_it_finishes_once_upstream_is_done_and_nothing_is_pe
     assert not task.done(), "a write is still on its way"
     await acks.settle("brevo_contacts", [item])
     await asyncio.wait_for(task, 5)
+
+
+async def test_a_waiting_row_is_read_again_when_it_goes_and_carries_what_brevo_now_holds(state: StateStore):
+    acks = Acknowledger(state, DedupeRecord(state, 86400))
+    await state.fold_contacts([snap("u1", v="first")], [], attrs)
+    q = queue()
+    outbox = ContactOutbox(queue=q, state=state, acks=acks, poll_seconds=0.01)
+    await outbox.start()
+    task = asyncio.create_task(outbox.run())
+    try:
+        [first] = await turn(outbox, q)
+        assert orjson.loads(first.body)["in_brevo"] is False
+        await state.fold_contacts([snap("u1", t="2024-01-15T11:00:00.000Z", v="second")], [], attrs)
+        outbox.wake()
+        assert await turn(outbox, q) == []
+        await state.contacts_identified([("u1", "u1@example.org", 77)])  # what the sink records for `first`
+        await acks.settle("brevo_contacts", [first])
+        [follow] = await turn(outbox, q)
+        body = orjson.loads(follow.body)
+        assert (body["in_brevo"], body["brevo_id"], body["attributes"]) == (True, 77, {"V": "second"})
+    finally:
+        outbox.stop()
+        await task

@@ -7,7 +7,8 @@ dead-lettered), so a restart — or a kill -9 — sends again exactly what was p
 
 One write per contact at a time: a row whose user already has a write on its way waits until that one is
 answered (a later write must not overtake an earlier one and leave Brevo with older values); while it
-waits, a newer row of the same user replaces it (the newer values are what Brevo should end with).
+waits, a newer row of the same user replaces it, and it is read again when it goes (the answer may have
+made the contact known to Brevo: then it is an update, not a second create).
 
 In burst mode (`backfill`, the demo) it finishes once `upstream` (the export's "every hour folded") is set
 and nothing is pending or on its way.
@@ -128,13 +129,19 @@ class ContactOutbox:
 
     async def _queue_ready(self) -> int:
         ready, self._ready = self._ready, []
-        await self._put([self._item(row) for row in ready])
+        items = []
+        for row in ready:
+            # Read again: the write just answered may have told the state what Brevo now holds (its id, that
+            # it exists), which decides the route (an update, not a second create); the values are the newest.
+            fresh = await self.state.pending_contact(row.user_id)
+            items.append(self._item(row, fresh))
+        await self._put(items)
         return len(ready)
 
-    def _item(self, row: PendingContact) -> Item:
+    def _item(self, row: PendingContact, fresh: PendingContact | None = None) -> Item:
         self._in_flight[row.user_id] = row.seq
         self._users[row.seq] = row.user_id
-        return Item(None, row.body(), self.tracker.token(row.seq))
+        return Item(None, (fresh or row).body(), self.tracker.token(row.seq))
 
     async def _put(self, items: list[Item]) -> None:
         if items:
