@@ -35,8 +35,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-import aiohttp
-
 from ..logs import get_logger
 from ..pipeline.items import Item
 from .brevo_client import BrevoResponse, BudgetPaused, Outcome, validate_response
@@ -120,23 +118,7 @@ class BrevoOrdersSink(BrevoSink):
     # -- the count check and eCommerce, around the shared machinery --
     async def _call(self, method: str, path: str, payload: bytes | None, *, budget: str,
                     verdicts: Mapping[int, frozenset[str]], max_pause: float | None = None) -> BrevoResponse:
-        """`client.call`, except that an answer named in `verdicts` (403 `permission_denied`) comes back.
-
-        `BrevoClient.call` retries every 401/403 whatever `item_verdicts` says (they only turn a 404 into an
-        answer), so the first attempt goes through `send_once`, and only what the client itself would
-        retry is handed to `client.call` (its backoff, 429 floors, health check, `Stopping`). Once
-        `call` returns the statuses `item_verdicts` names, this is `client.call(..., item_verdicts=verdicts)`.
-        """
-        try:
-            response = await self.client.send_once(method, path, payload, budget=budget, max_pause=max_pause)
-        except (aiohttp.ClientError, TimeoutError, ConnectionError):
-            pass  # retried below, like any transport error
-        else:
-            outcome = validate_response(response.status)
-            if response.code in verdicts.get(response.status, ()) or outcome in (Outcome.OK, Outcome.FATAL):
-                if self.client.health is not None:
-                    self.client.health.ok(f"brevo {path}")
-                return response
+        """`client.call`, with the answers named in `verdicts` (403 `permission_denied`) returned, not retried."""
         return await self.client.call(method, path, payload, budget=budget, item_verdicts=verdicts,
                                       context={"sink": self.name}, max_pause=max_pause)
 
