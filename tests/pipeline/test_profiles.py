@@ -97,3 +97,24 @@ def test_an_email_property_that_is_no_email_is_flagged_for_a_warning_and_left_ou
     assert snapshots[0]["e"] is None and snapshots[0]["x"] == "fatima.silva@@acme.io"
     snapshots, _ = collect([line()])
     assert "x" not in snapshots[0]
+
+
+def test_revenue_rows_become_facts_decoded_once_for_orders_and_profiles(monkeypatch):
+    from amplitude_brevo.pipeline import revenue as revenue_module
+
+    decoded = []
+    real = revenue_module._decode_dict
+    monkeypatch.setattr(revenue_module, "_decode_dict", lambda raw: decoded.append(raw) or real(raw))
+    rules = MappingRules(event_mapping={}, property_mapping=RULES.property_mapping,
+                         sinks=("brevo_orders", PROFILES_SINK), count_revenue=True)
+    outputs = {"brevo_orders": SinkOutput(), PROFILES_SINK: SinkOutput()}
+    mapper = row_mapper(rules, outputs, {})
+    for raw in (line(event_properties={"$revenue": 49.0, "$productId": "sku-1"}),
+                line(uuid="u-2", **{"$insert_id": "i-2"}, event_properties={"$price": -5, "$quantity": 2}),
+                line(uuid="u-3", **{"$insert_id": "i-3"}, event_properties={"price": 9, "quantity": 1})):
+        mapper(rules.row_decoder.decode(raw))
+    mapper.finish()
+    facts = [orjson.loads(b) for b in outputs[PROFILES_SINK].bodies if b"\"r\"" in b]
+    assert [(f["k"], f["a"]) for f in facts] == [("i-1", 49.0), ("i-2", -10.0)], "a cart's price is no revenue"
+    assert len(outputs["brevo_orders"].bodies) == 2
+    assert len(decoded) == 3, "each row's properties decoded once, for both consumers"

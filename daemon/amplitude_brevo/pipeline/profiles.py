@@ -81,21 +81,12 @@ class ProfileCollector:
         return user if user else (row.device_id if self._device else None)
 
     def _revenue(self, row: ExportRow, user: str) -> None:
-        raw = bytes(row.event_properties)
-        if b"revenue" not in raw and b"price" not in raw:
+        revenue = _revenue_module().row_revenue(row)  # decoded once for this and the orders consumer
+        if revenue is None or type(revenue) is not _revenue_module().Revenue:
             return
-        from .revenue import revenue_of  # revenue imports remap, which imports this module
-
-        try:
-            props = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return
-        if type(props) is not dict:
-            return
-        revenue = revenue_of(props)
         key = row.insert_id or row.uuid
         at = iso_utc(row.event_time)
-        if revenue is None or not key or at is None:
+        if not key or at is None:
             return  # the orders consumer rejects (and dead-letters) what is wrong with such a row
         self.facts.append(orjson.dumps({"r": 1, "k": key, "u": user, "a": revenue.amount, "t": at}))
 
@@ -144,3 +135,15 @@ def _encodable(value: Any) -> bool:
     except TypeError:
         return False
     return True
+
+
+_REVENUE: list[Any] = []
+
+
+def _revenue_module() -> Any:
+    """pipeline.revenue, imported on first use: it imports remap, which imports this module."""
+    if not _REVENUE:
+        from . import revenue
+
+        _REVENUE.append(revenue)
+    return _REVENUE[0]

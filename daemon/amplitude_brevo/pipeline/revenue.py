@@ -236,21 +236,33 @@ class Order:
         return f"Order(dedupe_key={self.dedupe_key!r}, payload={self.body.decode('utf-8', 'replace')})"
 
 
+_last: list[Any] = [None, None]  # (row, row_revenue's answer): the consumers of one row share one decode
+
+
+def row_revenue(row: ExportRow) -> Revenue | Rejected | None:
+    """The revenue of an export row (None: not revenue; Rejected: its properties cannot be decoded). The
+    orders consumer and the profile collector both ask, about the same row in turn: decoded once."""
+    if _last[0] is row:
+        return _last[1]
+    raw = bytes(row.event_properties)
+    if b"revenue" not in raw and b"price" not in raw:
+        return None  # the common case: no decoding at all (and nothing worth remembering)
+    try:
+        answer: Revenue | Rejected | None = revenue_of(_decode_dict(raw))
+    except msgspec.ValidationError:
+        answer = None  # `null`, or not an object
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        answer = Rejected(f"event_properties cannot be decoded: {exc}", row_summary(row))
+    _last[0], _last[1] = row, answer
+    return answer
+
+
 def remap_order(row: ExportRow, rules: Any) -> Order | Skipped | Rejected | None:
     """One export row → a Brevo order, or None when the row is not revenue (nothing counted); a row about
     nobody is skipped like its event would be, one without a key or a valid time is rejected."""
-    raw = bytes(row.event_properties)
-    if b"revenue" not in raw and b"price" not in raw:
-        return None  # the common case: no decoding at all
-    try:
-        props = _decode_dict(raw)
-    except msgspec.ValidationError:
-        return None  # `null`, or not an object
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        return Rejected(f"event_properties cannot be decoded: {exc}", row_summary(row))
-    revenue = revenue_of(props)
-    if revenue is None:
-        return None
+    revenue = row_revenue(row)
+    if revenue is None or type(revenue) is Rejected:
+        return revenue
     subject = row_subject(row, rules, "revenue row")
     if type(subject) is not tuple:
         return subject
