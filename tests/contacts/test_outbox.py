@@ -4,6 +4,7 @@ Brevo's answers, and a restart that sends again exactly what was not answered.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -45,14 +46,24 @@ async def turn(outbox: ContactOutbox, q: BatchQueue[Any]) -> list[Any]:
     return await drain(q)
 
 
+@contextlib.asynccontextmanager
+async def running(state: StateStore, acks: Acknowledger, q: BatchQueue[Any], **kwargs: Any):
+    """An outbox started and running over `state`, stopped (and its task awaited) at the end."""
+    outbox = ContactOutbox(queue=q, state=state, acks=acks, poll_seconds=0.01, **kwargs)
+    await outbox.start()
+    task = asyncio.create_task(outbox.run())
+    try:
+        yield outbox
+    finally:
+        outbox.stop()
+        await task
+
+
 async def test_pending_rows_go_out_in_seq_order_and_the_checkpoint_follows_the_answers(state: StateStore):
     acks = Acknowledger(state, DedupeRecord(state, 86400))
     await state.fold_contacts([snap("u1", a=1), snap("u2", a=2), snap("u3", a=3)], [], attrs)
     q = queue()
-    outbox = ContactOutbox(queue=q, state=state, acks=acks, poll_seconds=0.01)
-    await outbox.start()
-    task = asyncio.create_task(outbox.run())
-    try:
+    async with running(state, acks, q) as outbox:
         items = await turn(outbox, q)
         assert [orjson.loads(i.body)["ext_id"] for i in items] == ["u1", "u2", "u3"]
         assert orjson.loads(items[0].body)["attributes"] == {"A": 1}
@@ -60,29 +71,17 @@ async def test_pending_rows_go_out_in_seq_order_and_the_checkpoint_follows_the_a
         assert await state.get_checkpoint(CONTACTS_CHECKPOINT) is None
         await acks.settle("brevo_contacts", [items[0]])
         assert await state.get_checkpoint(CONTACTS_CHECKPOINT) == f"{2:020d}"
-    finally:
-        outbox.stop()
-        await task
 
     # a restart: only u3 (never answered) goes again
-    again = ContactOutbox(queue=q, state=state, acks=acks, poll_seconds=0.01)
-    await again.start()
-    task = asyncio.create_task(again.run())
-    try:
+    async with running(state, acks, q) as again:
         assert [orjson.loads(i.body)["ext_id"] for i in await turn(again, q)] == ["u3"]
-    finally:
-        again.stop()
-        await task
 
 
 async def test_a_user_with_a_write_on_its_way_waits_and_only_the_newest_row_follows(state: StateStore):
     acks = Acknowledger(state, DedupeRecord(state, 86400))
     await state.fold_contacts([snap("u1", v="first")], [], attrs)
     q = queue()
-    outbox = ContactOutbox(queue=q, state=state, acks=acks, poll_seconds=0.01)
-    await outbox.start()
-    task = asyncio.create_task(outbox.run())
-    try:
+    async with running(state, acks, q) as outbox:
         [first] = await turn(outbox, q)
         await state.fold_contacts([snap("u1", t="2024-01-15T11:00:00.000Z", v="second")], [], attrs)
         outbox.wake()
@@ -95,9 +94,6 @@ async def test_a_user_with_a_write_on_its_way_waits_and_only_the_newest_row_foll
         assert orjson.loads(follow.body)["attributes"] == {"V": "third"}, "the superseded row is never sent"
         await acks.settle("brevo_contacts", [follow])
         assert await state.get_checkpoint(CONTACTS_CHECKPOINT) == f"{3:020d}"
-    finally:
-        outbox.stop()
-        await task
 
 
 async def test_in_burst_mode_it_finishes_once_upstream_is_done_and_nothing_is_pending(state: StateStore):
@@ -121,10 +117,7 @@ async def test_a_waiting_row_is_read_again_when_it_goes_and_carries_what_brevo_n
     acks = Acknowledger(state, DedupeRecord(state, 86400))
     await state.fold_contacts([snap("u1", v="first")], [], attrs)
     q = queue()
-    outbox = ContactOutbox(queue=q, state=state, acks=acks, poll_seconds=0.01)
-    await outbox.start()
-    task = asyncio.create_task(outbox.run())
-    try:
+    async with running(state, acks, q) as outbox:
         [first] = await turn(outbox, q)
         assert orjson.loads(first.body)["in_brevo"] is False
         await state.fold_contacts([snap("u1", t="2024-01-15T11:00:00.000Z", v="second")], [], attrs)
@@ -135,6 +128,3 @@ async def test_a_waiting_row_is_read_again_when_it_goes_and_carries_what_brevo_n
         [follow] = await turn(outbox, q)
         body = orjson.loads(follow.body)
         assert (body["in_brevo"], body["brevo_id"], body["attributes"]) == (True, 77, {"V": "second"})
-    finally:
-        outbox.stop()
-        await task
