@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 import orjson
+import pytest
 
 from .conftest import SANDBOX_ENV, DaemonProcess, sandbox_config, write_config
 
@@ -254,6 +255,7 @@ async def test_sigkill_at_three_moments_with_contacts_and_orders_loses_and_doubl
         u: (round(want["ltv"][u], 6), want["purchases"][u]) for u in want["ltv"]}, "every purchase counted once"
 
 
+@pytest.mark.timeout(300)  # about a minute here; the injected 429s pause the contacts budget a second each
 async def test_faults_and_an_outage_with_events_contacts_and_orders_lose_nothing(tmp_path, make_sandbox):
     # 20 % of requests answered 500/502/503/429, 5 % of connections reset, a 20 s outage while requests are in
     # flight: every event arrives once, every contact and order is there, nothing is dead-lettered for it.
@@ -276,7 +278,7 @@ async def test_faults_and_an_outage_with_events_contacts_and_orders_lose_nothing
     try:
         await daemon.wait_for_log("brevo.retry", timeout=60)
         await sandbox.post(sandbox.control + "/faults", {"outage_seconds": 20})
-        await _until_done(daemon, tmp_path / "state.db", "20261101T02", sandbox, len(want["orders"]))
+        await _until_done(daemon, tmp_path / "state.db", "20261101T02", sandbox, len(want["orders"]), timeout=240)
         async with asyncio.timeout(60):
             while (await sandbox.counts())["events"] < len(events):
                 await asyncio.sleep(0.25)

@@ -160,6 +160,79 @@ async def test_retriable_answers_are_retried_until_ok():
     assert state.injected > 0 and len(state.events) == 5
 
 
+class SlowBackoff(Backoff):
+    """A first retry at once, then a minute: only Brevo answering another request gets a second retry out."""
+
+    def delay(self, attempt: int, floor: float = 0.0, rng: Any = None) -> float:
+        return max(floor, 0.001 if attempt <= 1 else 60.0)
+
+
+def flaky_app(failures: dict[str, int], status: int = 503, headers: dict[str, str] | None = None) -> web.Application:
+    """`/v3/flaky` answers `status` while `failures["up"]` is 0 (counting the tries), `/v3/account` answers."""
+
+    async def flaky(request: web.Request) -> web.Response:
+        failures["tries"] = failures.get("tries", 0) + 1
+        failures.setdefault("times", []).append(asyncio.get_running_loop().time())
+        if not failures.get("up"):
+            return web.json_response({"code": "error", "message": "down"}, status=status, headers=headers)
+        return web.json_response({"ok": True})
+
+    async def account(request: web.Request) -> web.Response:
+        return web.json_response({"email": "x@example.com"})
+
+    app = web.Application()
+    app.router.add_post("/v3/flaky", flaky)
+    app.router.add_get("/v3/account", account)
+    return app
+
+
+async def until(predicate, timeout: float = 5) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.005)
+
+
+async def test_brevo_answering_again_ends_the_backoff_of_requests_waiting_to_retry():
+    # After an outage, a request deep in its backoff goes again as soon as Brevo answers anything,
+    # instead of up to `cap` seconds later.
+    tries: dict = {}
+    async with client_for(flaky_app(tries), backoff=SlowBackoff(cap=60)) as client:
+        task = asyncio.create_task(client.call("POST", "/flaky", {}))
+        await until(lambda: tries.get("tries", 0) == 2)  # now in its minute-long wait
+        assert (await client.call("GET", "/account")).status == 200
+        # Woken, it fails again: its backoff starts over (a quick retry, then the minute).
+        await until(lambda: tries["tries"] == 4)
+        tries["up"] = 1
+        await client.call("GET", "/account")
+        response = await asyncio.wait_for(task, 2)
+    assert response.status == 200 and tries["tries"] == 5
+
+
+async def test_a_woken_request_still_gives_up_after_max_attempts():
+    tries: dict = {}
+    async with client_for(flaky_app(tries), backoff=SlowBackoff(cap=60, max_attempts=3)) as client:
+        task = asyncio.create_task(client.call("POST", "/flaky", {}))
+        for n in (2, 3):
+            await until(lambda n=n: tries.get("tries", 0) == n)
+            await client.call("GET", "/account")
+        with pytest.raises(RuntimeError, match="after 3 attempts"):
+            await asyncio.wait_for(task, 2)
+
+
+async def test_a_429_reset_is_waited_out_even_when_brevo_answers_meanwhile():
+    tries: dict = {}
+    app = flaky_app(tries, status=429, headers={"x-sib-ratelimit-limit": "10", "x-sib-ratelimit-remaining": "0",
+                                                 "x-sib-ratelimit-reset": "1"})
+    async with client_for(app, backoff=SlowBackoff(cap=60)) as client:
+        task = asyncio.create_task(client.call("POST", "/flaky", {}))
+        await until(lambda: tries.get("tries", 0) == 1)
+        tries["up"] = 1
+        await client.call("GET", "/account", budget="brevo_events")  # a bucket the 429 did not pause
+        response = await asyncio.wait_for(task, 5)
+    assert response.status == 200
+    assert tries["times"][1] - tries["times"][0] >= 0.9, "the reset Brevo asked for holds"
+
+
 async def test_response_headers_are_lowercased_and_the_budget_reads_them():
     app = make_brevo_app(api_key=KEY)
     async with client_for(app) as client:

@@ -94,6 +94,10 @@ class BrevoClient:
     a path answering as if it did not exist (404/405/501) fails the readiness check `brevo <path>` until
     it answers again: that is an outage (a wrong `api_url`, a proxy), retried like one, and no verdict on
     the items, which nothing dead-letters.
+
+    Brevo answering any request ends the backoff of every request waiting to retry an error or a dropped
+    connection: after an outage they go again within `backoff.base` seconds, not up to `backoff.cap` seconds
+    later, and start their backoff over. A 429's reset still holds: the budget of its bucket waits it out.
     """
 
     def __init__(
@@ -117,6 +121,7 @@ class BrevoClient:
         self.stop = stop
         self.health = health
         self.rate_limited_total = 0
+        self._answered = asyncio.Event()  # set (and replaced) each time Brevo answers a request
 
     def reconfigure(self, *, base_url: str, api_key: Secret) -> None:
         self.base_url = base_url.rstrip("/")
@@ -184,11 +189,13 @@ class BrevoClient:
         send or to retry, so the caller leaves its items unacknowledged (they are read again after restart,
         and the dedupe record filters what did arrive).
         """
-        attempt = 0
+        attempt = 0  # counts every try, for `backoff.exhausted` and the log
+        level = 0  # how far the backoff has grown: back to the start when Brevo answers again
         bucket_name = budget or bucket_for(method, path)
         check = f"brevo {path_template(path)}"
         while True:
             attempt += 1
+            level += 1
             started = time.monotonic()
             floor = 0.0
             try:
@@ -204,6 +211,8 @@ class BrevoClient:
                 if outcome in (Outcome.OK, Outcome.FATAL):
                     if self.health is not None:
                         self.health.ok(check)  # the endpoint answered as one
+                    self._answered.set()  # wakes the requests backing off (`_pause`)
+                    self._answered = asyncio.Event()
                     return response
                 if outcome is Outcome.UNAVAILABLE and self.health is not None:
                     self.health.fail(check, reason[:300], hint=URL_HINT)
@@ -221,5 +230,25 @@ class BrevoClient:
                      elapsed=round(time.monotonic() - started, 3), **(context or {}))
             if self.stop is not None and self.stop.is_set():
                 raise Stopping(reason)
-            if not await self.backoff.sleep(attempt, floor=floor, stop=self.stop):
-                raise Stopping(reason)
+            if await self._pause(level, floor, reason):
+                level = 0
+
+    async def _pause(self, level: int, floor: float, reason: str) -> bool:
+        """The backoff after `level` failed tries in a row, cut short when Brevo answers another request meanwhile;
+        then a first-retry wait, so that the woken requests do not all go at once. True if cut short. (A 429's
+        reset holds all the same: the budget lets nothing of its bucket go before it.)"""
+        answered, waits = self._answered, [asyncio.ensure_future(self._answered.wait())]
+        if self.stop is not None:
+            waits.append(asyncio.ensure_future(self.stop.wait()))
+        try:
+            await asyncio.wait(waits, timeout=self.backoff.delay(level, floor), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if self.stop is not None and self.stop.is_set():
+            raise Stopping(reason)
+        if not answered.is_set():
+            return False
+        if not await self.backoff.sleep(1, stop=self.stop):
+            raise Stopping(reason)
+        return True
