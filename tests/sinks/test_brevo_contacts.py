@@ -404,6 +404,26 @@ async def test_reload_reconfigures_the_client_batch_size_and_import_settings(tmp
         sink.reload(SimpleNamespace(connectors=SimpleNamespace(brevo=brevo)))
         assert env.client.base_url == "http://127.0.0.1:9/v3"
         assert (sink.sizer.start, sink.import_min, sink.import_list_id) == (40, 7, None)
+        assert sink.sizer.maximum == 40, "the configured size is the size"
+
+
+async def test_contacts_batch_requests_keep_to_the_configured_size_however_many_brevo_accepts(tmp_path):
+    sizes: list[int] = []
+
+    async def capture(request: web.Request) -> None:
+        if request.path == "/v3/contacts/batch":
+            sizes.append(len(orjson.loads(await request.read())["contacts"]))
+
+    async with contacts_env(tmp_path, hold=capture) as env:
+        known = [existing(env, f"u{i}", f"u{i}@example.org", PLAN="free") for i in range(35)]
+        sink = sink_for(env, Recorder(), batch_size=10)
+        delivered: list[Item] = []
+        for plan in ("pro", "team"):
+            batch = items(*(contact(f"u{i}", f"u{i}@example.org", known=k, PLAN=plan) for i, k in enumerate(known)))
+            await sink.deliver(batch)
+            delivered += batch
+        assert_settled_once(env, delivered)
+    assert sorted(sizes) == [5, 5] + [10] * 6, "accepted requests never grow past contacts_batch_size"
 
 
 async def test_a_malformed_item_is_dead_lettered_not_sent(tmp_path):

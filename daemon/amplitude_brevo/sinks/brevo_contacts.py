@@ -177,6 +177,7 @@ class BrevoContactsSink(BrevoSink):
     batch_budget = "brevo_contacts"
     single_budget = "brevo_contacts"  # the same bucket: a spent one is waited out, not worked around
     max_batch_size = 1000  # Brevo publishes no maximum (reference §1.5); a refused size is halved
+    grows = False  # 100 a call is what support material cites (§1.5, unverified): the configured size holds
     singles_below = 1  # a lone known contact goes as a batch of one: /contacts/batch is its route
     item_verdicts = NOT_FOUND  # "No contact found for indexes 3,4", "Contact does not exist"
     import_max_bytes = IMPORT_MAX_BYTES
@@ -197,8 +198,7 @@ class BrevoContactsSink(BrevoSink):
     def reload(self, cfg: Any) -> None:
         brevo = cfg.connectors.brevo
         self.client.reconfigure(base_url=brevo.api_url, api_key=brevo.api_key)
-        if brevo.contacts_batch_size != self.sizer.start:
-            self.sizer.configure(brevo.contacts_batch_size)
+        self.resize(brevo.contacts_batch_size)
         self.import_min = brevo.contacts_import_min
         if brevo.import_list_id != self.import_list_id:
             self.import_list_id, self._list_id = brevo.import_list_id, None

@@ -30,8 +30,7 @@ class BrevoEventsSink(BrevoSink):
     def reload(self, cfg: Any) -> None:
         brevo = cfg.connectors.brevo
         self.client.reconfigure(base_url=brevo.api_url, api_key=brevo.api_key)
-        if brevo.events_batch_size != self.sizer.start:
-            self.sizer.configure(brevo.events_batch_size)
+        self.resize(brevo.events_batch_size)
 
     def batch_body(self, bodies: list[bytes]) -> bytes:
         # The events' bodies are JSON already: join them, no decoding or re-encoding.

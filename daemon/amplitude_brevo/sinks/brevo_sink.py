@@ -16,8 +16,9 @@ answers taught it in `_record`, before the items are settled. Everything else is
 
 * a request refused as a whole without item detail (400/413) is split in halves to isolate the bad item;
   a lone item then goes to the single endpoint for its own verdict;
-* the batch size starts at the configured one, doubles after clean answers up to `max_batch_size`, and
-  stays below a size Brevo refused without item detail (one request at a time tries a new size);
+* the batch size starts at the configured one, doubles after clean answers up to `max_batch_size` (a sink
+  with `grows = False` keeps to the configured one), and stays below a size Brevo refused without item
+  detail (one request at a time tries a new size);
 * a batch endpoint whose budget is spent for longer than `max_pause` (an hourly window) hands its items to
   the single endpoint, unless that spends the same budget; a short wait (a 1-second window, a 429 with a
   short reset) is waited out;
@@ -126,6 +127,8 @@ class BrevoSink:
     batch_budget = ""
     single_budget: str | None = None  # None: no single endpoint, a lone item goes as a batch of one
     max_batch_size = 1000
+    # False: the configured size is also the largest (an endpoint whose real limit is not known to be higher).
+    grows = True
     # A remainder of fewer items than this goes to the single endpoint (when the sink has one) rather than
     # to a batch request: 2 sends a lone item alone; orders set more, their batch budget being hourly.
     singles_below = 2
@@ -150,7 +153,7 @@ class BrevoSink:
         self.queue = queue
         self.client = client
         self.acks = acks
-        self.sizer = BatchSize(batch_size, self.max_batch_size)
+        self.sizer = BatchSize(batch_size, self._largest(batch_size))
         self.workers = workers
         self.dry_run = dry_run
         self.metrics = metrics
@@ -197,6 +200,15 @@ class BrevoSink:
     def stop(self) -> None:
         """Take no new batch and send no request not sent yet; `run()` returns once in-flight ones are settled."""
         self._stopping.set()
+
+    def _largest(self, batch_size: int) -> int:
+        return self.max_batch_size if self.grows else max(1, min(batch_size, self.max_batch_size))
+
+    def resize(self, batch_size: int) -> None:
+        """A reload's batch size: from it the sizer starts (and, where the sink does not grow, stops) again."""
+        if batch_size != self.sizer.start or self._largest(batch_size) != self.sizer.maximum:
+            self.sizer.maximum = self._largest(batch_size)
+            self.sizer.configure(batch_size)
 
     async def run(self) -> None:
         """The workers, until the queue is closed and drained or `stop()`; a worker's crash stops them all."""
