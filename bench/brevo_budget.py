@@ -415,6 +415,17 @@ def figures(result: dict[str, Any], data: Survey) -> dict[str, Any]:
     }
 
 
+def timeline(result: dict[str, Any]) -> None:
+    """Per sampled second: contacts pending a write, the daemon's queues, and the requests of each budget."""
+    samples: list[Sample] = result["samples"]
+    requests: list[tuple[float, str, int, int]] = result["recorder"].requests
+    print("  second  pending  queued contacts  requests by budget")
+    for a, b in zip(samples, samples[1:], strict=False):
+        counts = Counter(budget for t, budget, _, _ in requests if a.at <= t < b.at)
+        print(f"  {a.at - result['started']:6.1f}  {a.contacts_pending or 0:7,}  {a.queues.get('brevo_contacts', 0):15,}"
+              f"  {dict(sorted(counts.items()))}")
+
+
 def report(spec: DatasetSpec, data: Survey, result: dict[str, Any], fig: dict[str, Any], *, smoke: bool,
            targeted: bool, note: str = "") -> bool:
     """Print one backfill's figures; True when every target is met (`target`: the utilization target
@@ -505,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="hours in the first backfill (default: half); the second backfills the rest")
     parser.add_argument("--single", action="store_true", help="one backfill over every hour (creates only)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument("--timeline", action="store_true",
+                        help="also print, per sampled second, contacts pending and requests per budget")
     args = parser.parse_args(argv)
     configure_logging(level="warning")
     size = SMOKE if args.smoke else FULL
@@ -544,6 +557,11 @@ def main(argv: list[str] | None = None) -> int:
                 ": new users, written through /contacts/import" if n == 0 else
                 ": the same users' later hours, changed properties, written through /contacts/batch")
             met &= report(spec, by_phase[result["label"]], result, fig, smoke=args.smoke, targeted=last, note=note)
+            if args.timeline:
+                timeline(result)
+                kept = Path(tempfile.gettempdir()) / result["log"].name
+                kept.write_bytes(result["log"].read_bytes())
+                print(f"  daemon log kept: {kept}")
     print()
     print(f"bench              {time.monotonic() - started:.0f} s in all; "
           f"{'all targets met' if met else 'a target was missed'}")

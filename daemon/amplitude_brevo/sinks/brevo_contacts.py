@@ -56,6 +56,9 @@ POLL_MAX = 60.0  # ...up to this
 PROCESS_ENDED = frozenset({"completed", "failed", "cancelled"})
 NOT_FOUND = {404: frozenset({"document_not_found"})}
 REPORT_TIMEOUT = aiohttp.ClientTimeout(total=60)
+# Batches at once: an import holds its batch for its process's seconds, while the others keep the contacts
+# budget busy with /contacts/batch (each user still has one write on its way at most: the outbox's rule).
+WORKERS = 4
 
 # (ext_id, the email Brevo now holds or None, Brevo's contact id if learned or None)
 Identity = tuple[str, str | None, int | None]
@@ -186,6 +189,7 @@ class BrevoContactsSink(BrevoSink):
 
     def __init__(self, *, identified: Identified, import_min: int = 50, import_list_id: int | None = None,
                  **kwargs: Any) -> None:
+        kwargs.setdefault("workers", WORKERS)
         super().__init__(**kwargs)
         self.identified = identified
         self.import_min = import_min
@@ -243,9 +247,13 @@ class BrevoContactsSink(BrevoSink):
             routes[_route(batch.items[i])].append(i)
         if routes[None]:
             self._settle(batch, routes[None], dict.fromkeys(routes[None], "not a contact item: nothing sent"))
+        # The three routes at once (an import's wait is the longest); what the updates found deleted in
+        # Brevo is created after them.
         await _together([super()._send(batch, routes[Route.BATCH]),
-                         *(self._send_single(batch, i) for i in routes[Route.SINGLE])])
-        await self._create(batch, routes[Route.CREATE] + batch.diverted)
+                         *(self._send_single(batch, i) for i in routes[Route.SINGLE]),
+                         self._create(batch, routes[Route.CREATE])])
+        if batch.diverted:
+            await self._create(batch, batch.diverted)
 
     async def _send_single(self, batch: _Batch, index: int) -> None:
         await self._write_one(batch, index, create=False)
