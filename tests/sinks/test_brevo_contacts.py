@@ -164,6 +164,27 @@ async def test_many_new_contacts_go_through_one_import_into_a_list_it_creates(tm
         assert Counter(requests(env))["/v3/contacts/lists"] == 2 and len(env.brevo.members(created.id)) == 110
 
 
+async def test_new_and_known_contacts_of_one_batch_are_written_at_once(tmp_path):
+    # The updates do not wait for the import, nor the import for the updates: Brevo holds each
+    # /contacts/batch request here until the import has arrived (sent one after the other, this would hang).
+    import_sent = asyncio.Event()
+
+    async def hold(request: web.Request) -> None:
+        if request.path == "/v3/contacts/import":
+            import_sent.set()
+        elif request.path == "/v3/contacts/batch":
+            await asyncio.wait_for(import_sent.wait(), 5)
+
+    async with contacts_env(tmp_path, hold=hold) as env:
+        known = [existing(env, f"k{i}", f"k{i}@example.org", PLAN="free") for i in range(3)]
+        sink = sink_for(env, Recorder(), import_min=50)
+        batch = items(*(contact(f"k{i}", f"k{i}@example.org", known=k) for i, k in enumerate(known)),
+                      *(contact(f"n{i}", f"n{i}@example.org") for i in range(50)))
+        await asyncio.wait_for(sink.deliver(batch), 10)
+        assert len(in_brevo(env)) == 53 and sink.stats.imported == 50 and sink.stats.updated == 3
+        assert_settled_once(env, batch)
+
+
 @pytest.mark.parametrize("setup", ["named list", "no folder", "configured"])
 async def test_the_import_list_is_found_by_name_or_created_or_configured(tmp_path, setup):
     async with contacts_env(tmp_path) as env:
