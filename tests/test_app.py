@@ -413,3 +413,17 @@ async def test_a_producer_deaf_to_the_stop_is_cancelled_after_a_short_grace(make
     daemon.request_stop()
     assert await asyncio.wait_for(task, 10) == 0
     assert loop.time() - started < app_module.PRODUCER_GRACE + 1
+
+
+def test_queue_sizes_by_sink():
+    from types import SimpleNamespace
+
+    from amplitude_brevo.app import queue_size
+
+    batching = SimpleNamespace(max_items=1000, queue_capacity=50_000)
+    assert queue_size("brevo_events", batching) == {"max_items": 1000, "capacity": 50_000}
+    # Contacts: one import (and one /processes poll) per 5,000 contacts at most.
+    assert queue_size("brevo_contacts", batching) == {"max_items": 5000, "capacity": 50_000}
+    assert queue_size("brevo_contacts", SimpleNamespace(max_items=1000, queue_capacity=2000))["capacity"] == 5000
+    # The folder's queue: two of its batches, not the whole capacity.
+    assert queue_size("profiles", batching) == {"max_items": 10_000, "capacity": 20_000}
