@@ -231,15 +231,52 @@ async def test_import_requests_stay_under_the_body_limit(tmp_path):
         assert_settled_once(env, batch)
 
 
-async def test_false_booleans_are_not_imported_but_created_one_by_one(tmp_path):
-    # A boolean false in an import's jsonBody was reported not to apply (reference §1.5).
-    async with contacts_env(tmp_path) as env:
+async def test_false_booleans_are_written_after_the_import_that_creates_their_contacts(tmp_path):
+    # A boolean false in an import's jsonBody was reported not to apply (reference §1.5; the simulator
+    # leaves it out too): the import creates the contacts, then one /contacts/batch request (by email) and
+    # a PUT by ext_id (no email) write the falses. Nothing goes one by one that has an email.
+    sent: list[dict[str, Any]] = []
+
+    async def capture(request: web.Request) -> None:
+        if request.path in ("/v3/contacts/batch", "/v3/contacts/import"):
+            sent.append(orjson.loads(await request.read()))
+
+    async with contacts_env(tmp_path, hold=capture) as env:
         env.brevo.attributes["OPTED_IN"] = {"name": "OPTED_IN", "category": "normal", "type": "boolean"}
         sink = sink_for(env, Recorder(), import_min=3, import_list_id=12)
-        await sink.deliver(items(*(contact(f"u{i}", OPTED_IN=i != 1) for i in range(4))))
-        assert Counter(requests(env)) == {"/v3/contacts/import": 1, "/v3/processes/1": 1, "/v3/contacts": 1}
-        assert in_brevo(env)["u1"] == (None, {"OPTED_IN": False})
-        assert (sink.stats.imported, sink.stats.created) == (3, 1)
+        batch = items(*(contact(f"u{i}", f"u{i}@example.org", OPTED_IN=i != 1) for i in range(4)),
+                      contact("u4", OPTED_IN=False), contact("u5", "u5@example.org", OPTED_IN=False))
+        await sink.deliver(batch)
+        assert Counter(requests(env)) == {"/v3/contacts/import": 1, "/v3/processes/1": 1, "/v3/contacts/batch": 1,
+                                          "/v3/contacts/u4": 1}
+        held = in_brevo(env)
+        assert {u: attrs["OPTED_IN"] for u, (_, attrs) in held.items()} == {
+            "u0": True, "u1": False, "u2": True, "u3": True, "u4": False, "u5": False}
+        assert sent[0]["jsonBody"][1]["attributes"] == {"EXT_ID": "u1"}, "no false in the import"
+        assert sent[1] == {"contacts": [{"email": "u1@example.org", "attributes": {"OPTED_IN": False}},
+                                        {"email": "u5@example.org", "attributes": {"OPTED_IN": False}}]}
+        assert (sink.stats.imported, sink.stats.created) == (6, 0)
+        assert_settled_once(env, batch)
+        assert await env.state.list_dead_letters() == []
+
+
+async def test_falses_brevo_refuses_after_an_import_dead_letter_only_their_contact(tmp_path):
+    async def refuse(request: web.Request) -> None:
+        if request.path == "/v3/contacts/batch" or request.path == "/v3/contacts/u1":
+            raise web.HTTPBadRequest(text='{"code": "invalid_parameter", "message": "attribute refused"}',
+                                     content_type="application/json")
+
+    async with contacts_env(tmp_path, hold=refuse) as env:
+        env.brevo.attributes["OPTED_IN"] = {"name": "OPTED_IN", "category": "normal", "type": "boolean"}
+        sink = sink_for(env, Recorder(), import_min=3, import_list_id=12)
+        batch = items(*(contact(f"u{i}", f"u{i}@example.org", OPTED_IN=i not in (1, 2)) for i in range(4)))
+        await sink.deliver(batch)
+        letters = await env.state.list_dead_letters()
+        assert [(orjson.loads(d.item)["ext_id"], d.reason) for d in letters] == [
+            ("u1", "imported, but OPTED_IN = false not written: Brevo refused the contact: "
+                   "HTTP 400 invalid_parameter: attribute refused")]
+        assert in_brevo(env)["u2"][1]["OPTED_IN"] is False, "the refused batch's other contact went on its own"
+        assert_settled_once(env, batch)
 
 
 async def test_known_contacts_are_updated_in_batches_keyed_by_id_or_unchanged_email(tmp_path):

@@ -1028,7 +1028,8 @@ def _import_rows_json(items: Any) -> list[dict[str, Any]]:
     for index, item in enumerate(items):
         if not isinstance(item, dict) or not isinstance(item.get("attributes", {}), dict):
             raise _bad(f"jsonBody[{index}] must be an object with an attributes object")
-        attributes = dict(item.get("attributes") or {})
+        # A boolean false in a jsonBody was reported not to apply (reference §1.5): it is left out here too.
+        attributes = {k: v for k, v in (item.get("attributes") or {}).items() if v is not False}
         rows.append(
             {
                 "email": item.get("email") or attributes.pop("EMAIL", None),

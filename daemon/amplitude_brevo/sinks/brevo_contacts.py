@@ -14,7 +14,9 @@ An item's body is the design's contact item: `{ext_id, email, attributes, in_bre
 * **create** — not known in Brevo (or diverted as above): when one delivered batch has `import_min` or more,
   `POST /contacts/import` (jsonBody ≤ 8 MB a request, into the import list), its process polled sparingly
   under `brevo_other`; the emails its report lists as invalid are dead letters, a failed import goes one by
-  one. Fewer: `POST /contacts` with `updateEnabled` one by one (201 {id} created, 204 updated).
+  one. Boolean `false` values are left out of the import (reported not to apply there, reference §1.5) and
+  written once it is done: `/contacts/batch` by email, else PUT by ext_id. Fewer: `POST /contacts` with
+  `updateEnabled` one by one (201 {id} created, 204 updated).
 
 Brevo refusing an email another contact owns (400 with `metadata.duplicate_identifiers`) writes the contact
 again without it and dead-letters the item naming both; any other refusal of a single request dead-letters
@@ -143,13 +145,16 @@ class Contact:
         return "PUT", path, {"attributes": self._attributes(with_email)}
 
     def import_row(self) -> dict[str, Any]:
+        """Its `/contacts/import` row, without its falses (`falses`)."""
         row: dict[str, Any] = {"email": self.email} if self.email else {}
-        return {**row, "attributes": {**self.attributes, "EXT_ID": self.ext_id}}
+        attributes = {k: v for k, v in self.attributes.items() if v is not False}
+        return {**row, "attributes": {**attributes, "EXT_ID": self.ext_id}}
 
     @property
-    def importable(self) -> bool:
-        # A `false` sent in an import's jsonBody was reported not to apply (reference §1.5): POST /contacts.
-        return all(value is not False for value in self.attributes.values())
+    def falses(self) -> dict[str, bool]:
+        """Its attributes set to `false`: an import's jsonBody was reported not to apply them (reference
+        §1.5), so they are written once the import has created the contact."""
+        return {k: v for k, v in self.attributes.items() if v is False}
 
     def written(self, *, create: bool, with_email: bool = True, contact_id: int | None = None) -> Identity:
         """What Brevo holds after a write of this contact."""
@@ -287,12 +292,10 @@ class BrevoContactsSink(BrevoSink):
         self._settle(batch, [index], {index: conflict} if conflict else {})
 
     async def _create(self, batch: _Batch, indexes: list[int]) -> None:
-        bulk = [i for i in indexes if Contact.of(batch.items[i]).importable]
-        if len(bulk) < self.import_min:
-            bulk = []
-        importing = set(bulk)
-        await _together([self._import(batch, bulk),
-                         self._create_singly(batch, [i for i in indexes if i not in importing])])
+        if len(indexes) >= self.import_min:
+            await self._import(batch, indexes)
+        else:
+            await self._create_singly(batch, indexes)
 
     async def _create_singly(self, batch: _Batch, indexes: list[int]) -> None:
         await _together([self._write_one(batch, i, create=True) for i in indexes])
@@ -355,15 +358,50 @@ class BrevoContactsSink(BrevoSink):
             return
         refused = await self._refused_emails(process_id, (process.get("info") or {}).get("import") or {})
         letters = {}
+        imported = []
         for i in indexes:
             contact = Contact.of(batch.items[i])
             if contact.email and contact.email.lower() in refused:
                 letters[i] = f"Brevo's import refused the email {contact.email} (process {process_id})"
             else:
                 batch.notes[i] = _Written(contact.written(create=True), "imported")
+                imported.append(i)
+        letters.update(await self._write_falses(batch, imported))
         log.info("brevo.contacts.imported", sink=self.name, process_id=process_id, count=len(indexes),
                  refused=len(letters))
         self._settle(batch, indexes, letters)
+
+    async def _write_falses(self, batch: _Batch, indexes: list[int]) -> dict[int, str]:
+        """The falses of the contacts an import created (`Contact.falses`): by email through
+        `/contacts/batch`, else (or when a batch request is refused) by ext_id one by one. Returns the
+        dead-letter reasons of those Brevo refused."""
+        todo = [(i, contact, falses) for i in indexes
+                if (falses := (contact := Contact.of(batch.items[i])).falses)]
+        by_email = [entry for entry in todo if entry[1].email]
+        singly = [entry for entry in todo if not entry[1].email]
+        size = self.sizer.current
+
+        async def by_batch(chunk: list[tuple[int, Contact, dict[str, bool]]]) -> None:
+            body = orjson.dumps({"contacts": [{"email": c.email, "attributes": f} for _, c, f in chunk]})
+            batch.requests += 1
+            self.stats.batch_requests += 1
+            response = await self.client.call("POST", self.batch_path, body, budget=self.batch_budget,
+                                              item_verdicts=NOT_FOUND, context={"sink": self.name, "count": len(chunk)})
+            if validate_response(response.status) is not Outcome.OK:
+                singly.extend(chunk)  # each on its own request, for its own verdict
+
+        await _together([by_batch(by_email[k:k + size]) for k in range(0, len(by_email), size)])
+        refused: dict[int, str] = {}
+
+        async def one(index: int, contact: Contact, falses: dict[str, bool]) -> None:
+            path = f"/contacts/{quote(contact.ext_id, safe='')}?identifierType=ext_id"
+            response = await self._call_single(batch, "PUT", path, orjson.dumps({"attributes": falses}))
+            if validate_response(response.status) is not Outcome.OK:
+                refused[index] = (f"imported, but {', '.join(falses)} = false not written: "
+                                  + self._reason(f"HTTP {response.status} {response.message}"))
+
+        await _together([one(*entry) for entry in singly])
+        return refused
 
     async def _import_process(self, process_id: int, count: int) -> dict[str, Any] | None:
         """The import's process once it ended (completed, failed, cancelled), or None if Brevo will not say."""
