@@ -1,10 +1,11 @@
 """The profile collector: every exported row with a user id feeds its user's profile (SPEC §5).
 
-It runs in the export reader, on every row of a chunk (a decompressed step of one member, thousands of rows of
-one hour), and keeps only the newest row per user — by `event_time`, then upload order — with the first and
-last event times seen. Only after the chunk's last row are the winners' user properties decoded: one decode
-per user and chunk, not per row. Each winner becomes a profile snapshot for the profile folder
-(`contacts/folder.py`), which folds snapshots into the state file across chunks, hours and runs.
+It runs in the export reader, on every row that reader maps of a member (thousands of rows of one hour), and
+keeps only the newest row per user — by `event_time`, then upload order — with the first and last event
+times seen. Only when it finishes (after the member's last row: see `sources/member_mapper.py`) are the
+winners' user properties decoded: one decode per user and member, not per row. Each winner becomes a profile
+snapshot for the profile folder (`contacts/folder.py`), which folds snapshots into the state file across
+readers, members, hours and runs.
 
 With revenue totals kept (`revenue.ltv_attribute` / `count_attribute`), each revenue row also becomes a
 revenue fact, keyed by its dedupe key: the folder counts a key once, ever.
@@ -28,14 +29,13 @@ SKIPPED_NO_IDENTITY = Skipped("no_identity")  # a row of nobody (no user id; ano
 
 
 class ProfileCollector:
-    """One chunk's newest row per user (see the module docstring); `finish()` writes the snapshots."""
+    """The newest row per user of the rows added since the last `finish(out)`, which writes their snapshots
+    and revenue facts to `out` (see the module docstring)."""
 
-    __slots__ = ("rules", "out", "skipped", "users", "facts", "_user_field", "_device")
+    __slots__ = ("rules", "users", "facts", "_user_field", "_device")
 
-    def __init__(self, rules: MappingRules, out: SinkOutput, skipped: dict[str, int]) -> None:
+    def __init__(self, rules: MappingRules) -> None:
         self.rules = rules
-        self.out = out
-        self.skipped = skipped
         # user → [newest row, first event_time, last event_time]
         self.users: dict[str, list[Any]] = {}
         self.facts: list[bytes] = []
@@ -90,9 +90,12 @@ class ProfileCollector:
             return  # the orders consumer rejects (and dead-letters) what is wrong with such a row
         self.facts.append(orjson.dumps({"r": 1, "k": key, "u": user, "a": revenue.amount, "t": at}))
 
-    def finish(self) -> None:
+    def __len__(self) -> int:
+        return len(self.users) + len(self.facts)
+
+    def finish(self, out: SinkOutput) -> None:
         rules = self.rules
-        keys, bodies = self.out.keys, self.out.bodies
+        keys, bodies = out.keys, out.bodies
         for fact in self.facts:
             keys.append(None)
             bodies.append(fact)
