@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from .remap import MappingRules, SinkOutput, Skipped, email_id, iso_utc
+from .remap import MappingRules, Rejected, SinkOutput, Skipped, email_id, iso_utc
 from .rows import ExportRow
 
 SKIPPED_NO_IDENTITY = Skipped("no_identity")  # a row of nobody (no user id; anonymous: skip): no profile
@@ -32,7 +32,7 @@ class ProfileCollector:
     """The newest row per user of the rows added since the last `finish(out)`, which writes their snapshots
     and revenue facts to `out` (see the module docstring)."""
 
-    __slots__ = ("rules", "users", "facts", "_user_field", "_device")
+    __slots__ = ("rules", "users", "facts", "_user_field", "_device", "_row_revenue")
 
     def __init__(self, rules: MappingRules) -> None:
         self.rules = rules
@@ -42,6 +42,7 @@ class ProfileCollector:
         # The ext_id is a row field (user_id, device_id) unless identity.ext_id names a user property.
         self._user_field = rules.ext_id_field if rules._ext_id_attr is None else None
         self._device = rules.anonymous == "use_device_id"
+        self._row_revenue = _revenue_module().row_revenue if rules.count_revenue else None
 
     def add(self, row: ExportRow) -> Skipped | None:
         field = self._user_field
@@ -68,7 +69,7 @@ class ProfileCollector:
                 entry[1] = time
             if time > entry[2]:
                 entry[2] = time
-        if self.rules.count_revenue:
+        if self._row_revenue is not None:
             self._revenue(row, user)
         return None
 
@@ -81,8 +82,8 @@ class ProfileCollector:
         return user if user else (row.device_id if self._device else None)
 
     def _revenue(self, row: ExportRow, user: str) -> None:
-        revenue = _revenue_module().row_revenue(row)  # decoded once for this and the orders consumer
-        if revenue is None or type(revenue) is not _revenue_module().Revenue:
+        revenue = self._row_revenue(row)  # decoded once for this and the orders consumer
+        if revenue is None or type(revenue) is Rejected:
             return
         key = row.insert_id or row.uuid
         at = iso_utc(row.event_time)

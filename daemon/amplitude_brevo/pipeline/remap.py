@@ -37,7 +37,9 @@ _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _IDENTITY_FIELDS = ("user_id", "device_id")
 _CACHE_LIMIT = 4096  # entries per memo below; cleared when full (pathological data then costs what it did)
-_PEOPLE_LIMIT = 16384  # people fragments per rules (~0.3 KiB each)
+# People fragments per rules (~0.6 KiB each with its key, in each reader child). Users whose properties change
+# event by event (a `last_active` property) miss anyway; a larger memo then only holds memory.
+_PEOPLE_LIMIT = 2048
 _encode = msgspec.json.Encoder().encode
 
 EVENTS_SINK = "brevo_events"
@@ -169,9 +171,15 @@ class MappingRules:
         part: dict[str, Any] = {"identifiers": identifiers}
         contact = {}
         for attr, attribute in self._contact:
-            value = contact_value(getattr(user, attr))
-            if value is not None:
-                contact[attribute] = value
+            value = getattr(user, attr)
+            if value is None:
+                continue
+            kind = type(value)
+            if kind is not str and kind is not int:  # the common cases first: nothing to convert
+                value = contact_value(value)
+                if value is None:
+                    continue
+            contact[attribute] = value
         if contact:
             part["contact_properties"] = contact
         fragment = orjson.dumps(part)[1:-1]
