@@ -178,7 +178,14 @@ def phase_baseline(args: argparse.Namespace) -> None:
 
 def phase_stages(args: argparse.Namespace) -> None:
     from amplitude_brevo.config import parse_config
-    from amplitude_brevo.pipeline.remap import MappingRules, SinkOutput, remap_event, row_mapper
+    from amplitude_brevo.pipeline.remap import (
+        MappingRules,
+        SinkOutput,
+        collectors_for,
+        finish_collectors,
+        remap_event,
+        row_mapper,
+    )
     from amplitude_brevo.pipeline.rows import row_decoder
     from amplitude_brevo.sources.export_files import iter_lines, list_members, open_export
 
@@ -195,6 +202,7 @@ def phase_stages(args: argparse.Namespace) -> None:
         with open_export(args.zip) as archive:
             for member in list_members(archive):
                 mapper, size = None, 0
+                collectors = collectors_for(fan_rules)  # as the reader: carried over the member
                 for line in iter_lines(archive, member):
                     rows += 1
                     if stage == "lines":
@@ -203,17 +211,18 @@ def phase_stages(args: argparse.Namespace) -> None:
                     if stage == "remap":
                         remap_event(row, rules)
                     elif stage == "fanout":
-                        # Every consumer (events, orders, profile collector), finished per ~1 MiB of lines
-                        # as the reader finishes each decompressed step.
+                        # Every consumer (events, orders, profile collector), a chunk per ~1 MiB of lines as
+                        # the reader makes one per decompressed step; the collector written once per member.
                         if mapper is None:
-                            mapper = row_mapper(fan_rules, {n: SinkOutput() for n in fan_rules.sinks}, {})
+                            outputs = {n: SinkOutput() for n in fan_rules.sinks}
+                            mapper = row_mapper(fan_rules, outputs, {}, collectors)
                         mapper(row)
                         size += len(line)
                         if size >= MIB:
                             mapper.finish()
                             mapper, size = None, 0
-                if mapper is not None:
-                    mapper.finish()
+                if stage == "fanout":
+                    finish_collectors(collectors, {n: SinkOutput() for n in fan_rules.sinks})
         seconds = time.perf_counter() - started
         out[stage] = {"rows": rows, "seconds": seconds, "rows_per_s": rows / seconds}
     emit(out)

@@ -97,6 +97,11 @@ CASES: list[tuple[str, Any, Converted | Dropped | None]] = [
     ("SIGNUP_DATE", "31/02/2024", Dropped("'31/02/2024' is not a date")),
     ("SIGNUP_DATE", "2024-02-31", Dropped("'2024-02-31' is not a date")),
     ("SIGNUP_DATE", "2024-03-01T25:00:00Z", Dropped("'2024-03-01T25:00:00Z' is not a date")),
+    ("SIGNUP_DATE", "2025-03-01T23:59:36.585Z", Converted("2025-03-01")),  # an export time, as iso_utc writes it
+    ("SIGNUP_DATE", "2025-03-01 23:59:36.585z", Converted("2025-03-01")),
+    ("SIGNUP_DATE", "2025-02-29T10:00:00.000Z", Dropped("'2025-02-29T10:00:00.000Z' is not a date")),
+    ("SIGNUP_DATE", "2025-03-01T24:00:00.000Z", Dropped("'2025-03-01T24:00:00.000Z' is not a date")),
+    ("SIGNUP_DATE", "2025-03-01T10:00:00.0a0Z", Dropped("'2025-03-01T10:00:00.0a0Z' is not a date")),
     ("SIGNUP_DATE", "not a date", Dropped("'not a date' is not a date")),
     ("SIGNUP_DATE", "20250301", Dropped("'20250301' is not a date")),
     ("SIGNUP_DATE", "12345678901", Dropped("'12345678901' is not a date")),  # 11 digits: neither s nor ms

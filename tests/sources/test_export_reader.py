@@ -378,3 +378,154 @@ def test_a_member_fans_out_to_every_consumer_and_a_row_is_dead_lettered_once(tmp
     [(event, line, item, reason)] = got.letters
     assert (event, line, reason) == ("export.row.rejected", 2, "unparseable event_time 'not a time'")
     assert item["member"] == member.name
+
+
+# -- collecting consumers (the profile collector): one snapshot per user, reader and member --
+
+PROFILE_RULES = MappingRules(
+    event_mapping=RULES.event_mapping, property_mapping={"email": "email", "plan_type": "PLAN"},
+    sinks=(EVENTS_SINK, "profiles"), count_revenue=True,
+)
+
+
+def profiles(chunks: list[MappedChunk]) -> tuple[dict[str, tuple], list[str]]:
+    """What the chunks' profile outputs fold to (as the folder folds them): by user, (newest event time and
+    upload, its values, first and last seen); and the revenue facts' keys, sorted."""
+    import orjson
+
+    users: dict[str, tuple] = {}
+    facts = []
+    for chunk in chunks:
+        for body in chunk.outputs.get("profiles", SinkOutput()).bodies:
+            data = orjson.loads(body)
+            if "r" in data:
+                facts.append(data["k"])
+                continue
+            seen = (data["t"], data["s"])
+            known = users.get(data["u"])
+            if known is None:
+                users[data["u"]] = (seen, data["p"], data["f"], data["l"])
+            else:
+                newest = (seen, data["p"]) if seen >= known[0] else known[:2]
+                users[data["u"]] = (*newest, min(known[2], data["f"]), max(known[3], data["l"]))
+    return users, sorted(facts)
+
+
+def snapshots_by_user(chunks: list[MappedChunk]) -> dict[str, int]:
+    import orjson
+
+    counts: dict[str, int] = {}
+    for chunk in chunks:
+        for body in chunk.outputs.get("profiles", SinkOutput()).bodies:
+            if b'"r":1' not in body:
+                user = orjson.loads(body)["u"]
+                counts[user] = counts.get(user, 0) + 1
+    return counts
+
+
+def test_a_member_makes_one_snapshot_per_user_in_its_last_chunk(tmp_path):
+    path, member = export(tmp_path, rows_per_hour=6000)
+    with zipfile.ZipFile(path) as archive:
+        chunks = list(map_member(archive, member, PROFILE_RULES))
+        lines = list(iter_lines(archive, member))
+    assert len(chunks) > 5
+    *early, last = chunks
+    assert all(not c.outputs["profiles"].bodies for c in early), "collected over the member, written once"
+    counts = snapshots_by_user(chunks)
+    assert set(counts.values()) == {1}
+    users = {row.user_id for row in map(PROFILE_RULES.row_decoder.decode, lines) if row.user_id}
+    assert set(counts) == users, "every user with a row has a profile"
+    # the events are what they always were, chunk by chunk
+    events_only = MappingRules(RULES.event_mapping, PROFILE_RULES.property_mapping)
+    with zipfile.ZipFile(path) as archive:
+        plain = list(map_member(archive, member, events_only))
+    assert [c.outputs[EVENTS_SINK] for c in chunks] == [c.outputs[EVENTS_SINK] for c in plain]
+
+
+def test_the_newest_row_of_a_user_wins_across_the_steps_of_a_member(tmp_path):
+    import gzip
+
+    import orjson
+
+    def line(i: int, at: str, plan: str) -> bytes:
+        return orjson.dumps({"event_type": "Page View", "user_id": "u1", "$insert_id": f"i{i}", "event_time": at,
+                             "server_upload_time": at, "user_properties": {"plan_type": plan}, "pad": "x" * 900})
+
+    # several 1 MiB steps; the newest row in the first step, the oldest in the last
+    rows = [line(0, "2026-11-01 00:50:00.000000", "newest")]
+    rows += [line(i, "2026-11-01 00:20:00.000000", "middle") for i in range(1, 2999)]
+    rows += [line(2999, "2026-11-01 00:05:00.000000", "oldest")]
+    path = tmp_path / "one-user.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("1/1_2026-11-01_0#0.json.gz", gzip.compress(b"\n".join(rows)))
+    with zipfile.ZipFile(path) as archive:
+        (member,) = list_members(archive)
+        chunks = list(map_member(archive, member, PROFILE_RULES))
+    assert len(chunks) > 2
+    users, _ = profiles(chunks)
+    assert snapshots_by_user(chunks) == {"u1": 1}
+    assert users["u1"][1] == {"plan_type": "newest"}
+    assert users["u1"][2:] == ("2026-11-01T00:05:00.000Z", "2026-11-01T00:50:00.000Z")
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+async def test_children_each_collect_their_steps_and_fold_to_what_one_reader_collects(tmp_path, workers):
+    path, member = export(tmp_path, rows_per_hour=6000)
+    with zipfile.ZipFile(path) as archive:
+        expected = list(map_member(archive, member, PROFILE_RULES))
+    reader = ReaderPool(workers)
+    try:
+        got = [chunk async for chunk in reader.map_member(path, member, PROFILE_RULES)]
+    finally:
+        await reader.close()
+    assert len(got) == len(expected)
+    assert profiles(got) == profiles(expected)
+    assert max(snapshots_by_user(got).values()) <= workers, "one snapshot per user and child"
+    assert [c.outputs[EVENTS_SINK] for c in got] == [c.outputs[EVENTS_SINK] for c in expected]
+    assert merged(got).skipped == merged(expected).skipped
+
+
+@pytest.mark.parametrize("after", [1, 2, 5])
+async def test_switching_to_this_process_mid_member_loses_nothing_the_children_collected(tmp_path, after):
+    """The children's collected profiles never arrive when they are stopped mid-member: the steps they mapped
+    are collected again here, so every row still feeds its profile and every revenue fact comes once."""
+    path, member = export(tmp_path, rows_per_hour=6000)
+    with zipfile.ZipFile(path) as archive:
+        expected = list(map_member(archive, member, PROFILE_RULES))
+    seen: list[MappedChunk] = []
+
+    def backlog() -> tuple[int, int]:
+        return (10 if len(seen) >= after else 0), 100
+
+    reader = ReaderPool(2, backlog)
+    try:
+        async for chunk in reader.map_member(path, member, PROFILE_RULES):
+            seen.append(chunk)
+        assert reader.paused
+    finally:
+        await reader.close()
+    users, facts = profiles(seen)
+    assert (users, facts) == profiles(expected) and facts, "no profile lost, no revenue fact twice"
+    assert merged(seen).rows == merged(expected).rows and merged(seen).skipped == merged(expected).skipped
+    assert [c.outputs[EVENTS_SINK] for c in seen if c.rows] == [c.outputs[EVENTS_SINK] for c in expected]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+async def test_a_truncated_member_still_writes_the_profiles_of_its_good_lines(tmp_path, workers):
+    path, member = export(tmp_path, rows_per_hour=6000, faults=ExportFaults(truncate_member={"20261101T00"}))
+    with zipfile.ZipFile(path) as archive:
+        expected = list(map_member(archive, member, PROFILE_RULES))
+        good = []
+        try:
+            good = [PROFILE_RULES.row_decoder.decode(line) for line in iter_lines(archive, member)]
+        except Exception:  # noqa: BLE001 - the truncation
+            pass
+    reader = ReaderPool(workers)
+    try:
+        got = [chunk async for chunk in reader.map_member(path, member, PROFILE_RULES)]
+    finally:
+        await reader.close()
+    assert got[-1].letters[0][0] == "export.member.truncated"
+    users, _ = profiles(got)
+    assert users == profiles(expected)[0] and users
+    assert len(users) >= len({row.user_id for row in good if row.user_id})

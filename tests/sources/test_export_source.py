@@ -25,7 +25,7 @@ from amplitude_brevo.durations import hour_key
 from amplitude_brevo.pipeline.acks import Acknowledger
 from amplitude_brevo.pipeline.dedupe import DedupeRecord
 from amplitude_brevo.pipeline.queue import BatchQueue
-from amplitude_brevo.pipeline.remap import BrevoEvent, MappingRules, remap_event
+from amplitude_brevo.pipeline.remap import BrevoEvent, MappingRules, SinkOutput, remap_event
 from amplitude_brevo.pipeline.rows import row_decoder
 from amplitude_brevo.retry import Backoff
 from amplitude_brevo.sandbox.amplitude_sim import AMPLITUDE_EXPORT_STATE, ExportFaults, oversize_row
@@ -33,6 +33,7 @@ from amplitude_brevo.sandbox.brevo_sim import BREVO_STATE, BrevoFaults, BucketLi
 from amplitude_brevo.sandbox.sample_data import DatasetSpec, rows_for_hour
 from amplitude_brevo.sandbox.server import Sandbox, SandboxOptions
 from amplitude_brevo.sources.amplitude_export import ExportSource
+from amplitude_brevo.sources.member_mapper import MappedChunk
 from amplitude_brevo.state import StateStore
 
 START = datetime(2026, 11, 1, 0, tzinfo=UTC)
@@ -510,10 +511,8 @@ class _LaggingState:
 def candidates(*events: BrevoEvent) -> Any:
     """A chunk's outputs, as the reader hands them to the source: Brevo events with namespaced keys."""
     batch = export_module._Candidates()
-    for event in events:
-        batch.sinks.append("brevo_events")
-        batch.keys.append("events:" + event.dedupe_key)
-        batch.bodies.append(event.body)
+    batch.add(MappedChunk(outputs={"brevo_events": SinkOutput(
+        ["events:" + event.dedupe_key for event in events], [event.body for event in events])}))
     return batch
 
 
@@ -542,6 +541,40 @@ async def test_a_repeated_row_is_not_queued_twice_while_its_commit_is_pending(tm
         assert len(queue) == 0 and source.stats.deduplicated == 1
         source.dedupe.committed(["events:insert-1"])
         assert "events:insert-1" not in source.dedupe.inflight
+
+
+async def test_a_chunk_for_several_sinks_queues_each_its_own_items_in_order_and_filters_only_keyed_ones(tmp_path):
+    async with lagging_source(tmp_path) as (source, events):
+        others = {name: BatchQueue(name, max_items=10, max_wait=0, capacity=100)
+                  for name in ("brevo_orders", "profiles", "mixed")}
+        source.queues.update(others)
+
+        def chunk(events_keys, orders_keys, profiles, mixed):
+            return MappedChunk(outputs={
+                "brevo_events": SinkOutput(events_keys, [k.encode() for k in events_keys]),
+                "brevo_orders": SinkOutput(orders_keys, [k.encode() for k in orders_keys]),
+                "profiles": SinkOutput([None] * len(profiles), profiles),
+                "mixed": SinkOutput([k for k, _ in mixed], [b for _, b in mixed]),
+            })
+
+        batch = export_module._Candidates()
+        batch.add(chunk(["events:1", "events:2"], ["orders:1"], [b"p1"], [(None, b"m1"), ("mixed:1", b"m2")]))
+        batch.add(chunk(["events:1", "events:3"], ["orders:1", "orders:2"], [b"p2", b"p2"],
+                        [("mixed:1", b"m3"), (None, b"m4"), ("mixed:2", b"m5")]))
+        await source._flush(hour(0), batch, [])
+        await source._queue_pending()
+
+        async def bodies(queue):
+            return [(item.key, item.body) for item in (await queue.next_batch() if len(queue) else [])]
+
+        assert await bodies(events) == [("events:1", b"events:1"), ("events:2", b"events:2"),
+                                        ("events:3", b"events:3")], "a repeat within the chunk goes once"
+        assert await bodies(others["brevo_orders"]) == [("orders:1", b"orders:1"), ("orders:2", b"orders:2")]
+        assert await bodies(others["profiles"]) == [(None, b"p1"), (None, b"p2"), (None, b"p2")], \
+            "idempotent writes are never filtered"
+        assert await bodies(others["mixed"]) == [(None, b"m1"), ("mixed:1", b"m2"), (None, b"m4"),
+                                                 ("mixed:2", b"m5")]
+        assert source.stats.deduplicated == 3 and source.tracker.outstanding == 12
 
 
 async def test_a_commit_landing_while_a_lookup_waits_stops_the_repeat(tmp_path):

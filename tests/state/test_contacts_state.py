@@ -81,6 +81,21 @@ async def test_revenue_counts_once_per_key_whatever_is_read_again(state: StateSt
         await reopened.close()
 
 
+async def test_a_key_repeated_within_a_batch_counts_once_and_totals_add_up_fact_by_fact(state: StateStore):
+    await state.fold_contacts([], [fact("k0", amount=0.1)], attrs)
+    amounts = [0.2, 0.7, -0.3, 1e-9, 123.456]
+    facts = [fact(f"k{i + 1}", amount=a) for i, a in enumerate(amounts)]
+    facts += [fact("k1", amount=99.0), fact("k0", amount=99.0), fact("b1", user="u2", amount=-4.0),
+              fact("b1", user="u2", amount=-4.0)]
+    result = await state.fold_contacts([snap(), snap("u2")], facts, attrs)
+    assert (result.revenue_counted, result.revenue_repeated) == (6, 3), "the first of a key counts, only once"
+    expected = 0.1
+    for amount in amounts:  # as SQLite adds one fact at a time
+        expected += amount
+    assert await state.revenue_totals("u1") == Totals(expected, 5, 1)
+    assert await state.revenue_totals("u2") == Totals(-4.0, 0, 1)
+
+
 async def test_revenue_alone_updates_a_known_user_and_waits_for_an_unknown_one(state: StateStore):
     await state.fold_contacts([snap()], [], attrs)
     result = await state.fold_contacts([], [fact("k1"), fact("k2", user="stranger")], attrs)

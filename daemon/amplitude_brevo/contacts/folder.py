@@ -33,7 +33,9 @@ from .attributes import AttributeModel, Dropped, convert, ensure_attributes, ide
 
 log = get_logger("contacts")
 
-MEMO_LIMIT = 100_000  # conversions remembered (cleared when full)
+# Conversions remembered (cleared when full): recurring values (plans, countries, names) fit; values that
+# never recur (a `last_active` time per fold) would otherwise fill it, ~0.2 KiB an entry.
+MEMO_LIMIT = 8192
 _UNSET = object()
 DROPPED_LOGS_PER_MINUTE = 20  # per attribute: warnings naming the user; past that, counted only
 

@@ -1,10 +1,11 @@
 """The profile collector: every exported row with a user id feeds its user's profile (SPEC §5).
 
-It runs in the export reader, on every row of a chunk (a decompressed step of one member, thousands of rows of
-one hour), and keeps only the newest row per user — by `event_time`, then upload order — with the first and
-last event times seen. Only after the chunk's last row are the winners' user properties decoded: one decode
-per user and chunk, not per row. Each winner becomes a profile snapshot for the profile folder
-(`contacts/folder.py`), which folds snapshots into the state file across chunks, hours and runs.
+It runs in the export reader, on every row that reader maps of a member (thousands of rows of one hour), and
+keeps only the newest row per user — by `event_time`, then upload order — with the first and last event
+times seen. Only when it finishes (after the member's last row: see `sources/member_mapper.py`) are the
+winners' user properties decoded: one decode per user and member, not per row. Each winner becomes a profile
+snapshot for the profile folder (`contacts/folder.py`), which folds snapshots into the state file across
+readers, members, hours and runs.
 
 With revenue totals kept (`revenue.ltv_attribute` / `count_attribute`), each revenue row also becomes a
 revenue fact, keyed by its dedupe key: the folder counts a key once, ever.
@@ -21,27 +22,27 @@ from typing import Any
 
 import orjson
 
-from .remap import MappingRules, SinkOutput, Skipped, email_id, iso_utc
+from .remap import MappingRules, Rejected, SinkOutput, Skipped, _exact, email_id, iso_utc
 from .rows import ExportRow
 
 SKIPPED_NO_IDENTITY = Skipped("no_identity")  # a row of nobody (no user id; anonymous: skip): no profile
 
 
 class ProfileCollector:
-    """One chunk's newest row per user (see the module docstring); `finish()` writes the snapshots."""
+    """The newest row per user of the rows added since the last `finish(out)`, which writes their snapshots
+    and revenue facts to `out` (see the module docstring)."""
 
-    __slots__ = ("rules", "out", "skipped", "users", "facts", "_user_field", "_device")
+    __slots__ = ("rules", "users", "facts", "_user_field", "_device", "_row_revenue")
 
-    def __init__(self, rules: MappingRules, out: SinkOutput, skipped: dict[str, int]) -> None:
+    def __init__(self, rules: MappingRules) -> None:
         self.rules = rules
-        self.out = out
-        self.skipped = skipped
         # user → [newest row, first event_time, last event_time]
         self.users: dict[str, list[Any]] = {}
         self.facts: list[bytes] = []
         # The ext_id is a row field (user_id, device_id) unless identity.ext_id names a user property.
         self._user_field = rules.ext_id_field if rules._ext_id_attr is None else None
         self._device = rules.anonymous == "use_device_id"
+        self._row_revenue = _revenue_module().row_revenue if rules.count_revenue else None
 
     def add(self, row: ExportRow) -> Skipped | None:
         field = self._user_field
@@ -68,7 +69,7 @@ class ProfileCollector:
                 entry[1] = time
             if time > entry[2]:
                 entry[2] = time
-        if self.rules.count_revenue:
+        if self._row_revenue is not None:
             self._revenue(row, user)
         return None
 
@@ -81,18 +82,23 @@ class ProfileCollector:
         return user if user else (row.device_id if self._device else None)
 
     def _revenue(self, row: ExportRow, user: str) -> None:
-        revenue = _revenue_module().row_revenue(row)  # decoded once for this and the orders consumer
-        if revenue is None or type(revenue) is not _revenue_module().Revenue:
+        revenue = self._row_revenue(row)  # decoded once for this and the orders consumer
+        if revenue is None or type(revenue) is Rejected:
             return
         key = row.insert_id or row.uuid
         at = iso_utc(row.event_time)
         if not key or at is None:
             return  # the orders consumer rejects (and dead-letters) what is wrong with such a row
-        self.facts.append(orjson.dumps({"r": 1, "k": key, "u": user, "a": revenue.amount, "t": at}))
+        # exact-size bytes: orjson's own output holds ~4 KiB of memory however short, and facts wait for the
+        # member's end
+        self.facts.append(_exact(orjson.dumps({"r": 1, "k": key, "u": user, "a": revenue.amount, "t": at})))
 
-    def finish(self) -> None:
+    def __len__(self) -> int:
+        return len(self.users) + len(self.facts)
+
+    def finish(self, out: SinkOutput) -> None:
         rules = self.rules
-        keys, bodies = self.out.keys, self.out.bodies
+        keys, bodies = out.keys, out.bodies
         for fact in self.facts:
             keys.append(None)
             bodies.append(fact)
@@ -124,7 +130,7 @@ class ProfileCollector:
                 snapshot["p"] = {k: v for k, v in values.items() if _encodable(v)}
                 body = orjson.dumps(snapshot)
             keys.append(None)
-            bodies.append(body)
+            bodies.append(_exact(body))
         self.users = {}
         self.facts = []
 

@@ -37,7 +37,9 @@ _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _IDENTITY_FIELDS = ("user_id", "device_id")
 _CACHE_LIMIT = 4096  # entries per memo below; cleared when full (pathological data then costs what it did)
-_PEOPLE_LIMIT = 16384  # people fragments per rules (~0.3 KiB each)
+# People fragments per rules (~0.6 KiB each with its key, in each reader child). Users whose properties change
+# event by event (a `last_active` property) miss anyway; a larger memo then only holds memory.
+_PEOPLE_LIMIT = 2048
 _encode = msgspec.json.Encoder().encode
 
 EVENTS_SINK = "brevo_events"
@@ -169,9 +171,15 @@ class MappingRules:
         part: dict[str, Any] = {"identifiers": identifiers}
         contact = {}
         for attr, attribute in self._contact:
-            value = contact_value(getattr(user, attr))
-            if value is not None:
-                contact[attribute] = value
+            value = getattr(user, attr)
+            if value is None:
+                continue
+            kind = type(value)
+            if kind is not str and kind is not int:  # the common cases first: nothing to convert
+                value = contact_value(value)
+                if value is None:
+                    continue
+            contact[attribute] = value
         if contact:
             part["contact_properties"] = contact
         fragment = orjson.dumps(part)[1:-1]
@@ -481,11 +489,21 @@ class Consumer:
     sink: str  # the sink's name: the key of its output (MappedChunk.outputs)
     namespace: str | None  # prefix of its dedupe-record keys; None: idempotent writes, no dedupe key
     remap: Callable[[ExportRow, MappingRules], Any] | None = None
-    # Instead of `remap`: a consumer that sees every row of a chunk before it makes anything (the profile
-    # collector keeps the newest row per user). `collect(rules, out, skipped)` returns an object whose
-    # `add(row)` takes each row (returning None, a Skipped or a Rejected like `remap`) and whose `finish()`
-    # writes the chunk's outputs to `out` after its last row.
-    collect: Callable[[MappingRules, SinkOutput, dict[str, int]], Any] | None = None
+    # Instead of `remap`: a consumer that sees many rows before it makes anything (the profile collector
+    # keeps the newest row per user). `collect(rules)` returns a `Collector`.
+    collect: Callable[[MappingRules], Collector] | None = None
+
+
+class Collector(Protocol):
+    """A collecting consumer's state: `add(row)` takes each row (returning None, a Skipped or a Rejected like
+    `remap`); `finish(out)` appends what the rows added since the last `finish` make to `out` and starts
+    afresh. `len()` is what it holds (0: `finish` would write nothing)."""
+
+    def add(self, row: ExportRow) -> Any: ...
+
+    def finish(self, out: SinkOutput) -> None: ...
+
+    def __len__(self) -> int: ...
 
 
 @dataclass(slots=True)
@@ -505,7 +523,7 @@ def map_row(row: ExportRow, rules: MappingRules, outputs: Sequence[SinkOutput],
     One row on its own (collecting consumers finish with it); the reader binds the same loop once per chunk
     through `row_mapper`.
     """
-    mapper = _fan_out(rules, dict(zip(rules.sinks, outputs, strict=True)), skipped)
+    mapper = _fan_out(rules, dict(zip(rules.sinks, outputs, strict=True)), skipped, None)
     rejected = mapper(row)
     mapper.finish()
     return rejected
@@ -521,14 +539,33 @@ def _finish_nothing() -> None:
     return None
 
 
-def row_mapper(rules: MappingRules, outputs: Mapping[str, SinkOutput], skipped: dict[str, int]) -> RowMapper:
+def collectors_for(rules: MappingRules) -> dict[str, Collector]:
+    """A fresh collector of each collecting consumer of `rules`, by sink name (none: an empty dict)."""
+    return {c.sink: c.collect(rules) for c in rules._consumers if c.collect is not None}
+
+
+def finish_collectors(collectors: Mapping[str, Collector], outputs: dict[str, SinkOutput]) -> None:
+    """Write what each collector holds to its sink's output in `outputs` (created when missing)."""
+    for sink, collector in collectors.items():
+        out = outputs.get(sink)
+        if out is None:
+            out = outputs[sink] = SinkOutput()
+        collector.finish(out)
+
+
+def row_mapper(rules: MappingRules, outputs: Mapping[str, SinkOutput], skipped: dict[str, int],
+               collectors: Mapping[str, Collector] | None = None) -> RowMapper:
     """`map_row` bound to a chunk's outputs (one per name in `rules.sinks`) and skip counts: what the reader's
     loop calls for each row, then `.finish()` once after the chunk's last row (collecting consumers write
     their outputs then). With one remapping consumer (the usual case) it is a closure without the loop: the
-    fan-out costs a row one function call."""
+    fan-out costs a row one function call.
+
+    `collectors` (from `collectors_for`): the collecting consumers' state, kept by the caller across chunks;
+    the rows are added to them and `.finish()` leaves them be: the caller writes them with
+    `finish_collectors` when it chooses (the reader: once per member)."""
     consumers = rules._consumers
     if len(consumers) != 1 or consumers[0].remap is None:
-        return _fan_out(rules, outputs, skipped)
+        return _fan_out(rules, outputs, skipped, collectors)
     (consumer,) = consumers
     remap, namespace = consumer.remap, consumer.namespace
     out = outputs[consumer.sink]
@@ -551,16 +588,15 @@ def row_mapper(rules: MappingRules, outputs: Mapping[str, SinkOutput], skipped: 
     return map_one  # type: ignore[return-value]
 
 
-def _fan_out(rules: MappingRules, outputs: Mapping[str, SinkOutput], skipped: dict[str, int]) -> RowMapper:
+def _fan_out(rules: MappingRules, outputs: Mapping[str, SinkOutput], skipped: dict[str, int],
+             carried: Mapping[str, Collector] | None) -> RowMapper:
     """`row_mapper` for several consumers, or a collecting one: each row goes to every consumer in turn."""
     steps: list[tuple[Callable[[ExportRow], Any], str | None, SinkOutput]] = []
-    collectors = []
+    collectors = collectors_for(rules) if carried is None else carried
     for consumer in rules._consumers:
         out = outputs[consumer.sink]
         if consumer.collect is not None:
-            collector = consumer.collect(rules, out, skipped)
-            collectors.append(collector)
-            steps.append((collector.add, consumer.namespace, out))
+            steps.append((collectors[consumer.sink].add, consumer.namespace, out))
         else:
             remap = consumer.remap
             assert remap is not None
@@ -585,10 +621,10 @@ def _fan_out(rules: MappingRules, outputs: Mapping[str, SinkOutput], skipped: di
         return rejected
 
     def finish() -> None:
-        for collector in collectors:
-            collector.finish()
+        for sink, collector in collectors.items():
+            collector.finish(outputs[sink])
 
-    map_all.finish = finish  # type: ignore[attr-defined]
+    map_all.finish = _finish_nothing if carried is not None else finish  # type: ignore[attr-defined]
     return map_all  # type: ignore[return-value]
 
 

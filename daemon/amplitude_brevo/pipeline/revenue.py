@@ -245,14 +245,14 @@ def row_revenue(row: ExportRow) -> Revenue | Rejected | None:
     if _last[0] is row:
         return _last[1]
     raw = bytes(row.event_properties)
-    if b"revenue" not in raw and b"price" not in raw:
-        return None  # the common case: no decoding at all (and nothing worth remembering)
-    try:
-        answer: Revenue | Rejected | None = revenue_of(_decode_dict(raw))
-    except msgspec.ValidationError:
-        answer = None  # `null`, or not an object
-    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        answer = Rejected(f"event_properties cannot be decoded: {exc}", row_summary(row))
+    answer: Revenue | Rejected | None = None
+    if b"revenue" in raw or b"price" in raw:  # else the common case: no decoding at all
+        try:
+            answer = revenue_of(_decode_dict(raw))
+        except msgspec.ValidationError:
+            pass  # `null`, or not an object
+        except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+            answer = Rejected(f"event_properties cannot be decoded: {exc}", row_summary(row))
     _last[0], _last[1] = row, answer
     return answer
 

@@ -442,16 +442,27 @@ class ExportSource:
         chunk, self._pending = self._pending, None
         if chunk is None:
             return
-        fresh = iter(await self.dedupe.claim(chunk.lookup))
+        fresh = await self.dedupe.claim(chunk.lookup)  # in the order of chunk.batch.lookup_keys()
         token = self.tracker.token(chunk.hour)
-        batch = chunk.batch
         by_sink: dict[str, list[Item]] = {}
         repeats: dict[str, int] = {}
-        for sink, key, body in zip(batch.sinks, batch.keys, batch.bodies, strict=True):
-            if key is not None and not next(fresh):
-                repeats[sink] = repeats.get(sink, 0) + 1
-                continue
-            by_sink.setdefault(sink, []).append(Item(key, body, token))
+        at = 0
+        for sink, (keys, bodies) in chunk.batch.by_sink.items():
+            keyed = len(keys) - keys.count(None)
+            if not keyed:  # idempotent writes (profiles): nothing to look up
+                items = [Item(None, body, token) for body in bodies]
+            elif keyed == len(keys):
+                flags = fresh[at:at + keyed]
+                items = [Item(key, body, token) for key, body, new in zip(keys, bodies, flags, strict=True) if new]
+            else:
+                flags = iter(fresh[at:at + keyed])
+                items = [Item(key, body, token) for key, body in zip(keys, bodies, strict=True)
+                         if key is None or next(flags)]
+            at += keyed
+            if len(items) != len(bodies):
+                repeats[sink] = len(bodies) - len(items)
+            if items:
+                by_sink[sink] = items
         queued = sum(map(len, by_sink.values()))
         if repeats:
             self.stats.deduplicated += sum(repeats.values())
@@ -477,26 +488,32 @@ def _key(hour: datetime | None) -> str | None:
 
 
 class _Candidates:
-    """A chunk's outputs for every sink, flattened in row order: sink, dedupe key (or None), body."""
+    """Chunks' outputs by sink, each in row order: (dedupe keys (or None), bodies)."""
 
-    __slots__ = ("sinks", "keys", "bodies")
+    __slots__ = ("by_sink", "size")
 
     def __init__(self) -> None:
-        self.sinks: list[str] = []
-        self.keys: list[str | None] = []
-        self.bodies: list[bytes] = []
+        self.by_sink: dict[str, tuple[list[str | None], list[bytes]]] = {}
+        self.size = 0
 
     def __len__(self) -> int:
-        return len(self.bodies)
+        return self.size
 
     def add(self, chunk: MappedChunk) -> None:
         for sink, output in chunk.outputs.items():
-            self.sinks.extend([sink] * len(output.bodies))
-            self.keys.extend(output.keys)
-            self.bodies.extend(output.bodies)
+            if not output.bodies:
+                continue
+            known = self.by_sink.get(sink)
+            if known is None:
+                self.by_sink[sink] = (list(output.keys), list(output.bodies))
+            else:
+                known[0].extend(output.keys)
+                known[1].extend(output.bodies)
+            self.size += len(output.bodies)
 
     def lookup_keys(self) -> list[str]:
-        return [key for key in self.keys if key is not None]
+        """Every key to look up, sink by sink in `by_sink` order, each sink's in row order."""
+        return [key for keys, _ in self.by_sink.values() for key in keys if key is not None]
 
 
 @dataclass(slots=True, eq=False)

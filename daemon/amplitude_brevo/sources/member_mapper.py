@@ -20,7 +20,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from ..pipeline.remap import MappingRules, SinkOutput, row_mapper
+from ..pipeline.remap import MappingRules, SinkOutput, collectors_for, finish_collectors, row_mapper
 from .export_files import LINE_PREFIX_BYTES, Member, OverlongLine, TruncatedMember, is_blank, iter_text_steps
 
 FRAME = struct.Struct("!I")
@@ -68,34 +68,53 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
     With `stride` n, only the steps whose index is `offset` modulo n are decoded and yielded: n readers
     each inflate the whole member (the steps are the same for all) and map a share of it. The first `skip`
     steps are inflated only (someone else mapped them); line numbers count them all the same.
+
+    Collecting consumers (the profile collector) gather over all the steps this reader maps, and write
+    their outputs into its last chunk: one profile snapshot per user, reader and member, not per step. To
+    know which chunk is its last, each chunk is yielded once the reader's next step is mapped (or the member
+    has ended). Whoever maps a member from step `skip` on (the reader pool, when the children stop
+    mid-member) has not received what the children had collected of the steps before: those steps' rows
+    are decoded again here, for the collectors only (what they count and dead-letter was counted already).
     """
     decode = rules.row_decoder.decode
     sinks = rules.sinks
+    collectors = collectors_for(rules)  # carried over the member: see above
+    held: MappedChunk | None = None  # with collectors: the last chunk made, not yielded yet
+    ending: MappedChunk | None = None  # a truncated member's letter: the member's very last chunk
     line_no = 0  # physical lines before this step, blank ones included (what `sed -n Np` would show)
     for index, step in enumerate(_prefetched(iter_text_steps(archive, member, max_line))):
         mine = index >= skip and index % stride == offset
         if type(step) is not bytes:
             if isinstance(step, TruncatedMember):
                 if mine:
-                    yield MappedChunk(letters=[(
+                    ending = MappedChunk(letters=[(
                         "export.member.truncated", None, {"member": member.name, "lines_read": line_no},
                         f"truncated or corrupt gzip member after {line_no} lines: {step}")])
-                return
+                break
             assert isinstance(step, OverlongLine)
             line_no += 1
             if mine:
                 item = {**_line_item(member, line_no, step.prefix), "bytes": step.length}
-                yield MappedChunk(rows=1, letters=[(
+                chunk = MappedChunk(rows=1, letters=[(
                     "export.line.too_long", line_no, item,
                     f"line longer than {step.limit} bytes ({step.length} bytes, skipped)")])
+                if not collectors:
+                    yield chunk
+                    continue
+                if held is not None:
+                    yield held
+                held = chunk
             continue
         if not mine:
-            # Another reader's step: only counted, never split.
+            # Another reader's step: only counted, never split (unless collected again, see above).
+            if index < skip and collectors:
+                _collect_again(step, decode, collectors)
             line_no += step.count(b"\n") + (step[-1] != 10)
             continue
         chunk = MappedChunk(outputs={name: SinkOutput() for name in sinks})
         letters = chunk.letters
-        map_row = row_mapper(rules, chunk.outputs, chunk.skipped)  # every consumer, on the row decoded once
+        # every consumer, on the row decoded once
+        map_row = row_mapper(rules, chunk.outputs, chunk.skipped, collectors)
         lines = step.split(b"\n")
         if not lines[-1]:
             lines.pop()  # what follows the step's last newline
@@ -120,7 +139,35 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
                                 rejected.reason))
         map_row.finish()
         chunk.rows = rows
-        yield chunk
+        if not collectors:
+            yield chunk
+            continue
+        if held is not None:
+            yield held
+        held = chunk
+    if collectors:
+        if held is None and any(map(len, collectors.values())):
+            held = MappedChunk()  # only rows collected again: in this process, where chunks are not counted
+        if held is not None:
+            finish_collectors(collectors, held.outputs)
+            yield held
+    if ending is not None:
+        yield ending
+
+
+def _collect_again(step: bytes, decode: Any, collectors: dict[str, Any]) -> None:
+    """Add a step's rows to the collectors only (see `map_member`): what the rows make or fail on otherwise
+    was counted by the reader that mapped them."""
+    adders = [collector.add for collector in collectors.values()]
+    for line in step.split(b"\n"):
+        if not line or (line[0] <= 32 and is_blank(line)):
+            continue
+        try:
+            row = decode(line)
+            for add in adders:
+                add(row)
+        except Exception:  # noqa: BLE001, S112 - dead-lettered by the reader that mapped the step
+            continue
 
 
 def _line_item(member: Member, line_no: int, line: bytes) -> dict[str, Any]:
