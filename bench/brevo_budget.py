@@ -419,6 +419,13 @@ def timeline(result: dict[str, Any]) -> None:
     """Per sampled second: contacts pending a write, the daemon's queues, and the requests of each budget."""
     samples: list[Sample] = result["samples"]
     requests: list[tuple[float, str, int, int]] = result["recorder"].requests
+    recorder = result["recorder"]
+    first = next((a.at for a in samples if a.contacts_pending), None)
+    if first is not None:  # the backlog's first seconds, request by request
+        print("  the backlog's first requests (seconds after the first sample with contacts pending):")
+        for (t, budget, status, _), path in zip(recorder.requests, recorder.paths, strict=True):
+            if first - 1 <= t < first + 4 and budget == "brevo_contacts":
+                print(f"    {t - first:+6.2f}  {status}  {path}")
     print("  second  pending  queued contacts  requests by budget")
     for a, b in zip(samples, samples[1:], strict=False):
         counts = Counter(budget for t, budget, _, _ in requests if a.at <= t < b.at)
