@@ -60,7 +60,7 @@ def sink_components(runtime: Runtime, *, dry_run: bool = False, historical: bool
         ))
     if PROFILES_SINK in enabled:
         outbox = ContactOutbox(queue=runtime.queue(CONTACTS_SINK), state=runtime.state, acks=runtime.acks,
-                               dry_run=dry_run, upstream=upstream)
+                               dry_run=dry_run, upstream=upstream, window=cfg.batching.max_wait)
         sinks.append(ProfileFolder(
             cfg=cfg, queue=runtime.queue(PROFILES_SINK), state=runtime.state, acks=runtime.acks,
             client=brevo_client(runtime, asyncio.Event()), metrics=runtime.metrics, on_pending=outbox.wake,

@@ -128,3 +128,25 @@ async def test_a_waiting_row_is_read_again_when_it_goes_and_carries_what_brevo_n
         [follow] = await turn(outbox, q)
         body = orjson.loads(follow.body)
         assert (body["in_brevo"], body["brevo_id"], body["attributes"]) == (True, 77, {"V": "second"})
+
+
+async def test_folds_within_a_batch_window_become_one_write_with_the_newest_values(state: StateStore):
+    acks = Acknowledger(state, DedupeRecord(state, 86400))
+    await state.fold_contacts([snap("u1", v="first"), snap("u2", v="first")], [], attrs)
+    q = queue()
+    upstream = asyncio.Event()
+    async with running(state, acks, q, window=30.0, upstream=upstream) as outbox:
+        first = await turn(outbox, q)
+        assert sorted(orjson.loads(i.body)["ext_id"] for i in first) == ["u1", "u2"]
+        await acks.settle("brevo_contacts", first)
+        # Caught up: the outbox holds its next read for the window; u1 is folded twice meanwhile.
+        for n, value in enumerate(("second", "third"), start=11):
+            await state.fold_contacts([snap("u1", t=f"2024-01-15T{n}:00:00.000Z", v=value)], [], attrs)
+            outbox.wake()
+            assert await turn(outbox, q) == [], "within the window nothing is read"
+        upstream.set()  # the export has folded everything: no reason to wait any longer
+        outbox.stop()
+    async with running(state, acks, q, window=30.0) as again:
+        [item] = await turn(again, q)
+    body = orjson.loads(item.body)
+    assert (body["ext_id"], body["attributes"]) == ("u1", {"V": "third"}), "one write, the newest values"

@@ -301,3 +301,25 @@ async def test_faults_and_an_outage_with_events_contacts_and_orders_lose_nothing
     finally:
         daemon.proc.send_signal(signal.SIGTERM)
         assert await daemon.wait(30) == 0
+
+
+async def test_sighup_with_contacts_and_orders_on_reloads_every_component(tmp_path, make_sandbox):
+    # Every running component reloads in place (the profile folder, the contact outbox, the contacts and
+    # orders sinks): a changed batch window applies, and the daemon goes on writing contacts.
+    sandbox = await make_sandbox(hours=1, rows_per_hour=300)
+    want = expected(sandbox.data)
+    cfg = contacts_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s"})
+    cfg_path = write_config(tmp_path / "config.yaml", cfg)
+    daemon = await DaemonProcess.start("run", "-c", str(cfg_path), env=SANDBOX_ENV)
+    try:
+        await daemon.wait_for_log("daemon.started")
+        cfg["batching"]["max_wait"] = "500ms"
+        write_config(cfg_path, cfg)
+        daemon.proc.send_signal(signal.SIGHUP)
+        reloaded = await daemon.wait_for_log("config.reloaded")
+        assert "batching" in reloaded["changed"]
+        await _until_done(daemon, tmp_path / "state.db", "20261101T01", sandbox, len(want["orders"]))
+        await check_contacts(sandbox, want)
+    finally:
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert await daemon.wait(30) == 0, daemon.all_output()[-3000:]

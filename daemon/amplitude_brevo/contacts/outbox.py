@@ -5,6 +5,9 @@ the rows above its read cursor, queues one item per row for `brevo_contacts`, an
 moves the `contacts.written` checkpoint past a seq once Brevo has answered for that row (written or
 dead-lettered), so a restart — or a kill -9 — sends again exactly what was pending and not yet answered.
 
+Coalescing: once it has read everything pending, it waits `window` (`batching.max_wait`) before reading
+again, so that a user folded several times meanwhile is read, and written, once.
+
 One write per contact at a time: a row whose user already has a write on its way waits until that one is
 answered (a later write must not overtake an earlier one and leave Brevo with older values); while it
 waits, a newer row of the same user replaces it, and it is read again when it goes (the answer may have
@@ -52,8 +55,9 @@ class ContactOutbox:
 
     def __init__(self, *, queue: Any, state: Any, acks: Any, dry_run: bool = False,
                  upstream: asyncio.Event | None = None, read_size: int = READ_SIZE,
-                 poll_seconds: float = POLL_SECONDS) -> None:
+                 poll_seconds: float = POLL_SECONDS, window: float = 0.0) -> None:
         self.queue = queue
+        self.window = window
         self.state = state
         self.acks = acks
         self.upstream = upstream
@@ -73,6 +77,9 @@ class ContactOutbox:
     @property
     def sinks(self) -> tuple[str, ...]:
         return (CONTACTS_SINK,)
+
+    def reload(self, cfg: Any) -> None:
+        self.window = cfg.batching.max_wait
 
     def wake(self) -> None:
         """New pending rows (the folder committed some)."""
@@ -96,12 +103,22 @@ class ContactOutbox:
             rows = await self.state.pending_contacts(self.cursor, self.read_size)
             if rows:
                 await self._queue_rows(rows)
+                if len(rows) < self.read_size:
+                    await self._hold()
                 continue
             if not queued and self._finished():
                 await self.acks.checkpoint(self.tracker)
                 return
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+
+    async def _hold(self) -> None:
+        """Caught up with the folder: wait a batch window before reading again, so that the folds of a user
+        meanwhile become one write (its row's seq moves past the cursor with each fold: read once, newest).
+        Not once the export has folded everything: nothing more is coming."""
+        if self.window > 0 and not (self.upstream is not None and self.upstream.is_set()):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.window)
 
     def _finished(self) -> bool:
         return (self.upstream is not None and self.upstream.is_set() and not self.tracker.outstanding
