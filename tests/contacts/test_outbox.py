@@ -38,9 +38,13 @@ async def drain(q: BatchQueue[Any]) -> list[Any]:
 
 async def turn(outbox: ContactOutbox, q: BatchQueue[Any]) -> list[Any]:
     """Let the outbox run until it waits, and return what it queued."""
-    for _ in range(20):
-        await asyncio.sleep(0)
-    await outbox.state.contacts_count()  # a round trip through the state thread
+    for _ in range(3):
+        for _ in range(20):
+            await asyncio.sleep(0)
+        # Round trips through the state's threads: the outbox reads on the lookup one, what it was told
+        # (answers, identities) is written on the writer one.
+        await outbox.state.contacts_count()
+        await outbox.state.pending_contacts(0, 1)
     for _ in range(20):
         await asyncio.sleep(0)
     return await drain(q)

@@ -90,12 +90,13 @@ class ContactsState(StoreBase):
         return await self._run(self._fold, list(snapshots), list(facts), attributes_of, now_or(now))
 
     async def pending_contacts(self, after_seq: int, limit: int = 1000) -> list[PendingContact]:
-        """Rows with a write pending past `after_seq`, in seq order."""
-        return await self._run(_pending, after_seq, limit)
+        """Rows with a write pending past `after_seq`, in seq order. On the lookup connection: the outbox's
+        reads do not wait behind the folder's transactions on the writer thread (they see what committed)."""
+        return await self._run_lookup(_pending, after_seq, limit)
 
     async def pending_contact(self, user_id: str) -> PendingContact | None:
-        """One user's row as the outbox would send it (whether pending or not)."""
-        return await self._run(_by_user, user_id)
+        """One user's row as the outbox would send it (whether pending or not); on the lookup connection."""
+        return await self._run_lookup(_by_user, user_id)
 
     async def contacts_identified(self, rows: Iterable[tuple[str, str | None, int | None]]) -> None:
         """Brevo holds these contacts now: (user, the email Brevo has or None, Brevo's id when learned)."""
