@@ -82,6 +82,15 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
     held: MappedChunk | None = None  # with collectors: the last chunk made, not yielded yet
     ending: MappedChunk | None = None  # a truncated member's letter: the member's very last chunk
     line_no = 0  # physical lines before this step, blank ones included (what `sed -n Np` would show)
+
+    def hold(chunk: MappedChunk) -> MappedChunk | None:
+        """The chunk to yield now that `chunk` is made: itself without collectors, else the one held."""
+        nonlocal held
+        if not collectors:
+            return chunk
+        ready, held = held, chunk
+        return ready
+
     for index, step in enumerate(_prefetched(iter_text_steps(archive, member, max_line))):
         mine = index >= skip and index % stride == offset
         if type(step) is not bytes:
@@ -98,12 +107,8 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
                 chunk = MappedChunk(rows=1, letters=[(
                     "export.line.too_long", line_no, item,
                     f"line longer than {step.limit} bytes ({step.length} bytes, skipped)")])
-                if not collectors:
-                    yield chunk
-                    continue
-                if held is not None:
-                    yield held
-                held = chunk
+                if (ready := hold(chunk)) is not None:
+                    yield ready
             continue
         if not mine:
             # Another reader's step: only counted, never split (unless collected again, see above).
@@ -139,12 +144,8 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
                                 rejected.reason))
         map_row.finish()
         chunk.rows = rows
-        if not collectors:
-            yield chunk
-            continue
-        if held is not None:
-            yield held
-        held = chunk
+        if (ready := hold(chunk)) is not None:
+            yield ready
     if collectors:
         if held is None and any(map(len, collectors.values())):
             held = MappedChunk()  # only rows collected again: in this process, where chunks are not counted
