@@ -24,6 +24,20 @@ async def test_partial_batch_is_released_after_max_wait():
     assert loop.time() - started >= 0.04
 
 
+async def test_flush_releases_the_partial_batch_at_once_and_only_that_one():
+    q = BatchQueue("s", max_items=100, max_wait=60, capacity=1000)
+    await q.flush()  # nothing queued: no effect on what comes later
+    await q.put("a")
+    consumer = asyncio.create_task(q.next_batch())
+    await asyncio.sleep(0)
+    await q.put("b")
+    await q.flush()
+    assert await asyncio.wait_for(consumer, 1) == ["a", "b"]
+    await q.put("c")
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(q.next_batch(), 0.05)  # the next batch waits to fill again
+
+
 async def test_items_arriving_during_wait_join_the_batch():
     q = BatchQueue("s", max_items=3, max_wait=5, capacity=10)
     await q.put(1)

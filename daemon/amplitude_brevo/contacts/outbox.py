@@ -104,6 +104,7 @@ class ContactOutbox:
             if rows:
                 await self._queue_rows(rows)
                 if len(rows) < self.read_size:
+                    await self.queue.flush()  # caught up: what is queued need not wait to fill a batch
                     await self._hold()
                 continue
             if not queued and self._finished():

@@ -20,7 +20,7 @@ class BatchQueue(Generic[T]):
     """Producers `await put()`; the sink's consumer `await next_batch()`.
 
     A batch is released when it holds `max_items` items or `max_wait` seconds after its first item arrived,
-    whichever comes first. Nothing is ever dropped: when `capacity` items are waiting, `put()` waits
+    whichever comes first, or at once after `flush()`. Nothing is ever dropped: when `capacity` items are waiting, `put()` waits
     (backpressure, like Vector's `when_full: block`). `close()` stops intake; consumers then drain what is
     left and receive `None`.
     """
@@ -30,6 +30,7 @@ class BatchQueue(Generic[T]):
         self._items: deque[T] = deque()
         self._cond = asyncio.Condition()
         self._closed = False
+        self._flushing = False  # set by flush(): the next batch goes without waiting to fill
         self.max_items = max_items
         self.max_wait = max_wait
         self.capacity = capacity
@@ -87,6 +88,14 @@ class BatchQueue(Generic[T]):
             self._cond.notify_all()
             return dropped
 
+    async def flush(self) -> None:
+        """The producer has put all it has for now: the batch being filled goes at once, without waiting
+        the rest of `max_wait` for items that are not coming."""
+        async with self._cond:
+            if self._items:
+                self._flushing = True
+                self._cond.notify_all()
+
     async def close(self) -> None:
         async with self._cond:
             self._closed = True
@@ -101,7 +110,7 @@ class BatchQueue(Generic[T]):
                 if not self._items:
                     return None
                 deadline = loop.time() + self.max_wait
-                while len(self._items) < self.max_items and not self._closed:
+                while len(self._items) < self.max_items and not self._closed and not self._flushing:
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         break
@@ -114,6 +123,7 @@ class BatchQueue(Generic[T]):
                 # Another consumer took them while this one waited for more: wait for the next items.
             count = min(len(self._items), self.max_items)
             batch = [self._items.popleft() for _ in range(count)]
+            self._flushing = False
             self._cond.notify_all()
             return batch
 
