@@ -22,7 +22,8 @@ from typing import Any
 
 import orjson
 
-from .remap import MappingRules, Rejected, SinkOutput, Skipped, _exact, email_id, iso_utc
+from ..jsonbytes import dumps_kept, exact
+from .remap import MappingRules, Rejected, SinkOutput, Skipped, email_id, iso_utc
 from .rows import ExportRow
 
 SKIPPED_NO_IDENTITY = Skipped("no_identity")  # a row of nobody (no user id; anonymous: skip): no profile
@@ -91,7 +92,7 @@ class ProfileCollector:
             return  # the orders consumer rejects (and dead-letters) what is wrong with such a row
         # exact-size bytes: orjson's own output holds ~4 KiB of memory however short, and facts wait for the
         # member's end
-        self.facts.append(_exact(orjson.dumps({"r": 1, "k": key, "u": user, "a": revenue.amount, "t": at})))
+        self.facts.append(dumps_kept({"r": 1, "k": key, "u": user, "a": revenue.amount, "t": at}))
 
     def __len__(self) -> int:
         return len(self.users) + len(self.facts)
@@ -130,7 +131,7 @@ class ProfileCollector:
                 snapshot["p"] = {k: v for k, v in values.items() if _encodable(v)}
                 body = orjson.dumps(snapshot)
             keys.append(None)
-            bodies.append(_exact(body))
+            bodies.append(exact(body))
         self.users = {}
         self.facts = []
 

@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 import orjson
 
+from ..jsonbytes import exact
 from .remap import (
     ORDERS_NAMESPACE,
     ORDERS_SINK,
@@ -203,7 +204,7 @@ def order_body(
         "products": [product],
         "identifiers": identifiers,
     })
-    return data[:-1] + data[-1:]  # exact-size bytes: orjson over-allocates, and bodies wait in queues
+    return exact(data)  # bodies wait in queues
 
 
 class Order:

@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from amplitude_brevo.jsonbytes import dumps_kept
 from amplitude_brevo.state.base import StoreBase, chunks, marks, now_or, write_tx
 
 CONTACTS_CHECKPOINT = "contacts.written"
@@ -59,17 +60,12 @@ class PendingContact:
     brevo_id: int | None
 
     def body(self) -> bytes:
-        """The contact item's body (see /work/design-8.md: what the contacts sink reads), exact-size: it waits
-        in the contacts queue, and orjson's own output holds ~4 KiB of memory whatever its length."""
-        return _exact(orjson.dumps({
+        """The contact item's body (what `sinks/brevo_contacts.py` reads), exact-size: it waits in the
+        contacts queue."""
+        return dumps_kept({
             "ext_id": self.user_id, "email": self.email, "attributes": self.attributes, "in_brevo": self.in_brevo,
             "brevo_email": self.brevo_email, "brevo_id": self.brevo_id, "seq": self.seq,
-        }))
-
-
-def _exact(data: bytes) -> bytes:
-    """A copy of orjson's output at its size (orjson's own holds ~4 KiB of memory, however short)."""
-    return data[:-1] + data[-1:]
+        })
 
 
 def seq_key(seq: int) -> str:
@@ -144,7 +140,7 @@ class ContactsState(StoreBase):
                     attributes, dropped = attributes_of(folded["sources"], derived, totals.get(user))
                     for attribute, why in dropped:
                         result.dropped.append((user, attribute, why))
-                    encoded = _exact(orjson.dumps(attributes, option=orjson.OPT_SORT_KEYS))
+                    encoded = dumps_kept(attributes, option=orjson.OPT_SORT_KEYS)
                     pending = row is None or encoded != row["attributes"] or folded["email"] != row["email"]
                     if pending:
                         if row is None:
@@ -156,7 +152,7 @@ class ContactsState(StoreBase):
                         result.unchanged += 1
                         seq = row["seq"]
                     writes.append((user, folded["seen"], folded["first_seen"], folded["last_active"],
-                                   folded["email"], _exact(orjson.dumps(folded["sources"])), encoded, seq, now))
+                                   folded["email"], dumps_kept(folded["sources"]), encoded, seq, now))
                 conn.executemany(
                     "INSERT INTO contacts (user_id, seen, first_seen, last_active, email, sources, attributes, seq,"
                     " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET"
