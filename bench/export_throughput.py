@@ -211,7 +211,7 @@ def phase_stages(args: argparse.Namespace) -> None:
                     if stage == "remap":
                         remap_event(row, rules)
                     elif stage == "fanout":
-                        # Every consumer (events, orders, profile collector), a chunk per ~1 MiB of lines as
+                        # Every consumer (events, orders, profile collector), a chunk per ~1 MiB of lines (the reader: 512 KiB) as
                         # the reader makes one per decompressed step; the collector written once per member.
                         if mapper is None:
                             outputs = {n: SinkOutput() for n in fan_rules.sinks}

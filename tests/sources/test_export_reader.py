@@ -423,14 +423,16 @@ def snapshots_by_user(chunks: list[MappedChunk]) -> dict[str, int]:
     return counts
 
 
-def test_a_member_makes_one_snapshot_per_user_in_its_last_chunk(tmp_path):
+def test_a_member_makes_one_snapshot_per_user_in_a_tail_after_its_steps(tmp_path):
     path, member = export(tmp_path, rows_per_hour=6000)
     with zipfile.ZipFile(path) as archive:
         chunks = list(map_member(archive, member, PROFILE_RULES))
         lines = list(iter_lines(archive, member))
     assert len(chunks) > 5
-    *early, last = chunks
-    assert all(not c.outputs["profiles"].bodies for c in early), "collected over the member, written once"
+    *steps, tail = chunks
+    assert all(not c.outputs["profiles"].bodies and not c.tail for c in steps), "collected over the member"
+    assert tail.tail and tail.rows == 0 and tail.outputs["profiles"].bodies, "written once, after the last step"
+    chunks = steps + [tail]
     counts = snapshots_by_user(chunks)
     assert set(counts.values()) == {1}
     users = {row.user_id for row in map(PROFILE_RULES.row_decoder.decode, lines) if row.user_id}
@@ -439,7 +441,7 @@ def test_a_member_makes_one_snapshot_per_user_in_its_last_chunk(tmp_path):
     events_only = MappingRules(RULES.event_mapping, PROFILE_RULES.property_mapping)
     with zipfile.ZipFile(path) as archive:
         plain = list(map_member(archive, member, events_only))
-    assert [c.outputs[EVENTS_SINK] for c in chunks] == [c.outputs[EVENTS_SINK] for c in plain]
+    assert [c.outputs[EVENTS_SINK] for c in steps] == [c.outputs[EVENTS_SINK] for c in plain]
 
 
 def test_the_newest_row_of_a_user_wins_across_the_steps_of_a_member(tmp_path):
@@ -478,10 +480,13 @@ async def test_children_each_collect_their_steps_and_fold_to_what_one_reader_col
         got = [chunk async for chunk in reader.map_member(path, member, PROFILE_RULES)]
     finally:
         await reader.close()
-    assert len(got) == len(expected)
+    steps = [c for c in got if not c.tail]
+    assert len(steps) == len(expected) - 1 and not any(c.tail for c in expected[:-1]) and expected[-1].tail
+    assert got[len(steps):] == [c for c in got if c.tail] and 1 <= len(got) - len(steps) <= workers, \
+        "the children's tails come after every step, one from each child that collected something"
     assert profiles(got) == profiles(expected)
     assert max(snapshots_by_user(got).values()) <= workers, "one snapshot per user and child"
-    assert [c.outputs[EVENTS_SINK] for c in got] == [c.outputs[EVENTS_SINK] for c in expected]
+    assert [c.outputs[EVENTS_SINK] for c in steps] == [c.outputs[EVENTS_SINK] for c in expected[:-1]]
     assert merged(got).skipped == merged(expected).skipped
 
 
@@ -507,7 +512,7 @@ async def test_switching_to_this_process_mid_member_loses_nothing_the_children_c
     users, facts = profiles(seen)
     assert (users, facts) == profiles(expected) and facts, "no profile lost, no revenue fact twice"
     assert merged(seen).rows == merged(expected).rows and merged(seen).skipped == merged(expected).skipped
-    assert [c.outputs[EVENTS_SINK] for c in seen if c.rows] == [c.outputs[EVENTS_SINK] for c in expected]
+    assert [c.outputs[EVENTS_SINK] for c in seen if c.rows] == [c.outputs[EVENTS_SINK] for c in expected if c.rows]
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -525,7 +530,8 @@ async def test_a_truncated_member_still_writes_the_profiles_of_its_good_lines(tm
         got = [chunk async for chunk in reader.map_member(path, member, PROFILE_RULES)]
     finally:
         await reader.close()
-    assert got[-1].letters[0][0] == "export.member.truncated"
+    last = [c for c in got if not c.tail][-1]
+    assert got[-1].tail and last.letters[0][0] == "export.member.truncated"
     users, _ = profiles(got)
     assert users == profiles(expected)[0] and users
     assert len(users) >= len({row.user_id for row in good if row.user_id})

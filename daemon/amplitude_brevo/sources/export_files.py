@@ -14,7 +14,7 @@ from isal import isal_zlib
 
 # `<app>/<app>_<YYYY-MM-DD>_<H>#<n>.json.gz` (reference/amplitude-api.md §1): H is not reliably padded.
 MEMBER_NAME = re.compile(r"(\d+)_(\d{4}-\d{2}-\d{2})_(\d{1,2})#(\d+)\.json\.gz$")
-_READ_SIZE = 1 << 20
+_READ_SIZE = 1 << 19  # 512 KiB of text per step: a reader child holds a few steps at a time (see bench/)
 _GZIP_WBITS = 16 + 15  # a gzip container around a deflate stream
 # No row comes near this (a row is ~2 KB; Brevo refuses event properties over 50 KB): a line this long is
 # damage (a member missing its newlines), and is skipped rather than held in memory whole.

@@ -5,7 +5,7 @@ Decoding and remapping every line is CPU work for one thread, and in the daemon'
 with everything else. Reader children (`member_mapper`) do it on the other cores: the daemon sends each one
 the member to read (the window's temp file, the member, the mapping rules) on its stdin and reads back
 `MappedChunk`s — for each sink, dedupe keys and Brevo bodies; dead letters, counts — one per decompressed
-megabyte, then an empty frame. The pipes are the backpressure: a child whose output is not read blocks on its next write.
+half-megabyte, then an end frame (carrying what the child's collectors gathered over the member). The pipes are the backpressure: a child whose output is not read blocks on its next write.
 
 A member the children fail on (one crashed, was killed) is read again by new children: chunks queued the
 first time are then filtered by the dedupe record and the in-flight set.
@@ -25,7 +25,7 @@ from ..logs import get_logger
 from ..pipeline.remap import MappingRules
 from . import export_files, member_mapper
 from .export_files import Member
-from .member_mapper import FRAME, MappedChunk, rules_args
+from .member_mapper import END, FRAME, MappedChunk, rules_args
 
 log = get_logger("amplitude_export")
 
@@ -162,17 +162,24 @@ class ReaderPool:
                                         export_files.MAX_LINE_BYTES))
                     proc.stdin.write(FRAME.pack(len(job)) + job)
                     await proc.stdin.drain()
-                while (data := await _next_frame(procs[index % n])) is not None:
+                while (tail := _end_frame(data := await _next_frame(procs[index % n]))) is None:
                     yield MappedChunk.from_wire(pickle.loads(data))
                     index += 1
                     if self.in_process():
                         break
                 else:
-                    # The child whose turn it was has ended; every other one ends now too.
+                    # The child whose turn it was has ended; every other one ends now too. Their end frames
+                    # carry what each collected over the member (`MappedChunk.tail`).
+                    tails = [tail]
                     for k in range(1, n):
-                        if await _next_frame(procs[(index + k) % n]) is not None:
+                        tail = _end_frame(await _next_frame(procs[(index + k) % n]))
+                        if tail is None:
                             raise ReaderFailed(f"export readers disagree on where {member.name} ends")
+                        tails.append(tail)
                     complete = True
+                    for tail in tails:
+                        if tail:
+                            yield MappedChunk.from_wire(pickle.loads(tail), tail=True)
             except (asyncio.IncompleteReadError, ConnectionError) as exc:
                 codes = [proc.returncode for proc in procs]
                 raise ReaderFailed(f"an export reader (pids {[p.pid for p in procs]}, exit codes {codes}) ended "
@@ -211,10 +218,16 @@ async def _map_here(path: str | os.PathLike[str], member: Member, rules: Mapping
             chunks.close()
 
 
-async def _next_frame(proc: asyncio.subprocess.Process) -> bytes | None:
-    """The next frame's payload, or None for the end-of-member frame."""
+async def _next_frame(proc: asyncio.subprocess.Process) -> bytes:
+    """The next frame's payload: a chunk, or the member's end frame (see `_end_frame`)."""
     assert proc.stdout is not None
     (size,) = FRAME.unpack(await proc.stdout.readexactly(FRAME.size))
-    return await proc.stdout.readexactly(size) if size else None
+    return await proc.stdout.readexactly(size)
+
+
+def _end_frame(data: bytes) -> memoryview | None:
+    """None for a chunk's frame; for the member's end frame, the pickled tail chunk it carries (empty when
+    the child collected nothing)."""
+    return memoryview(data)[len(END):] if data[:len(END)] == END else None
 
 

@@ -2,8 +2,9 @@
 
 Run as `python -m amplitude_brevo.sources.member_mapper`; it imports only what mapping needs (no asyncio,
 no aiohttp), so each child stays small. Frames in both directions: a 4-byte big-endian length, then a
-pickle (both ends are this package). It exits at the end of its stdin, and with a broken pipe if the
-daemon is gone.
+pickle (both ends are this package). A member's chunks come back one frame each, then its end frame:
+`END`, followed by the pickled tail chunk when the child has one (what its collectors gathered over the
+member, see `map_member`). It exits at the end of its stdin, and with a broken pipe if the daemon is gone.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from ..pipeline.remap import MappingRules, SinkOutput, collectors_for, finish_co
 from .export_files import LINE_PREFIX_BYTES, Member, OverlongLine, TruncatedMember, is_blank, iter_text_steps
 
 FRAME = struct.Struct("!I")
+END = b"E"  # starts a member's end frame (a chunk's frame starts with pickle's PROTO opcode, 0x80)
 _END = object()
 
 
-__all__ = ["FRAME", "MappedChunk", "SinkOutput", "map_member", "rules_args"]
+__all__ = ["END", "FRAME", "MappedChunk", "SinkOutput", "map_member", "rules_args"]
 
 
 @dataclass(slots=True)
@@ -39,6 +41,8 @@ class MappedChunk:
     # (log event, line number or None, item, reason): bad lines, rejected rows, a truncated member
     letters: list[tuple[str, int | None, dict[str, Any], str]] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    # The member's tail: what the collecting consumers gathered over every step this reader mapped (no rows).
+    tail: bool = False
 
     def to_wire(self) -> tuple[Any, ...]:
         """Plain lists and dicts for the pipe (cheaper to pickle than the objects); `from_wire` undoes it."""
@@ -46,10 +50,10 @@ class MappedChunk:
         return self.rows, outputs, self.letters, self.skipped
 
     @classmethod
-    def from_wire(cls, wire: tuple[Any, ...]) -> MappedChunk:
+    def from_wire(cls, wire: tuple[Any, ...], *, tail: bool = False) -> MappedChunk:
         rows, outputs, letters, skipped = wire
         return cls(rows, {name: SinkOutput(keys, bodies) for name, (keys, bodies) in outputs.items()},
-                   letters, skipped)
+                   letters, skipped, tail)
 
 
 def rules_args(rules: MappingRules) -> dict[str, Any]:
@@ -70,33 +74,23 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
     steps are inflated only (someone else mapped them); line numbers count them all the same.
 
     Collecting consumers (the profile collector) gather over all the steps this reader maps, and write
-    their outputs into its last chunk: one profile snapshot per user, reader and member, not per step. To
-    know which chunk is its last, each chunk is yielded once the reader's next step is mapped (or the member
-    has ended). Whoever maps a member from step `skip` on (the reader pool, when the children stop
-    mid-member) has not received what the children had collected of the steps before: those steps' rows
-    are decoded again here, for the collectors only (what they count and dead-letter was counted already).
+    their outputs into one more chunk after the member's last (`tail` set, no rows): one profile snapshot per
+    user, reader and member, not per step. Every other chunk is yielded as soon as it is made: none is held
+    back waiting to learn whether it is the last. Whoever maps a member from step `skip` on (the reader
+    pool, when the children stop mid-member) has not received what the children had collected of the steps
+    before: those steps' rows are decoded again here, for the collectors only (what they count and
+    dead-letter was counted already).
     """
     decode = rules.row_decoder.decode
     sinks = rules.sinks
     collectors = collectors_for(rules)  # carried over the member: see above
-    held: MappedChunk | None = None  # with collectors: the last chunk made, not yielded yet
-    ending: MappedChunk | None = None  # a truncated member's letter: the member's very last chunk
     line_no = 0  # physical lines before this step, blank ones included (what `sed -n Np` would show)
-
-    def hold(chunk: MappedChunk) -> MappedChunk | None:
-        """The chunk to yield now that `chunk` is made: itself without collectors, else the one held."""
-        nonlocal held
-        if not collectors:
-            return chunk
-        ready, held = held, chunk
-        return ready
-
     for index, step in enumerate(_prefetched(iter_text_steps(archive, member, max_line))):
         mine = index >= skip and index % stride == offset
         if type(step) is not bytes:
             if isinstance(step, TruncatedMember):
                 if mine:
-                    ending = MappedChunk(letters=[(
+                    yield MappedChunk(letters=[(
                         "export.member.truncated", None, {"member": member.name, "lines_read": line_no},
                         f"truncated or corrupt gzip member after {line_no} lines: {step}")])
                 break
@@ -104,11 +98,9 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
             line_no += 1
             if mine:
                 item = {**_line_item(member, line_no, step.prefix), "bytes": step.length}
-                chunk = MappedChunk(rows=1, letters=[(
+                yield MappedChunk(rows=1, letters=[(
                     "export.line.too_long", line_no, item,
                     f"line longer than {step.limit} bytes ({step.length} bytes, skipped)")])
-                if (ready := hold(chunk)) is not None:
-                    yield ready
             continue
         if not mine:
             # Another reader's step: only counted, never split (unless collected again, see above).
@@ -144,16 +136,11 @@ def map_member(archive: zipfile.ZipFile, member: Member, rules: MappingRules, *,
                                 rejected.reason))
         map_row.finish()
         chunk.rows = rows
-        if (ready := hold(chunk)) is not None:
-            yield ready
-    if collectors:
-        if held is None and any(map(len, collectors.values())):
-            held = MappedChunk()  # only rows collected again: in this process, where chunks are not counted
-        if held is not None:
-            finish_collectors(collectors, held.outputs)
-            yield held
-    if ending is not None:
-        yield ending
+        yield chunk
+    if any(map(len, collectors.values())):
+        tail = MappedChunk(tail=True)
+        finish_collectors(collectors, tail.outputs)
+        yield tail
 
 
 def _collect_again(step: bytes, decode: Any, collectors: dict[str, Any]) -> None:
@@ -254,9 +241,14 @@ def child_main() -> int:
             with zipfile.ZipFile(path) as archive:
                 chunks = map_member(archive, Member(name, hour, partition), rules, stride=stride, offset=offset,
                                     max_line=max_line)
+                tail = b""
                 for chunk in chunks:
-                    _write_frame(stdout, pickle.dumps(chunk.to_wire(), protocol=pickle.HIGHEST_PROTOCOL))
-            _write_frame(stdout, b"")
+                    wire = pickle.dumps(chunk.to_wire(), protocol=pickle.HIGHEST_PROTOCOL)
+                    if chunk.tail:
+                        tail = wire  # the member's last chunk: it travels in the end frame
+                    else:
+                        _write_frame(stdout, wire)
+            _write_frame(stdout, END + tail)
             stdout.flush()
     except BrokenPipeError:
         return 0  # the parent is gone
