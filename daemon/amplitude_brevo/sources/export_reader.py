@@ -60,6 +60,12 @@ def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str
     return env
 
 
+# How much of a child's output this process buffers before it stops reading that pipe: a frame (a few hundred
+# KiB) arrives whole in a few reads, where asyncio's 64 KiB default paused and resumed the pipe
+# several times per frame; at most about twice this waits here per child.
+PIPE_BUFFER_LIMIT = 1 << 20
+
+
 class ReaderFailed(Exception):
     """The reader child ended in the middle of a member (crashed, killed)."""
 
@@ -124,7 +130,7 @@ class ReaderPool:
             for _ in range(self.workers):
                 self._procs.append(await asyncio.create_subprocess_exec(
                     sys.executable, "-m", member_mapper.__name__, stdin=asyncio.subprocess.PIPE,
-                    stdout=asyncio.subprocess.PIPE, env=env,
+                    stdout=asyncio.subprocess.PIPE, env=env, limit=PIPE_BUFFER_LIMIT,
                 ))
         return self._procs
 
