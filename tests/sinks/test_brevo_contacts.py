@@ -699,9 +699,9 @@ def test_a_batch_body_is_its_entries_in_one_encoding():
     from amplitude_brevo.sinks.brevo_contacts import Contact
     from amplitude_brevo.state.contacts import PendingContact
 
-    bodies = [PendingContact("u1", 1, "a@example.org", {"FIRSTNAME": "Ana", "AMP_LTV": 12.5}, True, "a@example.org",
+    bodies = [PendingContact("u1", 1, "a@example.org", b'{"AMP_LTV":12.5,"FIRSTNAME":"Ana"}', True, "a@example.org",
                              None).body(),
-              PendingContact("u2", 2, "new@example.org", {"PLAN": "pro"}, True, "old@example.org", 42).body()]
+              PendingContact("u2", 2, "new@example.org", b'{"PLAN":"pro"}', True, "old@example.org", 42).body()]
     sink = BrevoContactsSink.__new__(BrevoContactsSink)  # batch_body reads nothing of the sink
     entries = [orjson.dumps(Contact.parse(body).batch_entry()) for body in bodies]
     assert sink.batch_body(bodies) == b'{"contacts":[' + b",".join(entries) + b"]}"

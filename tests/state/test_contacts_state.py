@@ -147,3 +147,17 @@ async def test_key_lists_read_the_same_rows_with_and_without_json_each(state: St
     padded = await state._run(contacts._rows, wanted)
     assert padded == with_json and len(padded) == len(wanted) - 1
     assert await state._run(contacts._totals, ["u1", "nobody"]) == {"u1": Totals(10.0, 1, 0)}
+
+
+async def test_a_pending_body_carries_the_stored_attributes_as_they_are(state: StateStore):
+    import orjson
+
+    await state.fold_contacts([snap(first_name="Ana", plan="pro", zeta=1.5, alpha=True)], [], attrs)
+    [pending] = await state.pending_contacts(0)
+    stored = await state._run(
+        lambda conn: conn.execute("SELECT attributes FROM contacts WHERE user_id = 'u1'").fetchone()[0])
+    assert pending.attributes_json == stored and pending.attributes == orjson.loads(stored)
+    assert pending.body() == orjson.dumps({
+        "ext_id": "u1", "email": "ana@example.org", "attributes": orjson.loads(stored), "in_brevo": False,
+        "brevo_email": None, "brevo_id": None, "seq": 1,
+    }), "the same bytes as encoding the decoded attributes"

@@ -60,17 +60,21 @@ class PendingContact:
     user_id: str
     seq: int
     email: str | None
-    attributes: dict[str, Any]
+    attributes_json: bytes  # the attributes as stored: JSON, keys sorted
     in_brevo: bool
     brevo_email: str | None
     brevo_id: int | None
 
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return orjson.loads(self.attributes_json)
+
     def body(self) -> bytes:
         """The contact item's body (what `sinks/brevo_contacts.py` reads), exact-size: it waits in the
-        contacts queue."""
+        contacts queue. The attributes go in as stored, not decoded and encoded again."""
         return dumps_kept({
-            "ext_id": self.user_id, "email": self.email, "attributes": self.attributes, "in_brevo": self.in_brevo,
-            "brevo_email": self.brevo_email, "brevo_id": self.brevo_id, "seq": self.seq,
+            "ext_id": self.user_id, "email": self.email, "attributes": orjson.Fragment(self.attributes_json),
+            "in_brevo": self.in_brevo, "brevo_email": self.brevo_email, "brevo_id": self.brevo_id, "seq": self.seq,
         })
 
 
@@ -302,7 +306,7 @@ def _totals(conn: sqlite3.Connection, users: list[str]) -> dict[str, Totals]:
 
 def _pending_of(values: tuple[Any, ...]) -> PendingContact:
     user, seq, email, attributes, in_brevo, brevo_email, brevo_id = values
-    return PendingContact(user, seq, email, orjson.loads(attributes or b"{}"), bool(in_brevo), brevo_email, brevo_id)
+    return PendingContact(user, seq, email, attributes or b"{}", bool(in_brevo), brevo_email, brevo_id)
 
 
 _PENDING = "SELECT user_id, seq, email, attributes, in_brevo, brevo_email, brevo_id FROM contacts"
