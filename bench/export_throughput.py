@@ -563,14 +563,16 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
                 samples["pss_max"] = max(samples["pss_max"], pss)
             await asyncio.sleep(0.1)
 
-    gc_time = {"seconds": 0.0, "collections": [0, 0, 0], "started": 0.0}
+    gc_time = {"seconds": 0.0, "collections": [0, 0, 0], "by_generation": [0.0, 0.0, 0.0], "started": 0.0}
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             gc_time["started"] = time.perf_counter()
         else:
-            gc_time["seconds"] += time.perf_counter() - gc_time["started"]
+            seconds = time.perf_counter() - gc_time["started"]
+            gc_time["seconds"] += seconds
             gc_time["collections"][info["generation"]] += 1
+            gc_time["by_generation"][info["generation"]] += seconds
 
     if not args.no_tune:
         from amplitude_brevo.tuning import tune_runtime
@@ -618,6 +620,7 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "unseen_seconds": unseen.seconds, "unseen_calls": unseen.calls,
         "commit_seconds": commit.seconds, "commit_calls": commit.calls,
         "gc_seconds": gc_time["seconds"], "gc_collections": gc_time["collections"],
+        "gc_seconds_by_generation": gc_time["by_generation"],
         "rss_start_mib": rss_start, "peak_rss_mib": hwm, "ru_maxrss_mib": maxrss,
         "queue_capacity": queue.capacity, "queue_max": samples["queue_max"],
         "queue_at_rss_max": samples["queue_at_rss_max"], "hold": args.hold, "record": args.record,
@@ -801,7 +804,8 @@ def _print_pipeline(title: str, runs: list[dict[str, Any]], isal_runs: list[dict
     print(f"                dedupe lookups "
           f"{pipe['unseen_seconds']:.2f} s awaited over {pipe['unseen_calls']} calls; sink commits "
           f"{pipe['commit_seconds']:.2f} s over {pipe['commit_calls']} calls; garbage collector "
-          f"{pipe['gc_seconds']:.2f} s (collections by generation {pipe['gc_collections']})")
+          f"{pipe['gc_seconds']:.2f} s (collections by generation {pipe['gc_collections']}; seconds "
+          f"{', '.join(f'{s:.2f}' for s in pipe['gc_seconds_by_generation'])})")
     print(f"                CPU: daemon process {pipe['cpu_daemon_s']:.2f} s, reader children {pipe['cpu_readers_s']:.2f} s"
           f" ({(pipe['cpu_daemon_s'] + pipe['cpu_readers_s']) / pipe['seconds']:.2f} cores of {os.cpu_count()})")
     print(f"                rows {pipe['rows']:,}  mapped {pipe['mapped']:,}  events delivered {pipe['delivered']:,}  "
