@@ -103,6 +103,7 @@ class ProfileFolder:
                     self._reread = False
                     await self._load_model()
                 await self._fold(batch)
+                del batch  # not held while the next batch fills: the queue holds that one meanwhile
         except Stopping:
             pass
         log.info("contacts.folder.stopped", new=self.totals.new, changed=self.totals.changed,
@@ -173,6 +174,7 @@ class ProfileFolder:
         if self.missing and self.cfg.connectors.brevo.create_attributes:
             await self._create_missing(list(snapshots.values()))
         result = await self.state.fold_contacts(list(snapshots.values()), facts, self.attributes_of)
+        del snapshots, facts  # folded: not held while the batch is settled
         self._count(result)
         await self.acks.settle(self.name, batch)
         if (result.new or result.changed) and self.on_pending is not None:
