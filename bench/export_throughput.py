@@ -504,6 +504,14 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
 
     samples = {"rss_max": 0.0, "queue_max": 0, "queue_at_rss_max": 0, "pss_max": 0.0, "together_max": 0.0,
                "together_daemon": 0.0, "together_readers": 0.0, "queue_at_together_max": 0}
+    # Every queue's highest depth (and the bytes of its bodies then), and every queue's depth and bytes when
+    # the daemon's RSS was at its highest: what the daemon's peak holds in its queues.
+    depths = {name: {"max": 0, "max_bytes": 0, "at_rss_max": 0, "bytes_at_rss_max": 0} for name in queues}
+    traced = {"snapshot": None}
+    if args.diag_tracemalloc:
+        import tracemalloc
+
+        tracemalloc.start(1)
     readers_hwm: dict[int, float] = {}  # reader child pid → its peak RSS
     resets = {"ok": True}
 
@@ -525,8 +533,16 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         daemon = interval_peak("self")
         readers = {pid: interval_peak(pid) for pid in source.reader.pids}
         depth = len(queue)
+        for name, q in queues.items():
+            entry = depths[name]
+            if len(q) > entry["max"]:
+                entry["max"], entry["max_bytes"] = len(q), _queued_bytes(q)
         if daemon > samples["rss_max"]:
             samples["rss_max"], samples["queue_at_rss_max"] = daemon, depth
+            for name, q in queues.items():
+                depths[name]["at_rss_max"], depths[name]["bytes_at_rss_max"] = len(q), _queued_bytes(q)
+            if args.diag_tracemalloc:
+                traced["snapshot"] = tracemalloc.take_snapshot()
         for pid, peak in readers.items():
             readers_hwm[pid] = max(readers_hwm.get(pid, 0.0), peak)
         if daemon + sum(readers.values()) > samples["together_max"]:
@@ -547,14 +563,16 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
                 samples["pss_max"] = max(samples["pss_max"], pss)
             await asyncio.sleep(0.1)
 
-    gc_time = {"seconds": 0.0, "collections": [0, 0, 0], "started": 0.0}
+    gc_time = {"seconds": 0.0, "collections": [0, 0, 0], "by_generation": [0.0, 0.0, 0.0], "started": 0.0}
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
             gc_time["started"] = time.perf_counter()
         else:
-            gc_time["seconds"] += time.perf_counter() - gc_time["started"]
+            seconds = time.perf_counter() - gc_time["started"]
+            gc_time["seconds"] += seconds
             gc_time["collections"][info["generation"]] += 1
+            gc_time["by_generation"][info["generation"]] += seconds
 
     if not args.no_tune:
         from amplitude_brevo.tuning import tune_runtime
@@ -602,6 +620,7 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "unseen_seconds": unseen.seconds, "unseen_calls": unseen.calls,
         "commit_seconds": commit.seconds, "commit_calls": commit.calls,
         "gc_seconds": gc_time["seconds"], "gc_collections": gc_time["collections"],
+        "gc_seconds_by_generation": gc_time["by_generation"],
         "rss_start_mib": rss_start, "peak_rss_mib": hwm, "ru_maxrss_mib": maxrss,
         "queue_capacity": queue.capacity, "queue_max": samples["queue_max"],
         "queue_at_rss_max": samples["queue_at_rss_max"], "hold": args.hold, "record": args.record,
@@ -610,7 +629,8 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         "together_readers_mib": samples["together_readers"], "queue_at_together_max": samples["queue_at_together_max"],
         "hwm_resets": resets["ok"],
         "cpu_daemon_s": cpu_self, "cpu_readers_s": cpu_children,
-        "in_process": in_process,
+        "in_process": in_process, "queue_depths": depths,
+        "tracemalloc_top": _tracemalloc_top(traced["snapshot"]) if traced["snapshot"] is not None else None,
         "contacts": contacts_on, "brevo_by_path": brevo.by_path, "profile_items": profile_items["n"],
         **(_contact_figures(orders, folder, contacts, outbox, fold, queues) if contacts_on else {}),
     }
@@ -629,6 +649,19 @@ def _contact_figures(orders: Any, folder: Any, contacts: Any, outbox: Any, fold:
         "contacts_created": c.created, "contacts_updated": c.updated, "contacts_dead_lettered": c.dead_lettered,
         "fold_seconds": fold.seconds, "fold_calls": fold.calls,
     }
+
+
+def _queued_bytes(queue: Any) -> int:
+    """The bytes of the bodies waiting in `queue` (its items, not their objects' overhead)."""
+    return sum(len(item.body) for item in list(queue._items))
+
+
+def _tracemalloc_top(snapshot: Any, limit: int = 25) -> list[str]:
+    """The lines that held the most memory in a tracemalloc snapshot (--diag-tracemalloc)."""
+    stats = snapshot.statistics("lineno")
+    total = sum(stat.size for stat in stats)
+    return [f"total {total / MIB:.1f} MiB in {sum(stat.count for stat in stats):,} blocks",
+            *(f"{stat.size / MIB:7.2f} MiB {stat.count:>8,} {stat.traceback[0]}" for stat in stats[:limit])]
 
 
 def _cpu_seconds(who: int) -> float:
@@ -725,6 +758,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
         pipe_args += ["--profile"] if args.profile else []
         pipe_args += ["--no-tune"] if args.no_tune else []
         pipe_args += ["--diag-pause-without-profiles"] if args.diag_pause_without_profiles else []
+        pipe_args += ["--diag-tracemalloc"] if args.diag_tracemalloc else []
         pipe_args += ["--readers", str(args.readers)] if args.readers is not None else []
         events_args = [*pipe_args, "--events-only"]
         gz_runs, isal_runs, events_runs, contacts_runs = [], [], [], []
@@ -770,7 +804,8 @@ def _print_pipeline(title: str, runs: list[dict[str, Any]], isal_runs: list[dict
     print(f"                dedupe lookups "
           f"{pipe['unseen_seconds']:.2f} s awaited over {pipe['unseen_calls']} calls; sink commits "
           f"{pipe['commit_seconds']:.2f} s over {pipe['commit_calls']} calls; garbage collector "
-          f"{pipe['gc_seconds']:.2f} s (collections by generation {pipe['gc_collections']})")
+          f"{pipe['gc_seconds']:.2f} s (collections by generation {pipe['gc_collections']}; seconds "
+          f"{', '.join(f'{s:.2f}' for s in pipe['gc_seconds_by_generation'])})")
     print(f"                CPU: daemon process {pipe['cpu_daemon_s']:.2f} s, reader children {pipe['cpu_readers_s']:.2f} s"
           f" ({(pipe['cpu_daemon_s'] + pipe['cpu_readers_s']) / pipe['seconds']:.2f} cores of {os.cpu_count()})")
     print(f"                rows {pipe['rows']:,}  mapped {pipe['mapped']:,}  events delivered {pipe['delivered']:,}  "
@@ -794,6 +829,13 @@ def _print_pipeline(title: str, runs: list[dict[str, Any]], isal_runs: list[dict
     print(f"                events queue capacity {pipe['queue_capacity']:,} "
           f"({'held full: slow sink' if pipe['hold'] else 'drained as fast as possible'}),"
           f" max depth seen {pipe['queue_max']:,}")
+    print("                queues (max depth, its bodies; at the daemon's peak RSS): " + "; ".join(
+        f"{name} {d['max']:,} ({d['max_bytes'] / MIB:.1f} MiB), {d['at_rss_max']:,} ({d['bytes_at_rss_max'] / MIB:.1f} MiB)"
+        for name, d in pipe["queue_depths"].items()))
+    if pipe.get("tracemalloc_top"):
+        print("                tracemalloc at the daemon's peak RSS (--diag-tracemalloc: slower, figures skewed):")
+        for line in pipe["tracemalloc_top"]:
+            print(f"                  {line}")
     print(f"ratio           {ratio:.2f} of ISA-L + orjson   (median of the runs' ratios: "
           f"{', '.join(f'{r:.2f}' for r in ratios)})")
     print(f"                {gz_ratio:.2f} of stdlib gzip + orjson   (the former baseline; runs "
@@ -927,6 +969,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="diagnosis: skip tuning.tune_runtime() (switch interval, gc.freeze)")
     parser.add_argument("--diag-pause-without-profiles", action="store_true",
                         help="diagnosis: the reader pool's pause policy ignores the profiles queue")
+    parser.add_argument("--diag-tracemalloc", action="store_true",
+                        help="diagnosis: trace the pipeline's allocations and print where they were at its peak RSS")
     parser.add_argument("--no-stages", action="store_true", help="skip the per-stage reference timings")
     parser.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
     # internal: one phase in a child process

@@ -101,3 +101,28 @@ async def test_an_invalid_email_is_counted_and_the_contact_folded_without_it(tmp
         [row] = await env.state.pending_contacts(0)
         assert row.email is None and row.attributes["FIRSTNAME"] == "F"
         assert folder.dropped_total == {"EMAIL": 1}
+
+
+async def test_recurring_values_are_converted_once_and_date_times_are_not_remembered(tmp_path, monkeypatch):
+    from amplitude_brevo.contacts import folder as folder_module
+
+    async with brevo_env(tmp_path, budgets=budgets()) as env:
+        folder = await fold(env, cfg_for(tmp_path), [])
+        converted: list[tuple[str, Any]] = []
+        convert = folder_module.convert
+
+        def counted(model, target, value):
+            converted.append((target, value))
+            return convert(model, target, value)
+
+        monkeypatch.setattr(folder_module, "convert", counted)
+        for hour in (10, 11):
+            at = f"2024-01-15T{hour}:00:00.000Z"
+            attributes, _ = folder.attributes_of(
+                {"plan_type": "pro", "signup_date": "2024-01-02", "last_active": at}, {}, None)
+            assert attributes == {"PLAN": "pro", "SIGNUP_DATE": "2024-01-02", "LAST_ACTIVE": "2024-01-15"}
+        assert sorted(converted) == [("LAST_ACTIVE", "2024-01-15T10:00:00.000Z"),
+                                     ("LAST_ACTIVE", "2024-01-15T11:00:00.000Z"),
+                                     ("PLAN", "pro"), ("SIGNUP_DATE", "2024-01-02")]
+        assert ("SIGNUP_DATE", str, "2024-01-02") in folder._converted
+        assert not any(key[0] == "LAST_ACTIVE" for key in folder._converted), "date-times are not remembered"

@@ -693,3 +693,15 @@ async def test_field_reports_a_failed_import_sends_its_contacts_one_by_one(tmp_p
         ids = {c.ext_id: c.id for c in env.brevo.contacts.values()}
         assert seen.all == {f"u{i}": (f"u{i}@example.org", None) for i in range(3)}, "upserted: 204 after the import"
         assert len(ids) == 3 and (sink.stats.imported, sink.stats.updated) == (0, 3)
+
+
+def test_a_batch_body_is_its_entries_in_one_encoding():
+    from amplitude_brevo.sinks.brevo_contacts import Contact
+    from amplitude_brevo.state.contacts import PendingContact
+
+    bodies = [PendingContact("u1", 1, "a@example.org", b'{"AMP_LTV":12.5,"FIRSTNAME":"Ana"}', True, "a@example.org",
+                             None).body(),
+              PendingContact("u2", 2, "new@example.org", b'{"PLAN":"pro"}', True, "old@example.org", 42).body()]
+    sink = BrevoContactsSink.__new__(BrevoContactsSink)  # batch_body reads nothing of the sink
+    entries = [orjson.dumps(Contact.parse(body).batch_entry()) for body in bodies]
+    assert sink.batch_body(bodies) == b'{"contacts":[' + b",".join(entries) + b"]}"

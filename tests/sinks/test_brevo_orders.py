@@ -343,3 +343,13 @@ async def test_a_403_about_the_key_is_retried_not_activated(tmp_path):
             assert await env.state.list_dead_letters() == []
             assert "brevo.auth_failed" in events(logs, "error")
             assert sink.inactive is None
+
+
+@pytest.mark.parametrize("historical", [True, False])
+def test_a_batch_body_joins_the_order_bodies_as_they_are(historical):
+    sink = BrevoOrdersSink.__new__(BrevoOrdersSink)
+    sink._historical_json = b"true" if historical else b"false"
+    bodies = [item.body for item in orders(3)]
+    body = sink.batch_body(bodies)
+    assert body == b'{"orders":[' + b",".join(bodies) + b'],"historical":' + sink._historical_json + b"}"
+    assert orjson.loads(body)["historical"] is historical

@@ -114,3 +114,50 @@ async def test_identified_contacts_keep_their_brevo_identity(state: StateStore):
     await state.fold_contacts([snap(s="2024-01-15 10:00:09.000000", first_name="Changed")], [], attrs)
     [pending] = await state.pending_contacts(1)
     assert pending.brevo_id == 4711, "a fold never forgets what Brevo told us"
+
+
+async def _updated_at(state: StateStore, user: str) -> float:
+    return await state._run(
+        lambda conn: conn.execute("SELECT updated_at FROM contacts WHERE user_id = ?", (user,)).fetchone()[0])
+
+
+async def test_a_reread_row_is_not_written_again_but_a_widened_one_is(state: StateStore):
+    await state.fold_contacts([snap(first_name="Ana")], [], attrs, now=100.0)
+    again = await state.fold_contacts([snap(first_name="Ana")], [], attrs, now=200.0)
+    assert again.unchanged == 1
+    assert await _updated_at(state, "u1") == 100.0, "the stored row is the re-read one: not written"
+
+    older = snap(t="2024-01-10T08:00:00.000Z", first_name="Old")
+    widened = await state.fold_contacts([older], [], attrs, now=300.0)
+    assert widened.unchanged == 1, "nothing Brevo would see changed"
+    assert await _updated_at(state, "u1") == 300.0, "first_seen moved: the row is written"
+    row = await state.contact_row("u1")
+    assert row["first_seen"] == "2024-01-10T08:00:00.000Z" and row["sources"] == {"first_name": "Ana"}
+    assert [p.seq for p in await state.pending_contacts(0)] == [1]
+
+
+async def test_key_lists_read_the_same_rows_with_and_without_json_each(state: StateStore, monkeypatch):
+    from amplitude_brevo.state import contacts
+
+    users = [f"u{n}" for n in range(700)]
+    await state.fold_contacts([snap(user) for user in users], [fact(f"k{n}", f"u{n}") for n in range(700)], attrs)
+    wanted = [*users[::3], "nobody"]
+    with_json = await state._run(contacts._rows, wanted)
+    monkeypatch.setattr(contacts, "_JSON_EACH", False)
+    padded = await state._run(contacts._rows, wanted)
+    assert padded == with_json and len(padded) == len(wanted) - 1
+    assert await state._run(contacts._totals, ["u1", "nobody"]) == {"u1": Totals(10.0, 1, 0)}
+
+
+async def test_a_pending_body_carries_the_stored_attributes_as_they_are(state: StateStore):
+    import orjson
+
+    await state.fold_contacts([snap(first_name="Ana", plan="pro", zeta=1.5, alpha=True)], [], attrs)
+    [pending] = await state.pending_contacts(0)
+    stored = await state._run(
+        lambda conn: conn.execute("SELECT attributes FROM contacts WHERE user_id = 'u1'").fetchone()[0])
+    assert pending.attributes_json == stored and pending.attributes == orjson.loads(stored)
+    assert pending.body() == orjson.dumps({
+        "ext_id": "u1", "email": "ana@example.org", "attributes": orjson.loads(stored), "in_brevo": False,
+        "brevo_email": None, "brevo_id": None, "seq": 1,
+    }), "the same bytes as encoding the decoded attributes"

@@ -130,14 +130,14 @@ class AttributeModel:
         return f"AttributeModel({', '.join(f'{a.name}:{a.type}' for a in self)})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Converted:
     """The value to send, already of the attribute's Brevo type."""
 
     value: Any
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dropped:
     """The value cannot be sent; `reason` is a sentence for the warning (e.g. "'maybe' is not a boolean")."""
 

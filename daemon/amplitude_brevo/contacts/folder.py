@@ -33,9 +33,11 @@ from .attributes import AttributeModel, Dropped, convert, ensure_attributes, ide
 
 log = get_logger("contacts")
 
-# Conversions remembered (cleared when full): recurring values (plans, countries, names) fit; values that
-# never recur (a `last_active` time per fold) would otherwise fill it, ~0.2 KiB an entry.
+# Conversions remembered (cleared when full): recurring values (plans, countries, names, dates) fit. A date
+# attribute's date-time (`last_active`: an event time per fold) never recurs: it is converted each time, not
+# remembered, or it would fill the memo (~0.3 KiB an entry) and push the recurring values out.
 MEMO_LIMIT = 8192
+DATE_LENGTH = len("2024-01-15")  # a date attribute's longer strings are date-times
 _UNSET = object()
 DROPPED_LOGS_PER_MINUTE = 20  # per attribute: warnings naming the user; past that, counted only
 
@@ -81,6 +83,7 @@ class ProfileFolder:
         self.totals = FoldResult()  # summed over every batch (demo, tests)
         self.dropped_total: dict[str, int] = {}  # attribute → values dropped by conversion
         self._converted: dict[tuple[str, type, Any], Any] = {}  # (attribute, type, value) → convert()'s answer
+        self._dates: frozenset[str] = frozenset()  # the targets that are date attributes in the model
 
     def stop(self) -> None:
         self._stopping.set()
@@ -100,6 +103,7 @@ class ProfileFolder:
                     self._reread = False
                     await self._load_model()
                 await self._fold(batch)
+                del batch  # not held while the next batch fills: the queue holds that one meanwhile
         except Stopping:
             pass
         log.info("contacts.folder.stopped", new=self.totals.new, changed=self.totals.changed,
@@ -111,7 +115,7 @@ class ProfileFolder:
     # -- the attribute model --
     async def _load_model(self) -> None:
         self.model = await load_attributes(self.client)
-        self._converted = {}
+        self._forget_conversions()
         names = self.targets.names()
         self.missing = {name for name in names if self.model.get(name) is None}
         if self.missing and not self.cfg.connectors.brevo.create_attributes:
@@ -142,7 +146,16 @@ class ProfileFolder:
                 samples[target] = 0.0
         self.model, missing = await ensure_attributes(self.client, self.model, samples, create=True, log=log)
         self.missing = set(missing)
+        self._forget_conversions()
+
+    def _forget_conversions(self) -> None:
+        """A new attribute model: conversions are remembered afresh, and its date targets looked up again."""
         self._converted = {}
+        model = self.model
+        self._dates = frozenset(
+            target for target in self.targets.mapping.values()
+            if model is not None and (attribute := model.get(target)) is not None and attribute.type == "date"
+        )
 
     # -- one batch --
     async def _fold(self, batch: list[Item]) -> None:
@@ -161,6 +174,7 @@ class ProfileFolder:
         if self.missing and self.cfg.connectors.brevo.create_attributes:
             await self._create_missing(list(snapshots.values()))
         result = await self.state.fold_contacts(list(snapshots.values()), facts, self.attributes_of)
+        del snapshots, facts  # folded: not held while the batch is settled
         self._count(result)
         await self.acks.settle(self.name, batch)
         if (result.new or result.changed) and self.on_pending is not None:
@@ -170,7 +184,7 @@ class ProfileFolder:
                       totals: Totals | None) -> tuple[dict[str, Any], list[tuple[str, str]]]:
         """The Brevo attributes of one profile, converted to their types; and what could not be (runs on the
         state's writer thread, inside the fold's transaction: pure, no I/O)."""
-        model, missing, memo = self.model, self.missing, self._converted
+        model, missing, memo, dates = self.model, self.missing, self._converted, self._dates
         attributes: dict[str, Any] = {}
         dropped: list[tuple[str, str]] = []
         for source, target in self.targets.mapping.items():
@@ -182,7 +196,9 @@ class ProfileFolder:
             if value is None:
                 continue
             kind = type(value)
-            if kind is str or kind is int or kind is float or kind is bool:
+            if kind is str and len(value) > DATE_LENGTH and target in dates:
+                converted = convert(model, target, value)  # a date-time: not remembered (see MEMO_LIMIT)
+            elif kind is str or kind is int or kind is float or kind is bool:
                 # Values recur (plans, countries, dates, names of returning users): convert each once.
                 memo_key = (target, kind, value)
                 converted = memo.get(memo_key, _UNSET)

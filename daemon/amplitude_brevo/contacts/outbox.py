@@ -102,8 +102,10 @@ class ContactOutbox:
             queued = await self._queue_ready()
             rows = await self.state.pending_contacts(self.cursor, self.read_size)
             if rows:
+                caught_up = len(rows) < self.read_size
                 await self._queue_rows(rows)
-                if len(rows) < self.read_size:
+                del rows  # queued: not held through the window below
+                if caught_up:
                     await self.queue.flush()  # caught up: what is queued need not wait to fill a batch
                     await self._hold()
                 continue

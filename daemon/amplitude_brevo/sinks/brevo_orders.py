@@ -101,8 +101,9 @@ class BrevoOrdersSink(BrevoSink):
 
     # -- endpoints --
     def batch_body(self, bodies: list[bytes]) -> bytes:
-        # The orders' bodies are JSON already: join them, no decoding or re-encoding.
-        return b'{"orders":[' + b",".join(bodies) + b'],"historical":' + self._historical_json + b"}"
+        # The orders' bodies are JSON already: join them, no decoding or re-encoding; in one join (each `+`
+        # would copy the whole body again, ~0.5 MiB for 1,000 orders).
+        return b"".join((b'{"orders":[', b",".join(bodies), b'],"historical":', self._historical_json, b"}"))
 
     def single_request(self, item: Item) -> tuple[str, str, bytes]:
         return "POST", "/orders/status", item.body

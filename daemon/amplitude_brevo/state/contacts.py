@@ -11,7 +11,12 @@
    what is stored: unchanged → nothing; changed (or a new user, or a new email) → stored with the next
    `seq`. A row whose seq is above the `contacts.written` checkpoint has a Brevo write pending: the
    contact outbox (contacts/outbox.py) reads those in seq order and the checkpoint moves once Brevo has
-   answered for them.
+   answered for them. A row the snapshot changes in nothing at all (a re-read) is not written again:
+   `updated_at` is the time of the row's last change.
+
+Rows are read by key lists through one statement each (`json_each` over the keys, or `IN` lists padded to a
+few fixed lengths): every distinct SQL text is a statement SQLite compiles and the connection caches, ~60 KiB
+for an `IN` list of 500, and the lengths of a batch's lists vary from batch to batch.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from typing import Any
 import orjson
 
 from amplitude_brevo.jsonbytes import dumps_kept
-from amplitude_brevo.state.base import StoreBase, chunks, marks, now_or, write_tx
+from amplitude_brevo.state.base import MAX_IN_PARAMS, StoreBase, chunks, marks, now_or, write_tx
+from amplitude_brevo.state.dedupe import _JSON_EACH, _json_array
 
 CONTACTS_CHECKPOINT = "contacts.written"
 
@@ -54,17 +60,21 @@ class PendingContact:
     user_id: str
     seq: int
     email: str | None
-    attributes: dict[str, Any]
+    attributes_json: bytes  # the attributes as stored: JSON, keys sorted
     in_brevo: bool
     brevo_email: str | None
     brevo_id: int | None
 
+    @property
+    def attributes(self) -> dict[str, Any]:
+        return orjson.loads(self.attributes_json)
+
     def body(self) -> bytes:
         """The contact item's body (what `sinks/brevo_contacts.py` reads), exact-size: it waits in the
-        contacts queue."""
+        contacts queue. The attributes go in as stored, not decoded and encoded again."""
         return dumps_kept({
-            "ext_id": self.user_id, "email": self.email, "attributes": self.attributes, "in_brevo": self.in_brevo,
-            "brevo_email": self.brevo_email, "brevo_id": self.brevo_id, "seq": self.seq,
+            "ext_id": self.user_id, "email": self.email, "attributes": orjson.Fragment(self.attributes_json),
+            "in_brevo": self.in_brevo, "brevo_email": self.brevo_email, "brevo_id": self.brevo_id, "seq": self.seq,
         })
 
 
@@ -124,35 +134,18 @@ class ContactsState(StoreBase):
         next_seq = self._next_seq
         try:
             with write_tx(conn):
-                totals_changed = _count_revenue(conn, facts, result)
                 by_user = {s["u"]: s for s in snapshots}
+                # One read of the totals of everyone the batch names; counting the facts updates it.
+                totals = _totals(conn, [*by_user, *({fact["u"]: None for fact in facts}.keys() - by_user.keys())])
+                totals_changed = _count_revenue(conn, facts, result, totals)
                 users = [*by_user, *sorted(totals_changed - by_user.keys())]
                 existing = _rows(conn, users)
-                totals = _totals(conn, users)
                 writes = []
                 for user in users:
-                    row = existing.get(user)
-                    snapshot = by_user.get(user)
-                    folded = _folded(row, snapshot)
-                    if folded is None:
-                        continue  # revenue for a user no row has told us about yet: written with their first row
-                    derived = {"first_seen": folded["first_seen"], "last_active": folded["last_active"]}
-                    attributes, dropped = attributes_of(folded["sources"], derived, totals.get(user))
-                    for attribute, why in dropped:
-                        result.dropped.append((user, attribute, why))
-                    encoded = dumps_kept(attributes, option=orjson.OPT_SORT_KEYS)
-                    pending = row is None or encoded != row["attributes"] or folded["email"] != row["email"]
-                    if pending:
-                        if row is None:
-                            result.new += 1
-                        else:
-                            result.changed += 1
-                        seq = self._seq(conn)
-                    else:
-                        result.unchanged += 1
-                        seq = row["seq"]
-                    writes.append((user, folded["seen"], folded["first_seen"], folded["last_active"],
-                                   folded["email"], dumps_kept(folded["sources"]), encoded, seq, now))
+                    write = self._folded_write(conn, user, existing.get(user), by_user.get(user), totals.get(user),
+                                               attributes_of, result)
+                    if write is not None:
+                        writes.append((*write, now))
                 conn.executemany(
                     "INSERT INTO contacts (user_id, seen, first_seen, last_active, email, sources, attributes, seq,"
                     " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (user_id) DO UPDATE SET"
@@ -166,91 +159,154 @@ class ContactsState(StoreBase):
             raise
         return result
 
+    def _folded_write(self, conn: sqlite3.Connection, user: str, row: dict[str, Any] | None,
+                      snapshot: Mapping[str, Any] | None, totals: Totals | None, attributes_of: AttributesOf,
+                      result: FoldResult) -> tuple[Any, ...] | None:
+        """The row to store for `user` after `snapshot` (without `updated_at`), counted in `result`; None when
+        nothing is to be written: revenue for a user no row has told us about yet (written with their first
+        row), or a row that would be stored exactly as it is."""
+        folded = _folded(row, snapshot)
+        if folded is None:
+            return None
+        seen, first_seen, last_active, email, sources, encoded_sources = folded
+        attributes, dropped = attributes_of(sources, {"first_seen": first_seen, "last_active": last_active}, totals)
+        for attribute, why in dropped:
+            result.dropped.append((user, attribute, why))
+        encoded = dumps_kept(attributes, option=orjson.OPT_SORT_KEYS)
+        if encoded_sources is None:
+            encoded_sources = dumps_kept(sources)
+        if row is None:
+            result.new += 1
+            seq = self._seq(conn)
+        elif encoded != row["attributes"] or email != row["email"]:
+            result.changed += 1
+            seq = self._seq(conn)
+        else:
+            result.unchanged += 1
+            if (seen, first_seen, last_active, encoded_sources) == (
+                    row["seen"], row["first_seen"], row["last_active"], row["sources"]):
+                return None  # a re-read: the stored row is this one already
+            seq = row["seq"]
+        return user, seen, first_seen, last_active, email, encoded_sources, encoded, seq
 
-def _count_revenue(conn: sqlite3.Connection, facts: list[Mapping[str, Any]], result: FoldResult) -> set[str]:
+
+def _count_revenue(conn: sqlite3.Connection, facts: list[Mapping[str, Any]], result: FoldResult,
+                   totals: dict[str, Totals]) -> set[str]:
     """Count the facts whose key the ledger does not hold yet (the first of a batch's repeats), in bulk: one
     read of the ledger's known keys, one insert of the new ones, one upsert of each changed user's totals
-    (summed in fact order, as one statement per fact would have)."""
+    (summed in fact order, as one statement per fact would have). `totals` holds the stored totals of (at
+    least) every user of `facts`; it is updated to the new ones. Returns the users whose totals changed."""
     new: dict[str, Mapping[str, Any]] = {}
     for fact in facts:
         if fact["k"] in new:
             result.revenue_repeated += 1
         else:
             new[fact["k"]] = fact
-    for part in chunks(list(new)):
-        for (key,) in conn.execute(f"SELECT key FROM revenue WHERE key IN ({marks(len(part))})", part):
-            del new[key]
-            result.revenue_repeated += 1
+    for key in _selected(conn, "SELECT key FROM revenue WHERE key IN ", list(new)):
+        del new[key[0]]
+        result.revenue_repeated += 1
     if not new:
         return set()
     conn.executemany("INSERT INTO revenue (key, user_id, amount, at) VALUES (?, ?, ?, ?)",
                      [(key, fact["u"], float(fact["a"]), fact.get("t")) for key, fact in new.items()])
     result.revenue_counted += len(new)
-    known = _totals(conn, list({fact["u"]: None for fact in new.values()}))
-    totals: dict[str, list[Any]] = {}  # user → [ltv, orders, refunds] after this batch
+    after: dict[str, list[Any]] = {}  # user → [ltv, orders, refunds] after this batch
     for fact in new.values():
         amount, user = float(fact["a"]), fact["u"]
-        total = totals.get(user)
+        total = after.get(user)
         if total is None:
-            before = known.get(user)
-            total = totals[user] = [amount, 0, 0] if before is None else [
+            before = totals.get(user)
+            total = after[user] = [amount, 0, 0] if before is None else [
                 before.ltv + amount, before.orders, before.refunds]
         else:
             total[0] += amount
         total[1] += amount > 0
         total[2] += amount < 0
-    rows = [(user, ltv, orders, refunds) for user, (ltv, orders, refunds) in totals.items()]
+    rows = [(user, ltv, orders, refunds) for user, (ltv, orders, refunds) in after.items()]
     conn.executemany(
         "INSERT INTO revenue_totals (user_id, ltv, orders, refunds) VALUES (?, ?, ?, ?) ON CONFLICT (user_id)"
         " DO UPDATE SET ltv = excluded.ltv, orders = excluded.orders, refunds = excluded.refunds",
         rows,
     )
-    return set(totals)
+    for user, ltv, orders, refunds in rows:
+        totals[user] = Totals(ltv, orders, refunds)
+    return set(after)
 
 
-def _folded(row: dict[str, Any] | None, snapshot: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    """The row after `snapshot`: newest wins for values and email, extremes for first/last seen."""
+# (seen, first_seen, last_active, email, sources, the stored encoding of sources or None when they are new)
+Folded = tuple[str, "str | None", "str | None", "str | None", Mapping[str, Any], "bytes | None"]
+
+
+def _folded(row: dict[str, Any] | None, snapshot: Mapping[str, Any] | None) -> Folded | None:
+    """The row after `snapshot`: newest wins for values and email, extremes for first/last seen. Sources
+    kept from the row come with their stored encoding (not encoded again)."""
     if snapshot is None:
-        return None if row is None else {**row, "sources": orjson.loads(row["sources"] or b"{}")}
+        if row is None:
+            return None
+        return (row["seen"], row["first_seen"], row["last_active"], row["email"], *_stored_sources(row))
     seen = f"{snapshot.get('t') or ''}|{snapshot.get('s') or ''}"
     first, last = snapshot.get("f"), snapshot.get("l")
     if row is None:
-        return {"seen": seen, "first_seen": first, "last_active": last, "email": snapshot.get("e"),
-                "sources": dict(snapshot.get("p") or {})}
-    newer = seen >= row["seen"]
-    return {
-        "seen": seen if newer else row["seen"],
-        "first_seen": min(filter(None, (row["first_seen"], first)), default=None),
-        "last_active": max(filter(None, (row["last_active"], last)), default=None),
-        "email": (snapshot.get("e") or row["email"]) if newer else (row["email"] or snapshot.get("e")),
-        "sources": dict(snapshot.get("p") or {}) if newer else orjson.loads(row["sources"] or b"{}"),
-    }
+        return seen, first, last, snapshot.get("e"), dict(snapshot.get("p") or {}), None
+    first_seen, last_active = _earliest(row["first_seen"], first), _latest(row["last_active"], last)
+    if seen >= row["seen"]:
+        return seen, first_seen, last_active, snapshot.get("e") or row["email"], dict(snapshot.get("p") or {}), None
+    return (row["seen"], first_seen, last_active, row["email"] or snapshot.get("e"), *_stored_sources(row))
 
 
+def _earliest(a: str | None, b: str | None) -> str | None:
+    """`min(filter(None, (a, b)), default=None)`, without building a filter (it runs per snapshot)."""
+    if not a:
+        return b or None
+    return a if not b or a <= b else b
+
+
+def _latest(a: str | None, b: str | None) -> str | None:
+    """`max(filter(None, (a, b)), default=None)`."""
+    if not a:
+        return b or None
+    return a if not b or a >= b else b
+
+
+def _stored_sources(row: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+    """A row's sources, decoded, and their stored encoding."""
+    stored = row["sources"]
+    return orjson.loads(stored or b"{}"), stored or None
+
+
+def _selected(conn: sqlite3.Connection, sql: str, keys: list[str]) -> list[tuple[Any, ...]]:
+    """The rows of `sql` + "(the keys)": `SELECT … WHERE key IN ` and a list of keys (see the module
+    docstring: one statement text, whatever the number of keys)."""
+    if not keys:
+        return []
+    if _JSON_EACH:
+        return conn.execute(f"{sql}(SELECT value FROM json_each(?))", (_json_array(keys),)).fetchall()
+    out: list[tuple[Any, ...]] = []
+    for part in chunks(keys):
+        size = next(size for size in _IN_SIZES if size >= len(part))
+        padded = [*part, *([None] * (size - len(part)))]  # NULL matches nothing
+        out += conn.execute(f"{sql}({marks(size)})", padded).fetchall()
+    return out
+
+
+_IN_SIZES = (8, 64, MAX_IN_PARAMS)  # the lengths `IN` lists are padded to (without json_each)
 _COLUMNS = "user_id, seen, first_seen, last_active, email, sources, attributes, seq, brevo_email, brevo_id, in_brevo"
+_NAMES = _COLUMNS.split(", ")
 
 
 def _rows(conn: sqlite3.Connection, users: list[str]) -> dict[str, dict[str, Any]]:
-    out = {}
-    names = _COLUMNS.split(", ")
-    for part in chunks(users):
-        for values in conn.execute(f"SELECT {_COLUMNS} FROM contacts WHERE user_id IN ({marks(len(part))})", part):
-            out[values[0]] = dict(zip(names, values, strict=True))
-    return out
+    rows = _selected(conn, f"SELECT {_COLUMNS} FROM contacts WHERE user_id IN ", users)
+    return {values[0]: dict(zip(_NAMES, values, strict=True)) for values in rows}
 
 
 def _totals(conn: sqlite3.Connection, users: list[str]) -> dict[str, Totals]:
-    out = {}
-    for part in chunks(users):
-        sql = f"SELECT user_id, ltv, orders, refunds FROM revenue_totals WHERE user_id IN ({marks(len(part))})"
-        for user, ltv, orders, refunds in conn.execute(sql, part):
-            out[user] = Totals(ltv, orders, refunds)
-    return out
+    rows = _selected(conn, "SELECT user_id, ltv, orders, refunds FROM revenue_totals WHERE user_id IN ", users)
+    return {user: Totals(ltv, orders, refunds) for user, ltv, orders, refunds in rows}
 
 
 def _pending_of(values: tuple[Any, ...]) -> PendingContact:
     user, seq, email, attributes, in_brevo, brevo_email, brevo_id = values
-    return PendingContact(user, seq, email, orjson.loads(attributes or b"{}"), bool(in_brevo), brevo_email, brevo_id)
+    return PendingContact(user, seq, email, attributes or b"{}", bool(in_brevo), brevo_email, brevo_id)
 
 
 _PENDING = "SELECT user_id, seq, email, attributes, in_brevo, brevo_email, brevo_id FROM contacts"
