@@ -29,8 +29,8 @@ from typing import Any
 import orjson
 
 from amplitude_brevo.jsonbytes import dumps_kept
-from amplitude_brevo.state.base import MAX_IN_PARAMS, StoreBase, chunks, marks, now_or, write_tx
-from amplitude_brevo.state.dedupe import _JSON_EACH, _json_array
+from amplitude_brevo.state.base import JSON_EACH as _JSON_EACH  # a module global: tests switch it off
+from amplitude_brevo.state.base import MAX_IN_PARAMS, StoreBase, chunks, json_array, marks, now_or, write_tx
 
 CONTACTS_CHECKPOINT = "contacts.written"
 
@@ -280,7 +280,7 @@ def _selected(conn: sqlite3.Connection, sql: str, keys: list[str]) -> list[tuple
     if not keys:
         return []
     if _JSON_EACH:
-        return conn.execute(f"{sql}(SELECT value FROM json_each(?))", (_json_array(keys),)).fetchall()
+        return conn.execute(f"{sql}(SELECT value FROM json_each(?))", (json_array(keys),)).fetchall()
     out: list[tuple[Any, ...]] = []
     for part in chunks(keys):
         size = next(size for size in _IN_SIZES if size >= len(part))

@@ -8,13 +8,11 @@ thread, in the same transaction as the checkpoints it moves.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
-from contextlib import closing
-
-import orjson
+from collections.abc import Sequence
 
 from amplitude_brevo.state import checkpoints as checkpoints_table
-from amplitude_brevo.state.base import StateError, StoreBase, chunks, marks, now_or, write_tx
+from amplitude_brevo.state.base import JSON_EACH as _JSON_EACH  # a module global: tests switch it off
+from amplitude_brevo.state.base import StateError, StoreBase, chunks, json_array, marks, now_or, write_tx
 from amplitude_brevo.state.checkpoints import Checkpoint
 
 # Dedupe expiry deletes in slices so one big purge cannot hold the write lock (and the worker
@@ -82,18 +80,6 @@ class DedupeRecord(StoreBase):
         return await self._run_apart(_dedupe_count)
 
 
-def _has_json_each() -> bool:
-    try:
-        with closing(sqlite3.connect(":memory:")) as probe:
-            probe.execute("SELECT count(*) FROM json_each('[]')").fetchone()
-    except sqlite3.Error:
-        return False
-    return True
-
-
-# JSON1 is built into SQLite ≥ 3.38 and compiled into most older distribution builds; without it the
-# per-key statements below are used.
-_JSON_EACH = _has_json_each()
 
 
 def _unseen(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
@@ -108,14 +94,9 @@ def _unseen(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
             seen.update(row[0] for row in rows)
         return wanted - seen
     rows = conn.execute(
-        "SELECT key FROM dedupe WHERE key IN (SELECT value FROM json_each(?))", (_json_array(wanted),)
+        "SELECT key FROM dedupe WHERE key IN (SELECT value FROM json_each(?))", (json_array(wanted),)
     ).fetchall()
     return wanted.difference(row[0] for row in rows)
-
-
-def _json_array(keys: Iterable[str]) -> str:
-    # Text, not bytes: SQLite ≥ 3.45 would read a BLOB argument as JSONB.
-    return orjson.dumps(list(keys)).decode()
 
 
 def _commit_delivery(
@@ -130,11 +111,11 @@ def _commit_delivery(
         # BEGIN … COMMIT. Every statement makes this thread give up and retake the GIL, and retaking it
         # can wait out the switch interval (or a long C call) while the event loop thread is busy decoding,
         # so three statements fewer is most of a commit's latency under load.
-        conn.execute(_INSERT_KEYS, (sink, now, _json_array(keys)))
+        conn.execute(_INSERT_KEYS, (sink, now, json_array(keys)))
         return
     with write_tx(conn):
         if keys and _JSON_EACH:
-            conn.execute(_INSERT_KEYS, (sink, now, _json_array(keys)))
+            conn.execute(_INSERT_KEYS, (sink, now, json_array(keys)))
         elif keys:
             conn.executemany(
                 "INSERT INTO dedupe (key, sink, delivered_at) VALUES (?, ?, ?) "
