@@ -80,8 +80,6 @@ class DedupeRecord(StoreBase):
         return await self._run_apart(_dedupe_count)
 
 
-
-
 def _unseen(conn: sqlite3.Connection, keys: list[str]) -> set[str]:
     # One statement over a JSON array of the keys rather than `IN (?, …)` slices: the worker thread then
     # needs the GIL once per call, not once per key or parameter, which matters while the event loop thread
