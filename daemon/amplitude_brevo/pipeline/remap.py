@@ -13,6 +13,8 @@ Performance notes (this runs for every exported row, see bench/export_throughput
 * Everything that depends only on the rules (the JSON prefix per event name, the user properties to read,
   the contact attributes) is computed once per `MappingRules`.
 * Key rewriting is planned once per key set (most rows share a handful of key sets).
+* The `identifiers`/`contact_properties` fragment is memoized per person; a user property that changes with
+  every event (a `last_active`) is found out and left out of the memo's key (`_People`).
 * The export timestamp format is validated by `datetime.fromisoformat` (C) and reformatted by slicing.
 """
 
