@@ -118,6 +118,14 @@ def test_the_ext_id_attribute_is_never_left_out_of_the_key():
     assert b'"ext_id":"[2]"' in ask(rules, [2], {"crm_id": [2], "plan": "pro"})
 
 
+def test_two_properties_mapped_to_one_attribute_are_never_split():
+    # In the dict the last value wins, at the first one's place: pieces cannot say that.
+    rules = MappingRules(EVENTS, {"plan": "PLAN", "last_active": "SEEN", "seen_at": "SEEN"})
+    for n in range(2 * WINDOW + 2):
+        ask(rules, "user-0", {"plan": "pro", "last_active": f"at-{n}", "seen_at": [None, f"also-{n}"][n % 2]})
+    assert volatile(rules) == []
+
+
 def test_the_memos_are_cleared_when_full(monkeypatch):
     monkeypatch.setattr(remap_module, "_PEOPLE_LIMIT", 8)
     rules = MappingRules(EVENTS, MAPPING)

@@ -181,11 +181,13 @@ class _People:
     always miss. So the misses are watched: a contact attribute that changed, since the same user's last
     miss, in more than half of them becomes volatile. Volatile attributes are left out of the memo's key and
     what it holds; their pieces (`,"NAME":value`) are encoded on each call and joined with the memoized
-    segments between them. The bytes are the same whichever attributes are volatile."""
+    segments between them. The bytes are the same whichever attributes are volatile. (Unless two properties
+    map to one contact attribute: in a dict the last value wins, at the first one's place. Then nothing is
+    volatile: pieces would repeat the name.)"""
 
     __slots__ = ("_all", "_email_attr", "_ext_id_attr", "_contact", "_names", "_contact_values", "_memo",
                  "_recent", "_changes", "_compared", "_volatile", "_key_values", "_volatile_values",
-                 "_volatile_names", "_volatile_attr")
+                 "_volatile_names", "_volatile_attr", "_watched")
 
     def __init__(self, attrs: tuple[str, ...], email_attr: str, ext_id_attr: str | None,
                  contact: tuple[tuple[str, str], ...]) -> None:
@@ -198,6 +200,7 @@ class _People:
         self._memo: dict[tuple[Any, bytes], Any] = {}  # see _entry
         self._recent: dict[str, tuple[Any, ...]] = {}  # ext_id → its contact values at its last miss
         self._volatile: tuple[int, ...] = ()  # indices in `contact`
+        self._watched = len({attribute for _, attribute in contact}) == len(contact)  # see above
         self._set_volatile(())
 
     def _set_volatile(self, volatile: tuple[int, ...]) -> None:
@@ -265,7 +268,7 @@ class _People:
         """Count which contact values changed since this user's last miss; every `_VOLATILE_WINDOW` misses
         of users seen before, make those that changed in more than half of them volatile. True when the
         volatile attributes changed."""
-        if type(ext_id) is not str:
+        if type(ext_id) is not str or not self._watched:
             return False
         values = self._contact_values(user)
         previous = self._recent.get(ext_id)
