@@ -162,7 +162,7 @@ class MappingRules:
 
     def people(self, ext_id: Any, user: Any) -> bytes:
         """`"identifiers":{…}[,"contact_properties":{…}]` for this person, as JSON, memoized: see `_People`."""
-        return self._people(ext_id, user)
+        return self._people.fragment(ext_id, user)
 
     def user_properties(self, raw: Any) -> Any:
         """The user properties remapping reads, as attributes (None when absent, or not an object)."""
@@ -207,7 +207,8 @@ class _People:
         """Key and memoize without the contact attributes at these indices (emptying the memo)."""
         self._volatile = volatile
         left_out = {self._contact[i][0] for i in volatile}
-        self._key_values = None if not volatile else _values_getter(tuple(a for a in self._all if a not in left_out))
+        kept = tuple(attr for attr in self._all if attr not in left_out)
+        self._key_values = _values_getter(kept) if volatile else None
         self._volatile_values = _values_getter(tuple(self._contact[i][0] for i in volatile))
         self._volatile_names = tuple(self._names[i] for i in volatile)
         self._volatile_attr = self._contact[volatile[0]][0] if volatile else None
@@ -215,15 +216,18 @@ class _People:
         self._compared = 0
         self._memo.clear()
 
-    def __call__(self, ext_id: Any, user: Any) -> bytes:
+    def fragment(self, ext_id: Any, user: Any) -> bytes:
+        """The people fragment (a method, not `__call__`: CPython calls methods faster)."""
         # A non-text ext_id can only come from a user property, so it is in the encoded properties already
         # (and may be unhashable); the ext_id attribute is never volatile.
         key_values = self._key_values
-        key = (ext_id if type(ext_id) is str else None, _encode(user if key_values is None else key_values(user)))
-        entry = self._memo.get(key)
-        if entry is None:
+        encoded = _encode(user) if key_values is None else _encode(key_values(user))
+        key = (ext_id if type(ext_id) is str else None, encoded)
+        try:
+            entry = self._memo[key]
+        except KeyError:
             if self._observe(ext_id, user):  # the volatile attributes changed, and the key with them
-                return self(ext_id, user)
+                return self.fragment(ext_id, user)
             entry = self._entry(ext_id, user)
             if len(self._memo) >= _PEOPLE_LIMIT:
                 self._memo.clear()
@@ -235,7 +239,8 @@ class _People:
         if len(names) == 1:  # the usual case (a `last_active`)
             parts: Sequence[bytes] = (_piece(names[0], getattr(user, self._volatile_attr)), tail[0])
         else:
-            parts = [part for name, value, segment in zip(names, self._volatile_values(user), tail, strict=True)
+            values = self._volatile_values(user)
+            parts = [part for name, value, segment in zip(names, values, tail, strict=True)
                      for part in (_piece(name, value), segment)]
         if prefix is not None:
             return b"".join((prefix, *parts, b"}"))
@@ -249,7 +254,8 @@ class _People:
         the volatile values)."""
         if not self._volatile:
             return orjson.dumps(people_dict(ext_id, user, self._email_attr, self._contact))[1:-1]
-        identifiers = orjson.dumps({"identifiers": _identifiers(ext_id, getattr(user, self._email_attr))})[1:-1]
+        raw_email = getattr(user, self._email_attr)
+        identifiers = orjson.dumps({"identifiers": _identifiers(ext_id, raw_email)})[1:-1]
         segments = []
         parts: list[bytes] = []
         volatile = set(self._volatile)
@@ -296,7 +302,8 @@ class _People:
         return True
 
 
-def people_dict(ext_id: Any, user: Any, email_attr: str, contact: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+def people_dict(ext_id: Any, user: Any, email_attr: str,
+                contact: tuple[tuple[str, str], ...]) -> dict[str, Any]:
     """The people fragment as a dict: `identifiers`, then the contact attributes that have a value (converted
     by `contact_value`), in `contact`'s order."""
     part: dict[str, Any] = {"identifiers": _identifiers(ext_id, getattr(user, email_attr))}
@@ -605,7 +612,7 @@ def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
     # as one exact-size bytes (a join allocates its result at size, unlike orjson's own output). The date
     # is ASCII digits and separators: nothing to escape.
     try:
-        people = rules._people(ext_id, user)  # rules.people(), less a call
+        people = rules._people.fragment(ext_id, user)  # rules.people(), less a call
     except (TypeError, ValueError) as exc:  # e.g. an integer beyond 64 bits
         return Rejected(f"user_properties cannot be re-encoded: {exc}", row_summary(row))
     return BrevoEvent(key, b"".join(
