@@ -13,12 +13,15 @@ Performance notes (this runs for every exported row, see bench/export_throughput
 * Everything that depends only on the rules (the JSON prefix per event name, the user properties to read,
   the contact attributes) is computed once per `MappingRules`.
 * Key rewriting is planned once per key set (most rows share a handful of key sets).
+* The `identifiers`/`contact_properties` fragment is memoized per person; a user property that changes with
+  every event (a `last_active`) is found out and left out of the memo's key (`_People`).
 * The export timestamp format is validated by `datetime.fromisoformat` (C) and reformatted by slicing.
 """
 
 from __future__ import annotations
 
 import copy
+import operator
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,9 +41,12 @@ _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_-]")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 _IDENTITY_FIELDS = ("user_id", "device_id")
 _CACHE_LIMIT = 4096  # entries per memo below; cleared when full (pathological data then costs what it did)
-# People fragments per rules (~0.6 KiB each with its key, in each reader child). Users whose properties change
-# event by event (a `last_active` property) miss anyway; a larger memo then only holds memory.
+# People fragments per rules (~0.6 KiB each with its key, in each reader child), and each user's last contact
+# values (the memo's misses compare them, see _People).
 _PEOPLE_LIMIT = 2048
+# A contact attribute that changed in more than half of the last this many misses of a user already seen is
+# volatile (see _People).
+_VOLATILE_WINDOW = 256
 _encode = msgspec.json.Encoder().encode
 
 EVENTS_SINK = "brevo_events"
@@ -99,7 +105,7 @@ class MappingRules:
     _sources: tuple[tuple[str, str, str | None], ...] = field(init=False, repr=False, compare=False)
     row_decoder: msgspec.json.Decoder = field(init=False, repr=False, compare=False)
     _heads: dict[str, bytes] = field(init=False, repr=False, compare=False)
-    _people: dict[tuple[Any, bytes], bytes] = field(init=False, repr=False, compare=False)
+    _people: _People = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         registry = consumers()
@@ -140,7 +146,7 @@ class MappingRules:
             event_type: b'{"event_name":' + orjson.dumps(name) + b',"event_date":"'
             for event_type, name in self.event_mapping.items()
         })
-        setattr_(self, "_people", {})  # see people()
+        setattr_(self, "_people", _People(tuple(wanted.values()), email_attr, ext_id_attr, contact))
 
     @classmethod
     def from_config(cls, cfg: Any) -> MappingRules:
@@ -155,39 +161,8 @@ class MappingRules:
         )
 
     def people(self, ext_id: Any, user: Any) -> bytes:
-        """`"identifiers":{…}[,"contact_properties":{…}]` for this person, as JSON, memoized: the same user
-        comes back event after event with the same properties. The memo key holds the properties as JSON,
-        so values that compare equal in Python but convert differently (`1`, `1.0`, `true`) stay apart."""
-        # A non-text ext_id can only come from a user property, so it is in the encoded properties already
-        # (and may be unhashable).
-        key = (ext_id if type(ext_id) is str else None, _encode(user))
-        try:
-            return self._people[key]
-        except KeyError:
-            pass
-        identifiers = {"ext_id": str(ext_id)}
-        email = email_id(getattr(user, self._email_attr))
-        if email is not None:
-            identifiers["email_id"] = email
-        part: dict[str, Any] = {"identifiers": identifiers}
-        contact = {}
-        for attr, attribute in self._contact:
-            value = getattr(user, attr)
-            if value is None:
-                continue
-            kind = type(value)
-            if kind is not str and kind is not int:  # the common cases first: nothing to convert
-                value = contact_value(value)
-                if value is None:
-                    continue
-            contact[attribute] = value
-        if contact:
-            part["contact_properties"] = contact
-        fragment = orjson.dumps(part)[1:-1]
-        if len(self._people) >= _PEOPLE_LIMIT:
-            self._people.clear()
-        self._people[key] = fragment
-        return fragment
+        """`"identifiers":{…}[,"contact_properties":{…}]` for this person, as JSON, memoized: see `_People`."""
+        return self._people.fragment(ext_id, user)
 
     def user_properties(self, raw: Any) -> Any:
         """The user properties remapping reads, as attributes (None when absent, or not an object)."""
@@ -195,6 +170,187 @@ class MappingRules:
             return self._user_decoder.decode(raw)
         except msgspec.ValidationError:
             return self._user_decoder.decode(b"{}")
+
+
+class _People:
+    """`MappingRules.people`: the people fragment, `orjson.dumps(people_dict(…))` without its braces, memoized.
+
+    The same user comes back event after event with the same properties, so the fragment is memoized by the
+    user properties as JSON (values that compare equal in Python but convert differently, `1`, `1.0` and
+    `true`, stay apart). But a property may change with every event (a `last_active`): then the memo would
+    always miss. So the misses are watched: a contact attribute that changed, since the same user's last
+    miss, in more than half of them becomes volatile. Volatile attributes are left out of the memo's key and
+    what it holds; their pieces (`,"NAME":value`) are encoded on each call and joined with the memoized
+    segments between them. The bytes are the same whichever attributes are volatile. (Unless two properties
+    map to one contact attribute: in a dict the last value wins, at the first one's place. Then nothing is
+    volatile: pieces would repeat the name.)"""
+
+    __slots__ = ("_all", "_email_attr", "_ext_id_attr", "_contact", "_names", "_contact_values", "_memo",
+                 "_recent", "_changes", "_compared", "_volatile", "_key_values", "_volatile_values",
+                 "_volatile_names", "_volatile_attr", "_watched")
+
+    def __init__(self, attrs: tuple[str, ...], email_attr: str, ext_id_attr: str | None,
+                 contact: tuple[tuple[str, str], ...]) -> None:
+        self._all = attrs  # every attribute of the user-properties struct
+        self._email_attr = email_attr
+        self._ext_id_attr = ext_id_attr
+        self._contact = contact  # (struct attribute, contact attribute) in output order
+        self._names = tuple(b"," + orjson.dumps(attribute) + b":" for _, attribute in contact)
+        self._contact_values = _values_getter(tuple(attr for attr, _ in contact))
+        self._memo: dict[tuple[Any, bytes], Any] = {}  # see _entry
+        self._recent: dict[str, tuple[Any, ...]] = {}  # ext_id → its contact values at its last miss
+        self._volatile: tuple[int, ...] = ()  # indices in `contact`
+        self._watched = len({attribute for _, attribute in contact}) == len(contact)  # see above
+        self._set_volatile(())
+
+    def _set_volatile(self, volatile: tuple[int, ...]) -> None:
+        """Key and memoize without the contact attributes at these indices (emptying the memo)."""
+        self._volatile = volatile
+        left_out = {self._contact[i][0] for i in volatile}
+        kept = tuple(attr for attr in self._all if attr not in left_out)
+        self._key_values = _values_getter(kept) if volatile else None
+        self._volatile_values = _values_getter(tuple(self._contact[i][0] for i in volatile))
+        self._volatile_names = tuple(self._names[i] for i in volatile)
+        self._volatile_attr = self._contact[volatile[0]][0] if volatile else None
+        self._changes = [0] * len(self._contact)
+        self._compared = 0
+        self._memo.clear()
+
+    def fragment(self, ext_id: Any, user: Any) -> bytes:
+        """The people fragment (a method, not `__call__`: CPython calls methods faster)."""
+        # A non-text ext_id can only come from a user property, so it is in the encoded properties already
+        # (and may be unhashable); the ext_id attribute is never volatile.
+        key_values = self._key_values
+        encoded = _encode(user) if key_values is None else _encode(key_values(user))
+        key = (ext_id if type(ext_id) is str else None, encoded)
+        try:
+            entry = self._memo[key]
+        except KeyError:
+            if self._observe(ext_id, user):  # the volatile attributes changed, and the key with them
+                return self.fragment(ext_id, user)
+            entry = self._entry(ext_id, user)
+            if len(self._memo) >= _PEOPLE_LIMIT:
+                self._memo.clear()
+            self._memo[key] = entry
+        if type(entry) is bytes:  # nothing volatile
+            return entry
+        prefix, identifiers, tail = entry
+        names = self._volatile_names
+        if len(names) == 1:  # the usual case (a `last_active`)
+            parts: Sequence[bytes] = (_piece(names[0], getattr(user, self._volatile_attr)), tail[0])
+        else:
+            values = self._volatile_values(user)
+            parts = [part for name, value, segment in zip(names, values, tail, strict=True)
+                     for part in (_piece(name, value), segment)]
+        if prefix is not None:
+            return b"".join((prefix, *parts, b"}"))
+        return _people_fragment(identifiers, b"".join(parts))
+
+    def _entry(self, ext_id: Any, user: Any) -> bytes | tuple[bytes | None, bytes, tuple[bytes, ...]]:
+        """What the memo holds for this person: the fragment; or, with volatile attributes, `(prefix,
+        identifiers, tail)`: the contact pieces between the volatile ones make k + 1 segments, `tail` the last
+        k of them; `prefix` is the fragment up to the first volatile piece when the first segment is not
+        empty (else None: whether `contact_properties` is there, and where its first comma goes, depends on
+        the volatile values)."""
+        if not self._volatile:
+            return orjson.dumps(people_dict(ext_id, user, self._email_attr, self._contact))[1:-1]
+        raw_email = getattr(user, self._email_attr)
+        identifiers = orjson.dumps({"identifiers": _identifiers(ext_id, raw_email)})[1:-1]
+        segments = []
+        parts: list[bytes] = []
+        volatile = set(self._volatile)
+        for i, (name, value) in enumerate(zip(self._names, self._contact_values(user), strict=True)):
+            if i in volatile:
+                segments.append(b"".join(parts))
+                parts = []
+            else:
+                parts.append(_piece(name, value))
+        segments.append(b"".join(parts))
+        first = segments[0]
+        prefix = b"".join((identifiers, b',"contact_properties":{', first[1:])) if first else None
+        return prefix, identifiers, tuple(segments[1:])
+
+    def _observe(self, ext_id: Any, user: Any) -> bool:
+        """Count which contact values changed since this user's last miss; every `_VOLATILE_WINDOW` misses
+        of users seen before, make those that changed in more than half of them volatile. True when the
+        volatile attributes changed."""
+        if type(ext_id) is not str or not self._watched:
+            return False
+        values = self._contact_values(user)
+        previous = self._recent.get(ext_id)
+        if len(self._recent) >= _PEOPLE_LIMIT:
+            self._recent.clear()
+        self._recent[ext_id] = values
+        if previous is None:
+            return False
+        changes = self._changes
+        for i, (before, now) in enumerate(zip(previous, values, strict=True)):
+            if before != now or type(before) is not type(now):
+                changes[i] += 1
+        self._compared += 1
+        if self._compared < _VOLATILE_WINDOW:
+            return False
+        volatile = tuple(
+            i for i, count in enumerate(changes)
+            if count * 2 > self._compared and self._contact[i][0] != self._ext_id_attr
+        )
+        self._changes = [0] * len(self._contact)
+        self._compared = 0
+        if volatile == self._volatile:
+            return False
+        self._set_volatile(volatile)
+        return True
+
+
+def people_dict(ext_id: Any, user: Any, email_attr: str,
+                contact: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+    """The people fragment as a dict: `identifiers`, then the contact attributes that have a value (converted
+    by `contact_value`), in `contact`'s order."""
+    part: dict[str, Any] = {"identifiers": _identifiers(ext_id, getattr(user, email_attr))}
+    values = {}
+    for attr, attribute in contact:
+        value = contact_value(getattr(user, attr))
+        if value is not None:
+            values[attribute] = value
+    if values:
+        part["contact_properties"] = values
+    return part
+
+
+def _identifiers(ext_id: Any, raw_email: Any) -> dict[str, str]:
+    identifiers = {"ext_id": str(ext_id)}
+    email = email_id(raw_email)
+    if email is not None:
+        identifiers["email_id"] = email
+    return identifiers
+
+
+def _piece(name: bytes, value: Any) -> bytes:
+    """`,"NAME":value` of one contact attribute (`name` is `,"NAME":`), the value converted by `contact_value`;
+    empty without a value."""
+    kind = type(value)
+    if kind is not str and kind is not int:  # the common cases first: nothing to convert
+        value = contact_value(value)
+        if value is None:
+            return b""
+    return name + orjson.dumps(value)
+
+
+def _people_fragment(identifiers: bytes, contact: bytes) -> bytes:
+    """The fragment from `"identifiers":{…}` and the contact pieces joined (each with its leading comma)."""
+    if not contact:
+        return identifiers
+    return b"".join((identifiers, b',"contact_properties":{', contact[1:], b"}"))
+
+
+def _values_getter(attrs: tuple[str, ...]) -> Callable[[Any], tuple[Any, ...]]:
+    """A function of a user-properties struct returning the values of `attrs` as a tuple (in C)."""
+    if not attrs:
+        return lambda user: ()
+    if len(attrs) == 1:
+        (attr,) = attrs
+        return lambda user: (getattr(user, attr),)
+    return operator.attrgetter(*attrs)
 
 
 class BrevoEvent:
@@ -456,7 +612,7 @@ def remap_event(row: ExportRow, rules: MappingRules) -> RemapResult:
     # as one exact-size bytes (a join allocates its result at size, unlike orjson's own output). The date
     # is ASCII digits and separators: nothing to escape.
     try:
-        people = rules.people(ext_id, user)
+        people = rules._people.fragment(ext_id, user)  # rules.people(), less a call
     except (TypeError, ValueError) as exc:  # e.g. an integer beyond 64 bits
         return Rejected(f"user_properties cannot be re-encoded: {exc}", row_summary(row))
     return BrevoEvent(key, b"".join(
