@@ -59,6 +59,13 @@ class IngestService:
         self.refused_full_total = 0
 
     async def spool(self, request: web.Request, accepted: Accepted, received_at: float) -> Answer:
+        try:
+            return await self._spool(request, accepted, received_at)
+        except StateError as exc:
+            log.error("ingest.spool.append_failed", endpoint=accepted.kind, error=str(exc))
+            return protocol.unavailable()
+
+    async def _spool(self, request: web.Request, accepted: Accepted, received_at: float) -> Answer:
         if await self.writer.full():
             self.refused_full_total += 1
             if not self._full:
@@ -72,11 +79,7 @@ class IngestService:
             log.info("ingest.spool.has_room", refused_total=self.refused_full_total)
         caller = self.callers.caller(request.remote, request.headers.get("X-Forwarded-For"))
         body = encode_entry(accepted, caller=caller, received_at_ms=int(received_at * 1000))
-        try:
-            await self.writer.append(SpoolEntry(accepted.kind, body, received_at))
-        except StateError as exc:
-            log.error("ingest.spool.append_failed", endpoint=accepted.kind, error=str(exc))
-            return protocol.unavailable()
+        await self.writer.append(SpoolEntry(accepted.kind, body, received_at))
         return protocol.success(accepted, int(self.clock() * 1000))
 
 

@@ -112,6 +112,13 @@ class IngestSpool(StoreBase):
         """Rows and body bytes in the spool (counted once per open, then kept up to date)."""
         return await self._run(_spool_size, self._spool_totals)
 
+    def spool_size_known(self) -> SpoolSize | None:
+        """The size as last moved by a committed append or delete, without waiting for the writer thread
+        (None until counted). Read across threads: it may lag a commit finishing at this very moment, which
+        is as good as the answer a hop to the thread would give a moment later."""
+        totals = self._spool_totals
+        return totals.snapshot() if totals.known else None
+
 
 def _spool_append(conn: sqlite3.Connection, entries: list[SpoolEntry], totals: _Totals) -> tuple[list[int], SpoolSize]:
     totals.ensure(conn)
@@ -196,7 +203,6 @@ class SpoolWriter:
         self.limits = limits or SpoolLimits()
         self._queued: list[tuple[SpoolEntry, asyncio.Future[int]]] = []
         self._flusher: asyncio.Task[None] | None = None
-        self._size: SpoolSize | None = None
         self.commits = 0
         self.entries = 0
 
@@ -208,12 +214,13 @@ class SpoolWriter:
     async def full(self) -> bool:
         """True if the spool is over its limits.
 
-        The size known from the last commit is used while it says "room"; once it says "full", the spool is
-        asked again (an O(1) read on the writer thread), since consumers may have freed rows since.
+        Costs no hop to the writer thread once the spool has been counted: a request must not wait behind
+        the commit in flight just to learn there is room. Rows freed by consumers count at once.
         """
-        if self._size is None or self.limits.exceeded_by(self._size):
-            self._size = await self._spool.spool_size()
-        return self.limits.exceeded_by(self._size)
+        size = self._spool.spool_size_known()
+        if size is None:
+            size = await self._spool.spool_size()
+        return self.limits.exceeded_by(size)
 
     async def append(self, entry: SpoolEntry) -> int:
         """Queue ``entry`` for the next commit; returns its spool id once that commit is durable.
@@ -238,7 +245,7 @@ class SpoolWriter:
             while self._queued:
                 batch, self._queued = self._queued, []
                 try:
-                    ids, self._size = await self._spool.spool_append_entries([entry for entry, _ in batch])
+                    ids, _ = await self._spool.spool_append_entries([entry for entry, _ in batch])
                 except Exception as exc:
                     log.error("ingest.spool.commit_failed", requests=len(batch), error=str(exc))
                     for _, future in batch:
