@@ -33,7 +33,7 @@ class Ingestion:
 
     @property
     def url(self) -> str:
-        return str(self.client.make_url(""))
+        return str(self.client.make_url("/"))
 
     def spooled(self) -> list[tuple[str, SpooledRequest]]:
         """Every spooled row as (kind, decoded entry), read on a connection of its own: committed rows only."""

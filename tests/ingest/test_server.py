@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import io
 import sqlite3
+import tracemalloc
 import zlib
 from contextlib import closing
 from typing import Any
@@ -147,9 +148,16 @@ async def test_a_gzip_bomb_stops_at_the_limit(ingest_server: IngestFactory) -> N
     bomb += squeeze.compress(b"]}") + squeeze.flush()
     assert len(bomb) < 2**20
     async with ingest_server() as ingestion:
-        status, answer = await post(ingestion, "/batch", bomb, **{"Content-Encoding": "gzip"})
+        tracemalloc.start()
+        try:
+            status, answer = await post(ingestion, "/batch", bomb, **{"Content-Encoding": "gzip"})
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
         assert ingestion.spooled() == []
     assert (status, answer) == (413, {"code": 413, "error": "Payload too large"})
+    # Reading stopped at the 20 MiB limit: holding the inflated 120 MB would have taken far more.
+    assert peak < 64 * 2**20
 
 
 async def test_a_chunked_body_over_the_limit_is_refused_without_a_length(ingest_server: IngestFactory) -> None:
