@@ -48,15 +48,17 @@ IngestFactory = Callable[..., AbstractAsyncContextManager[Ingestion]]
 @pytest.fixture
 def ingest_server(tmp_path: Path) -> IngestFactory:
     """``async with ingest_server(allow_from=[...], limits=SpoolLimits(...)) as ingestion:`` — the app on a free
-    loopback port, keys ``[KEY]`` unless ``api_keys`` is given."""
+    loopback port, keys ``[KEY]`` unless ``api_keys`` is given; ``server`` passes options to aiohttp's server."""
 
     @asynccontextmanager
-    async def start(*, limits: SpoolLimits | None = None, **cfg: Any) -> AsyncIterator[Ingestion]:
+    async def start(
+        *, limits: SpoolLimits | None = None, server: dict[str, Any] | None = None, **cfg: Any
+    ) -> AsyncIterator[Ingestion]:
         path = tmp_path / "state.db"
         settings = Ingest(**{"api_keys": [KEY], "listen": "127.0.0.1:0", **cfg})
         async with await StateStore.open(path) as state:
             app = make_ingest_app(settings, state, limits=limits)
-            async with TestClient(TestServer(app, host="127.0.0.1", port=0)) as client:
+            async with TestClient(TestServer(app, host="127.0.0.1", port=0, **(server or {}))) as client:
                 yield Ingestion(client, state, path)
 
     return start

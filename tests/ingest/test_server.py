@@ -82,6 +82,17 @@ async def test_a_gzip_body_is_inflated(ingest_server: IngestFactory) -> None:
     assert spooled[0][1].items == sent
 
 
+@pytest.mark.parametrize("auto_decompress", [True, False], ids=["aiohttp-inflates", "ingest-inflates"])
+async def test_a_gzip_body_is_inflated_whoever_inflates_it(ingest_server: IngestFactory, auto_decompress: bool) -> None:
+    gzipped = gzip.compress(body(event(1)))
+    async with ingest_server(server={"auto_decompress": auto_decompress}) as ingestion:
+        assert (await post(ingestion, "/2/httpapi", gzipped, **{"Content-Encoding": "gzip"}))[0] == 200
+        too_big = gzip.compress(body(event(2))[:-2] + b" " * 21_000_000 + b"]}")
+        status, _ = await post(ingestion, "/2/httpapi", too_big, **{"Content-Encoding": "gzip"})
+        assert status == 413
+        assert [entry.items for _, entry in ingestion.spooled()] == [[event(1)]]
+
+
 async def test_the_api_key_is_never_logged(ingest_server: IngestFactory) -> None:
     async with ingest_server() as ingestion:
         with capture_logs() as logs:
