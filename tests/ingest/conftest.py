@@ -58,7 +58,10 @@ def ingest_server(tmp_path: Path) -> IngestFactory:
         settings = Ingest(**{"api_keys": [KEY], "listen": "127.0.0.1:0", **cfg})
         async with await StateStore.open(path) as state:
             app = make_ingest_app(settings, state, limits=limits)
-            async with TestClient(TestServer(app, host="127.0.0.1", port=0, **(server or {}))) as client:
+            test_server = TestServer(app, host="127.0.0.1", port=0)
+            # Started here: TestServer() drops server options, only start_server() passes them on.
+            await test_server.start_server(**(server or {}))
+            async with TestClient(test_server) as client:
                 yield Ingestion(client, state, path)
 
     return start
