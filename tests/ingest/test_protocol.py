@@ -97,6 +97,7 @@ MISSING = "Request missing required field"
     ("bad_event", "error", "fields"),
     [
         ({"user_id": "cust-00042"}, MISSING, {"events_with_missing_fields": {"event_type": [1]}}),
+        (event(event_type=""), MISSING, {"events_with_missing_fields": {"event_type": [1]}}),
         ({"event_type": "Purchase"}, MISSING, {"events_with_missing_fields": {"user_id": [1]}}),
         (event(user_id=None), MISSING, {"events_with_missing_fields": {"user_id": [1]}}),
         (event(time="2026-12-02T10:00:00Z"), INVALID, {"events_with_invalid_fields": {"time": [1]}}),

@@ -272,7 +272,7 @@ def parse_events(body: bytes, keys: KeyRing, *, kind: str = "httpapi") -> Accept
 def _check_event(event: dict[str, Any], index: int, min_id_length: int, problems: _Problems) -> dict[str, Any]:
     out = _check_common(event, index, problems)
     event_type = out.get("event_type")
-    if event_type is None:
+    if event_type is None or event_type == "":  # (decision) an empty name is no name
         problems.add(problems.missing, "event_type", index)
     time = out.get("time")
     if time is not None and not (_is_int(time) and _INT64[0] <= time <= _INT64[1]):
