@@ -1,0 +1,213 @@
+"""The ingest endpoint: an aiohttp application answering like Amplitude's HTTP V2, Batch, Identify and Group
+Identify APIs, whose 200 means "committed to the spool" (SPEC §6, issue 9 items 1-2).
+
+Per request: the caller's connection address is checked against ``allow_from`` (403 otherwise, logged); the
+body is read within 20 MiB, inflating gzip within the same bound (413 over it); :mod:`~.protocol` validates
+it and the key (400/413 with Amplitude's bodies); a full spool answers 429 in Amplitude's throttle shape;
+otherwise the validated items, the caller's address and the receive time are appended through the
+:class:`~amplitude_brevo.state.spool.SpoolWriter` (group commit) and the 200 is sent only once that commit
+is durable. A commit that fails answers 503, which every Amplitude SDK retries.
+
+API keys are compared in constant time (:class:`~.api_keys.KeyRing`) and never logged: a log line names a
+key by its 8-hex fingerprint at most.
+
+Not here yet: forwarding to Amplitude and feeding Brevo (they read the spool), wiring into ``app.py``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+import structlog
+from aiohttp import web
+
+from amplitude_brevo.config.service import Ingest
+from amplitude_brevo.ingest import protocol
+from amplitude_brevo.ingest.api_keys import KeyRing
+from amplitude_brevo.ingest.bodies import BadBody, BodyTooLarge, read_body
+from amplitude_brevo.ingest.callers import CallerPolicy
+from amplitude_brevo.ingest.entries import encode_entry
+from amplitude_brevo.ingest.protocol import Accepted, Answer
+from amplitude_brevo.state.base import StateError
+from amplitude_brevo.state.spool import IngestSpool, SpoolEntry, SpoolLimits, SpoolWriter
+
+log = structlog.get_logger("amplitude_brevo.ingest")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class IngestService:
+    """What the handlers share: the keys, the caller policy, the spool writer, the clock."""
+
+    def __init__(
+        self,
+        cfg: Ingest,
+        spool: IngestSpool,
+        *,
+        limits: SpoolLimits | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.keys = KeyRing(cfg.api_keys)
+        self.callers = CallerPolicy(cfg.allow_from, cfg.trusted_proxies)
+        self.writer = SpoolWriter(spool, limits)
+        self.clock = clock
+        self._full = False  # the spool was full at the last check: log the change, not every refusal
+        self.refused_full_total = 0
+
+    async def spool(self, request: web.Request, accepted: Accepted, received_at: float) -> Answer:
+        try:
+            return await self._spool(request, accepted, received_at)
+        except StateError as exc:
+            log.error("ingest.spool.append_failed", endpoint=accepted.kind, error=str(exc))
+            return protocol.unavailable()
+
+    async def _spool(self, request: web.Request, accepted: Accepted, received_at: float) -> Answer:
+        if await self.writer.full():
+            self.refused_full_total += 1
+            if not self._full:
+                self._full = True
+                log.warning("ingest.spool.full", endpoint=accepted.kind, limits=_limits(self.writer.limits))
+            log.info("ingest.request.throttled", endpoint=accepted.kind, items=len(accepted.items),
+                     refused_total=self.refused_full_total)
+            return protocol.throttled(len(accepted.items))
+        if self._full:
+            self._full = False
+            log.info("ingest.spool.has_room", refused_total=self.refused_full_total)
+        caller = self.callers.caller(request.remote, request.headers.get("X-Forwarded-For"))
+        body = encode_entry(accepted, caller=caller, received_at_ms=int(received_at * 1000))
+        await self.writer.append(SpoolEntry(accepted.kind, body, received_at))
+        return protocol.success(accepted, int(self.clock() * 1000))
+
+
+SERVICE = web.AppKey("ingest_service", IngestService)
+
+
+def make_ingest_app(
+    cfg: Ingest,
+    spool: IngestSpool,
+    *,
+    limits: SpoolLimits | None = None,
+    clock: Callable[[], float] = time.time,
+) -> web.Application:
+    """The ingest application over ``spool`` (a :class:`~amplitude_brevo.state.StateStore`).
+
+    ``limits`` bounds the spool (429 beyond it). On cleanup the spool writer finishes the commits it has
+    queued; the store itself is the caller's to close, after the application.
+    """
+    service = IngestService(cfg, spool, limits=limits, clock=clock)
+    # client_max_size bounds request.post() (multipart Identify); other bodies are read by read_body().
+    app = web.Application(middlewares=[_allow_from], client_max_size=protocol.MAX_BODY_BYTES + 1)
+    app[SERVICE] = service
+    app.router.add_post("/2/httpapi", _events("httpapi"))
+    app.router.add_post("/batch", _events("batch"))
+    for path, group in (("/identify", False), ("/groupidentify", True)):
+        app.router.add_post(path, _identify(group))
+        app.router.add_get(path, _identify(group))
+    app.router.add_get("/healthz", _healthz)
+
+    async def finish_commits(_: web.Application) -> None:
+        await service.writer.close()
+
+    app.on_cleanup.append(finish_commits)
+    return app
+
+
+@web.middleware
+async def _allow_from(request: web.Request, handler: Handler) -> web.StreamResponse:
+    service = request.app[SERVICE]
+    if not service.callers.allowed(request.remote):
+        log.warning("ingest.caller.refused", peer=request.remote, path=request.path)
+        return _respond(protocol.forbidden())
+    return await handler(request)
+
+
+def _events(kind: str) -> Handler:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        service = request.app[SERVICE]
+        received_at = service.clock()
+        try:
+            body = await read_body(request, protocol.MAX_BODY_BYTES)
+        except BodyTooLarge:
+            return _refused(request, kind, protocol.too_large())
+        except BadBody as exc:
+            log.info("ingest.body.unreadable", endpoint=kind, peer=request.remote, error=str(exc))
+            return _respond(protocol.bad_request(protocol.INVALID_JSON))
+        result = protocol.parse_events(body, service.keys, kind=kind)
+        if isinstance(result, Answer):
+            return _refused(request, kind, result)
+        return _respond(await service.spool(request, result, received_at))
+
+    return handle
+
+
+def _identify(group: bool) -> Handler:
+    kind = "groupidentify" if group else "identify"
+    limit = protocol.MAX_GROUP_BODY_BYTES if group else protocol.MAX_BODY_BYTES
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        service = request.app[SERVICE]
+        received_at = service.clock()
+        try:
+            fields, size = await _form_fields(request, limit)
+        except BodyTooLarge:
+            return _refused(request, kind, protocol.too_large())
+        except BadBody as exc:
+            log.info("ingest.body.unreadable", endpoint=kind, peer=request.remote, error=str(exc))
+            return _respond(protocol.bad_request(protocol.MISSING_EVENT))
+        result = protocol.parse_identify(fields, service.keys, payload_size_bytes=size, group=group)
+        if isinstance(result, Answer):
+            return _refused(request, kind, result)
+        return _respond(await service.spool(request, result, received_at))
+
+    return handle
+
+
+async def _form_fields(request: web.Request, limit: int) -> tuple[dict[str, str], int]:
+    """``api_key`` and ``identification`` from the query (GET, or a POST that puts them there) and the form
+    body (url-encoded, possibly gzip'd, or multipart); body fields win. Returns them and the body size."""
+    fields = dict(request.query)
+    if request.method != "POST":
+        return fields, len(request.query_string)
+    if request.content_type == "multipart/form-data":
+        if request.content_length is not None and request.content_length > limit:
+            raise BodyTooLarge
+        try:
+            form = await request.post()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise BodyTooLarge from exc
+        except ValueError as exc:
+            raise BadBody(str(exc)) from exc
+        fields.update({k: v for k, v in form.items() if isinstance(v, str)})
+        return fields, request.content_length or 0
+    body = await read_body(request, limit)
+    try:
+        fields.update(parse_qsl(body.decode("utf-8"), keep_blank_values=True))
+    except UnicodeDecodeError as exc:
+        raise BadBody("form body is not UTF-8") from exc
+    return fields, len(body)
+
+
+async def _healthz(request: web.Request) -> web.StreamResponse:
+    return web.json_response({"status": "ok"}, dumps=lambda v: orjson.dumps(v).decode())
+
+
+def _refused(request: web.Request, endpoint: str, answer: Answer) -> web.StreamResponse:
+    body = answer.body if isinstance(answer.body, dict) else {}
+    # The error text only: an `Invalid API key` answer names the key by fingerprint, never by value.
+    log.info("ingest.request.refused", endpoint=endpoint, peer=request.remote, status=answer.status,
+             error=body.get("error"), missing_field=body.get("missing_field"))
+    return _respond(answer)
+
+
+def _respond(answer: Answer) -> web.Response:
+    if isinstance(answer.body, str):
+        return web.Response(status=answer.status, text=answer.body)
+    return web.Response(status=answer.status, body=orjson.dumps(answer.body), content_type="application/json")
+
+
+def _limits(limits: SpoolLimits) -> dict[str, Any]:
+    return {"max_rows": limits.max_rows, "max_bytes": limits.max_bytes}
