@@ -542,7 +542,10 @@ def make_amplitude_app(
     members_per_hour: int = 2,
     empty_hours: Iterable[str] = frozenset(),
 ) -> web.Application:
-    """An aiohttp app serving ``GET /api/2/export`` from ``spec`` (see module docstring)."""
+    """An aiohttp app serving ``GET /api/2/export`` from ``spec`` (see module docstring) and Amplitude's ingest
+    APIs (``sandbox/amplitude_ingest.py``)."""
+    from .amplitude_ingest import setup_ingest_routes
+
     app = web.Application()
     setup_export_routes(
         app,
@@ -553,4 +556,5 @@ def make_amplitude_app(
         members_per_hour=members_per_hour,
         empty_hours=empty_hours,
     )
+    setup_ingest_routes(app, api_key=api_key)
     return app
