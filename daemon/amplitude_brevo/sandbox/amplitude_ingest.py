@@ -180,16 +180,23 @@ def _event_faults(faults: IngestFaults, events: list[dict[str, Any]]) -> Answer 
     return _throttled(indexes, users, devices, quota) if indexes else None
 
 
+async def _body(request: web.Request) -> bytes | Answer:
+    """The request body, inflated and within Amplitude's limit, or the answer to a body that is not."""
+    try:
+        return await read_body(request, MAX_BODY_BYTES)
+    except BodyTooLarge:
+        return too_large()
+    except BadBody as exc:
+        return bad_request(f"Invalid request body: {exc}")
+
+
 async def _events(request: web.Request) -> web.Response:
     state = request.app[AMPLITUDE_INGEST_STATE]
     state.requests += 1
     kind = "batch" if request.path == "/batch" else "httpapi"
-    try:
-        body = await read_body(request, MAX_BODY_BYTES)
-    except BodyTooLarge:
-        return _respond(state, too_large())
-    except BadBody as exc:
-        return _respond(state, bad_request(f"Invalid request body: {exc}"))
+    body = await _body(request)
+    if isinstance(body, Answer):
+        return _respond(state, body)
     injected = _injected(state.faults)
     if injected is not None:
         return _respond(state, injected)
@@ -220,12 +227,9 @@ async def _identify(request: web.Request) -> web.Response:
         form = dict(request.query)
         size = len(request.query_string)
     else:
-        try:
-            body = await read_body(request, MAX_BODY_BYTES)
-        except BodyTooLarge:
-            return _respond(state, too_large())
-        except BadBody as exc:
-            return _respond(state, bad_request(f"Invalid request body: {exc}"))
+        body = await _body(request)
+        if isinstance(body, Answer):
+            return _respond(state, body)
         form = dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         size = len(body)
     injected = _injected(state.faults)
