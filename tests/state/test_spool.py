@@ -100,3 +100,19 @@ async def test_the_writer_says_full_past_the_bound_and_has_room_again_once_rows_
     assert await writer.full()
     await state.spool_delete_through(ids[0])  # a consumer is done with the oldest
     assert not await writer.full()
+
+
+async def test_rows_are_released_only_once_every_consumer_is_past_them(state: StateStore) -> None:
+    ids, _ = await state.spool_append_entries([entry(n, size=10) for n in range(6)])
+    consumers = ["ingest.forwarded", "ingest.brevo"]
+    assert await state.spool_release(consumers) == 0, "no consumer has a checkpoint yet"
+    await state.set_checkpoint("ingest.forwarded", f"{ids[4]:020d}")
+    assert await state.spool_release(consumers) == 0, "the Brevo side has finished nothing"
+    await state.set_checkpoint("ingest.brevo", f"{ids[1]:020d}")
+    assert await state.spool_release(consumers) == 2, "through the lower of the two"
+    assert [row[0] for row in await state.spool_read(0, 10)] == ids[2:]
+    await state.set_checkpoint("ingest.brevo", f"{ids[5]:020d}")
+    assert await state.spool_release(consumers) == 3
+    assert await state.spool_size() == SpoolSize(1, 10)
+    assert await state.spool_release(["ingest.brevo"]) == 1, "forwarding off: the Brevo side alone decides"
+    assert await state.spool_release([]) == 0

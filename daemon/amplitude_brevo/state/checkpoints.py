@@ -35,7 +35,7 @@ Checkpoint = tuple[str, str]
 
 class Checkpoints(StoreBase):
     async def get_checkpoint(self, name: str) -> str | None:
-        return await self._run(_get_checkpoint, name)
+        return await self._run(read_checkpoint, name)
 
     async def set_checkpoint(self, name: str, value: str) -> None:
         """Move checkpoint ``name`` forward to ``value``; a value not past the stored one changes nothing."""
@@ -52,7 +52,7 @@ class Checkpoints(StoreBase):
         return await self._run(_reset_checkpoint, name)
 
 
-def _get_checkpoint(conn: sqlite3.Connection, name: str) -> str | None:
+def read_checkpoint(conn: sqlite3.Connection, name: str) -> str | None:
     row = conn.execute("SELECT value FROM checkpoints WHERE name = ?", (name,)).fetchone()
     return None if row is None else row[0]
 
@@ -72,7 +72,7 @@ def _upsert_checkpoint(conn: sqlite3.Connection, name: str, value: str, now: flo
     if not moved:
         # Rare (a writer passing the same value, or a bug upstream), so the extra read costs nothing
         # on the hot path; only a real move back is worth a warning.
-        kept = _get_checkpoint(conn, name)
+        kept = read_checkpoint(conn, name)
         if kept is not None and kept > value:
             log.warning("state.checkpoint.not_moved_back", name=name, kept=kept, refused=value)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import structlog
 
 from amplitude_brevo.state.base import StateError, StoreBase, write_tx
+from amplitude_brevo.state.checkpoints import read_checkpoint
 
 log = structlog.get_logger("amplitude_brevo.state.spool")
 
@@ -105,6 +106,12 @@ class IngestSpool(StoreBase):
         """Delete spooled rows with ``id <= id``; returns the count."""
         return await self._run(_spool_delete_through, id, self._spool_totals)
 
+    async def spool_release(self, consumers: Sequence[str]) -> int:
+        """Delete the spooled rows every consumer is done with: through the lowest of the checkpoints named
+        `consumers` (spool positions, e.g. `ingest.forwarded` and `ingest.brevo`). Nothing while one of them
+        has no checkpoint yet. Returns the rows deleted."""
+        return await self._run(_spool_release, list(consumers), self._spool_totals)
+
     async def spool_depth(self) -> int:
         return await self._run(_spool_depth)
 
@@ -154,6 +161,19 @@ def _spool_delete_through(conn: sqlite3.Connection, id_: int, totals: _Totals) -
     totals.rows -= int(rows)
     totals.bytes -= int(size)
     return deleted
+
+
+def _spool_release(conn: sqlite3.Connection, consumers: list[str], totals: _Totals) -> int:
+    if not consumers:
+        return 0
+    positions = []
+    for name in consumers:
+        value = read_checkpoint(conn, name)
+        if not value:
+            return 0  # that consumer has not finished anything yet
+        positions.append(int(value))
+    through = min(positions)
+    return _spool_delete_through(conn, through, totals) if through > 0 else 0
 
 
 def _spool_depth(conn: sqlite3.Connection) -> int:
