@@ -13,13 +13,14 @@ import pytest
 from aiohttp.test_utils import TestServer
 
 from amplitude_brevo.ingest.entries import encode_entry
-from amplitude_brevo.ingest.forwarder import CHECKPOINT, AmplitudeForwarder, position
+from amplitude_brevo.ingest.forwarder import CHECKPOINT, AmplitudeForwarder
 from amplitude_brevo.ingest.protocol import Accepted
 from amplitude_brevo.retry import Backoff
 from amplitude_brevo.sandbox.amplitude_ingest import AMPLITUDE_INGEST_STATE
 from amplitude_brevo.sandbox.amplitude_sim import make_amplitude_app
 from amplitude_brevo.sandbox.sample_data import DatasetSpec
 from amplitude_brevo.secrets import Secret
+from amplitude_brevo.state.checkpoints import number_key
 
 KEY = "forward-amplitude-key"
 SPEC = DatasetSpec(start=datetime(2026, 11, 1, tzinfo=UTC), hours=1, rows_per_hour=10, users=5)
@@ -83,7 +84,7 @@ async def test_events_arrive_unchanged_but_for_a_missing_or_remote_ip(state, amp
     assert got["user-00001-2"] == {**sent[1], "ip": "203.0.113.7"}
     assert got["user-00002-3"] == sent[2], "an ip the app set is kept"
     assert {e["kind"] for e in received} == {"batch"}
-    assert await state.get_checkpoint(CHECKPOINT) == position(last)
+    assert await state.get_checkpoint(CHECKPOINT) == number_key(last)
 
 
 async def test_a_throttled_user_waits_and_the_others_keep_flowing(state, amplitude):

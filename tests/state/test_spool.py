@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from amplitude_brevo.state import StateError, StateStore
+from amplitude_brevo.state.checkpoints import number_key
 from amplitude_brevo.state.spool import SpoolEntry, SpoolLimits, SpoolSize, SpoolWriter
 
 
@@ -106,12 +107,12 @@ async def test_rows_are_released_only_once_every_consumer_is_past_them(state: St
     ids, _ = await state.spool_append_entries([entry(n, size=10) for n in range(6)])
     consumers = ["ingest.forwarded", "ingest.brevo"]
     assert await state.spool_release(consumers) == 0, "no consumer has a checkpoint yet"
-    await state.set_checkpoint("ingest.forwarded", f"{ids[4]:020d}")
+    await state.set_checkpoint("ingest.forwarded", number_key(ids[4]))
     assert await state.spool_release(consumers) == 0, "the Brevo side has finished nothing"
-    await state.set_checkpoint("ingest.brevo", f"{ids[1]:020d}")
+    await state.set_checkpoint("ingest.brevo", number_key(ids[1]))
     assert await state.spool_release(consumers) == 2, "through the lower of the two"
     assert [row[0] for row in await state.spool_read(0, 10)] == ids[2:]
-    await state.set_checkpoint("ingest.brevo", f"{ids[5]:020d}")
+    await state.set_checkpoint("ingest.brevo", number_key(ids[5]))
     assert await state.spool_release(consumers) == 3
     assert await state.spool_size() == SpoolSize(1, 10)
     assert await state.spool_release(["ingest.brevo"]) == 1, "forwarding off: the Brevo side alone decides"

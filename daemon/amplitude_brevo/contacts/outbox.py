@@ -28,7 +28,8 @@ from ..logs import get_logger
 from ..pipeline.acks import OffsetTracker
 from ..pipeline.items import Item
 from ..pipeline.remap import CONTACTS_SINK
-from ..state.contacts import CONTACTS_CHECKPOINT, PendingContact, seq_key, seq_of
+from ..state.checkpoints import number_key, number_of
+from ..state.contacts import CONTACTS_CHECKPOINT, PendingContact
 
 log = get_logger("contacts")
 
@@ -63,7 +64,7 @@ class ContactOutbox:
         self.upstream = upstream
         self.read_size = read_size
         self.poll_seconds = poll_seconds
-        self.tracker = _OutboxTracker(CONTACTS_CHECKPOINT, SOURCE, seq_key, record=not dry_run,
+        self.tracker = _OutboxTracker(CONTACTS_CHECKPOINT, SOURCE, number_key, record=not dry_run,
                                       on_done=self._answered)
         self.cursor = 0  # the last seq read
         self._in_flight: dict[str, int] = {}  # user → seq of the write on its way
@@ -90,7 +91,7 @@ class ContactOutbox:
         self._wake.set()
 
     async def start(self) -> None:
-        self.cursor = seq_of(await self.state.get_checkpoint(CONTACTS_CHECKPOINT))
+        self.cursor = number_of(await self.state.get_checkpoint(CONTACTS_CHECKPOINT))
 
     def pending(self) -> int:
         """Writes queued or on their way, and rows waiting for one."""

@@ -29,6 +29,7 @@ import orjson
 from ..logs import get_logger
 from ..retry import Backoff
 from ..secrets import Secret
+from ..state.checkpoints import number_key, number_of
 from ..state.dead_letters import DeadLetter
 from .entries import EVENT_KINDS, decode_entry
 from .upstream_answers import judge
@@ -42,11 +43,6 @@ MAX_EVENTS = 2000
 MAX_BYTES = 16 * 1024 * 1024  # under Amplitude's 20 MB, with room for the envelope
 THROTTLE_PAUSE = 30.0  # seconds a throttled user or device waits (reference §2)
 READ_AHEAD = 5000  # events read from the spool ahead of what is sent
-
-
-def position(spool_id: int) -> str:
-    """A spool id as checkpoint text (fixed width: the text order is the number order)."""
-    return f"{spool_id:020d}"
 
 
 @dataclass(slots=True)
@@ -99,7 +95,7 @@ class AmplitudeForwarder:
 
     async def run(self) -> None:
         stored = await self.state.get_checkpoint(CHECKPOINT)
-        self._read_through = self._written = int(stored) if stored else 0
+        self._read_through = self._written = number_of(stored)
         attempt = 0
         while not self.stopping.is_set():
             await self._read_more()
@@ -241,7 +237,7 @@ class AmplitudeForwarder:
         """Move `ingest.forwarded` to the last spool id before the oldest one with events still pending."""
         through = min(self._left) - 1 if self._left else self._read_through
         if through > self._written:
-            await self.state.set_checkpoint(CHECKPOINT, position(through))
+            await self.state.set_checkpoint(CHECKPOINT, number_key(through))
             self._written = through
 
     async def _dead(self, letters: list[tuple[Any, str]]) -> None:

@@ -33,6 +33,17 @@ log = structlog.get_logger("amplitude_brevo.state")
 Checkpoint = tuple[str, str]
 
 
+def number_key(number: int) -> str:
+    """A numbered position (a spool id, a contacts seq) as checkpoint text: zero-padded to 20 digits, enough
+    for any SQLite rowid, so that the text order is the number order (see the module docstring)."""
+    return f"{number:020d}"
+
+
+def number_of(checkpoint: str | None) -> int:
+    """The position `number_key` wrote; 0 for no checkpoint."""
+    return int(checkpoint) if checkpoint else 0
+
+
 class Checkpoints(StoreBase):
     async def get_checkpoint(self, name: str) -> str | None:
         return await self._run(read_checkpoint, name)

@@ -78,15 +78,6 @@ class PendingContact:
         })
 
 
-def seq_key(seq: int) -> str:
-    """A seq as checkpoint text: fixed width, so that the SQL's monotonic check compares it as a number."""
-    return f"{seq:020d}"
-
-
-def seq_of(checkpoint: str | None) -> int:
-    return int(checkpoint) if checkpoint else 0
-
-
 class ContactsState(StoreBase):
     _next_seq: int | None = None  # touched only on the writer thread
 
