@@ -23,6 +23,7 @@ from amplitude_brevo.components import backfill_checkpoint, export_source, sink_
 from amplitude_brevo.config import Config, parse_config
 from amplitude_brevo.durations import hour_key
 from amplitude_brevo.pipeline.acks import Acknowledger
+from amplitude_brevo.pipeline.claims import Candidates
 from amplitude_brevo.pipeline.dedupe import DedupeRecord
 from amplitude_brevo.pipeline.queue import BatchQueue
 from amplitude_brevo.pipeline.remap import BrevoEvent, MappingRules, SinkOutput, remap_event
@@ -510,7 +511,7 @@ class _LaggingState:
 
 def candidates(*events: BrevoEvent) -> Any:
     """A chunk's outputs, as the reader hands them to the source: Brevo events with namespaced keys."""
-    batch = export_module._Candidates()
+    batch = Candidates()
     batch.add(MappedChunk(outputs={"brevo_events": SinkOutput(
         ["events:" + event.dedupe_key for event in events], [event.body for event in events])}))
     return batch
@@ -557,7 +558,7 @@ async def test_a_chunk_for_several_sinks_queues_each_its_own_items_in_order_and_
                 "mixed": SinkOutput([k for k, _ in mixed], [b for _, b in mixed]),
             })
 
-        batch = export_module._Candidates()
+        batch = Candidates()
         batch.add(chunk(["events:1", "events:2"], ["orders:1"], [b"p1"], [(None, b"m1"), ("mixed:1", b"m2")]))
         batch.add(chunk(["events:1", "events:3"], ["orders:1", "orders:2"], [b"p2", b"p2"],
                         [("mixed:1", b"m3"), (None, b"m4"), ("mixed:2", b"m5")]))

@@ -28,7 +28,8 @@ from ..config import Config
 from ..durations import hour_key, parse_hour
 from ..logs import get_logger
 from ..pipeline.acks import Acknowledger, OffsetTracker
-from ..pipeline.dedupe import DedupeRecord, Lookup
+from ..pipeline.claims import Candidates, ClaimingQueuer
+from ..pipeline.dedupe import DedupeRecord
 from ..pipeline.items import Item
 from ..pipeline.queue import BatchQueue, QueueClosed
 from ..pipeline.remap import PROFILES_SINK, MappingRules
@@ -122,7 +123,9 @@ class ExportSource:
         self.planner = WindowPlanner(_max_window_hours(cfg))
         self.finished = asyncio.Event()  # backfill: every hour through `end` resolved
         self.read_cursor: datetime | None = None
-        self._pending: _PendingChunk | None = None  # the last chunk read, waiting for its dedupe lookup
+        # queues the chunks read, one behind its dedupe lookup
+        self.queuer = ClaimingQueuer(queues=self.queues, dedupe=dedupe, tracker=self.tracker, stats=self.stats,
+                                     metrics=metrics)
         self._bad_lines: dict[str, _BadLines] = {}  # this member's bad lines by kind, logged once per member
 
     @property
@@ -351,7 +354,7 @@ class ExportSource:
     async def _read_member(self, path: Any, member: Member, hour: datetime) -> None:
         """Queue a member's items and store its dead letters; the reader pool decodes and remaps it."""
         for attempt in range(1, READER_ATTEMPTS + 1):
-            batch = _Candidates()
+            batch = Candidates()
             counted = MappedChunk()  # rows and skips of this attempt, taken back if it fails
             self._bad_lines = {}
             try:
@@ -361,7 +364,7 @@ class ExportSource:
                         letters = self._take(chunk, member, hour, counted)
                         if len(batch) >= CHUNK or letters:
                             await self._flush(hour, batch, letters)
-                            batch = _Candidates()
+                            batch = Candidates()
                 await self._flush(hour, batch, [])
                 return
             except ReaderFailed as exc:
@@ -374,7 +377,7 @@ class ExportSource:
                 if self.metrics:
                     self.metrics.errors.labels(component=self.name, kind="reader").inc()
                 if attempt == READER_ATTEMPTS:
-                    await self._flush(hour, _Candidates(), [DeadLetter(
+                    await self._flush(hour, Candidates(), [DeadLetter(
                         source=SOURCE, sink=",".join(self.sinks), item={"member": member.name, "hour": hour_key(hour)},
                         reason=f"the export reader failed {attempt} times on this member: {exc}")])
                 elif not await self.backoff.sleep(attempt, stop=self.stopping):
@@ -415,7 +418,7 @@ class ExportSource:
                  hint="amplitude-brevo dlq list --source export")
         self._bad_lines = {}
 
-    async def _flush(self, hour: datetime, batch: _Candidates, letters: list[DeadLetter]) -> None:
+    async def _flush(self, hour: datetime, batch: Candidates, letters: list[DeadLetter]) -> None:
         """Dead-letter `letters`; start the dedupe lookup of `batch` and queue the previous chunk.
 
         The lookup runs on the state thread while the next chunk is decoded (the event loop thread is what
@@ -431,52 +434,15 @@ class ExportSource:
                     self.metrics.items_out.labels(sink=sink, outcome="dead_lettered").inc(len(letters))
         if not len(batch):
             return
-        self.stats.mapped += len(batch)
-        chunk = _PendingChunk(hour, batch, self.dedupe.lookup(batch.lookup_keys()))
-        await self._queue_pending()
-        self._pending = chunk
+        await self.queuer.flush(hour, batch)
         await asyncio.sleep(0)  # let consumers and the admin server run between chunks
 
     async def _queue_pending(self) -> None:
-        """Queue the items of the chunk waiting for its dedupe lookup that are new (see DedupeRecord.claim)."""
-        chunk, self._pending = self._pending, None
-        if chunk is None:
-            return
-        fresh = await self.dedupe.claim(chunk.lookup)  # in the order of chunk.batch.lookup_keys()
-        token = self.tracker.token(chunk.hour)
-        by_sink: dict[str, list[Item]] = {}
-        repeats: dict[str, int] = {}
-        at = 0
-        for sink, (keys, bodies) in chunk.batch.by_sink.items():
-            keyed = len(keys) - keys.count(None)
-            if not keyed:  # idempotent writes (profiles): nothing to look up
-                items = [Item(None, body, token) for body in bodies]
-            elif keyed == len(keys):
-                flags = fresh[at:at + keyed]
-                items = [Item(key, body, token) for key, body, new in zip(keys, bodies, flags, strict=True) if new]
-            else:
-                flags = iter(fresh[at:at + keyed])
-                items = [Item(key, body, token) for key, body in zip(keys, bodies, strict=True)
-                         if key is None or next(flags)]
-            at += keyed
-            if len(items) != len(bodies):
-                repeats[sink] = len(bodies) - len(items)
-            if items:
-                by_sink[sink] = items
-        queued = sum(map(len, by_sink.values()))
-        if repeats:
-            self.stats.deduplicated += sum(repeats.values())
-            if self.metrics:
-                for sink, count in repeats.items():
-                    self.metrics.items_out.labels(sink=sink, outcome="deduplicated").inc(count)
-        self.tracker.add(chunk.hour, queued)
-        for sink, items in by_sink.items():
-            await self.queues[sink].put_many(items)
+        """Queue the new items of the chunk waiting for its dedupe lookup (see pipeline/claims.py)."""
+        await self.queuer.queue_pending()
 
     def _discard_pending(self) -> None:
-        chunk, self._pending = self._pending, None
-        if chunk is not None:
-            self.dedupe.discard(chunk.lookup)
+        self.queuer.discard_pending()
 
 
 def _max_window_hours(cfg: Config) -> int:
@@ -485,42 +451,6 @@ def _max_window_hours(cfg: Config) -> int:
 
 def _key(hour: datetime | None) -> str | None:
     return None if hour is None else hour_key(hour)
-
-
-class _Candidates:
-    """Chunks' outputs by sink, each in row order: (dedupe keys (or None), bodies)."""
-
-    __slots__ = ("by_sink", "size")
-
-    def __init__(self) -> None:
-        self.by_sink: dict[str, tuple[list[str | None], list[bytes]]] = {}
-        self.size = 0
-
-    def __len__(self) -> int:
-        return self.size
-
-    def add(self, chunk: MappedChunk) -> None:
-        for sink, output in chunk.outputs.items():
-            if not output.bodies:
-                continue
-            known = self.by_sink.get(sink)
-            if known is None:
-                self.by_sink[sink] = (list(output.keys), list(output.bodies))
-            else:
-                known[0].extend(output.keys)
-                known[1].extend(output.bodies)
-            self.size += len(output.bodies)
-
-    def lookup_keys(self) -> list[str]:
-        """Every key to look up, sink by sink in `by_sink` order, each sink's in row order."""
-        return [key for keys, _ in self.by_sink.values() for key in keys if key is not None]
-
-
-@dataclass(slots=True, eq=False)
-class _PendingChunk:
-    hour: datetime
-    batch: _Candidates
-    lookup: Lookup
 
 
 @dataclass(slots=True)
