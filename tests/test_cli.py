@@ -53,8 +53,9 @@ def test_check_config_reports_errors_with_exit_2(tmp_path, capsys):
     assert "batchng" in err and "did you mean 'batching'" in err and "xkeysib-abc-LEAK" not in err
 
 
-# Asks for segments, User Activity enrichment and the ingest endpoint, none of which this version has.
-UNBUILT = {"lists": {"active_users": 10}, "user_activity": {"enabled": True}, "ingest": {"enabled": True}}
+# Asks for segments, User Activity enrichment and cohort webhooks, none of which this version has.
+UNBUILT = {"lists": {"active_users": 10}, "user_activity": {"enabled": True},
+           "ingest": {"enabled": True, "webhook_token": "hook-token"}}
 
 
 def test_check_config_warns_about_unbuilt_settings(config_file, capsys):
@@ -63,7 +64,7 @@ def test_check_config_warns_about_unbuilt_settings(config_file, capsys):
     captured = capsys.readouterr()
     warnings = [line for line in captured.err.splitlines() if line.startswith("amplitude-brevo: warning: ")]
     assert [w.split(": ", 2)[2].split(" ", 1)[0] for w in warnings] == ["lists", "user_activity.enabled",
-                                                                        "ingest.enabled"]
+                                                                        "ingest.webhook_token"]
     assert all("is accepted but not built yet in this version; it is ignored" in w for w in warnings)
     assert "warning" not in captured.out  # stdout stays the rendered YAML alone
 

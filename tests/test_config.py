@@ -866,13 +866,16 @@ def unbuilt_keys(cfg: Config) -> list[str]:
 
 def test_unbuilt_settings_of_the_shipped_config() -> None:
     cfg = load_config(SHIPPED, env=ENV)
-    assert unbuilt_keys(cfg) == ["cohorts", "lists", "user_activity.enabled", "ingest.enabled"]
+    assert unbuilt_keys(cfg) == ["cohorts", "lists", "user_activity.enabled"]
     messages = unbuilt_settings(cfg)
-    assert "def456" in messages[0] and "127.0.0.1:8787" in messages[-1]
+    assert "def456" in messages[0]
     assert_no_secrets(*messages)
+    with_token = load_config(SHIPPED, env={**ENV, "WEBHOOK_TOKEN": HOOK})
+    assert unbuilt_keys(with_token)[-1] == "ingest.webhook_token" and "127.0.0.1:8787" in unbuilt_settings(with_token)[-1]
+    assert_no_secrets(*unbuilt_settings(with_token))
 
 
-# The export path alone: nothing unbuilt is asked for (ingest.enabled defaults to true).
+# The export path alone: nothing unbuilt is asked for.
 QUIET = minimal(sync={}, ingest={"enabled": False})
 PLAN_ATTRIBUTE = (("property_mapping",), {"email": "email", "plan": "PLAN"})
 A_COHORT = (("cohorts",), [{"id": "c1", "list_id": 5}])
@@ -882,7 +885,7 @@ A_COHORT = (("cohorts",), [{"id": "c1", "list_id": 5}])
     ("edits", "expected"),
     [
         ([], []),
-        ([(("sync",), DELETE), (("ingest",), DELETE)], ["ingest.enabled"]),  # defaults count
+        ([(("sync",), DELETE), (("ingest",), DELETE)], []),  # defaults count: the endpoint is built
         # Built: creating attributes, user properties -> contact attributes, revenue -> orders and LTV.
         ([(("connectors", "brevo", "create_attributes"), True)], []),
         # Identity targets are carried in `identifiers`: no contact attribute to write.
@@ -896,7 +899,9 @@ A_COHORT = (("cohorts",), [{"id": "c1", "list_id": 5}])
         ([(("lists",), {"power_users": 11})], ["lists", "user_activity.enabled"]),
         ([(("lists",), {"power_users": 11}), (("user_activity",), {"enabled": False})], ["lists"]),
         ([(("segments",), {"every": "2h"})], []),  # rules without lists are not synced, built or not
-        ([(("ingest", "enabled"), True)], ["ingest.enabled"]),
+        ([(("ingest", "enabled"), True)], []),
+        ([(("ingest",), {"enabled": True, "webhook_token": "hook"})], ["ingest.webhook_token"]),  # cohort webhooks
+        ([(("ingest",), {"enabled": False, "webhook_token": "hook"})], []),
     ],
 )
 def test_unbuilt_settings_rules(edits: list[tuple[tuple[Any, ...], Any]], expected: list[str]) -> None:

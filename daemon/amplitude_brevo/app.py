@@ -19,6 +19,7 @@ from aiohttp import web
 from .clients.http import make_session
 from .config import Config, ConfigError, load_config, secret_values, unbuilt_settings
 from .health import Health
+from .ingest.bell import SpoolBell
 from .logs import configure_logging, get_logger
 from .metrics import CONTENT_TYPE_LATEST, Metrics
 from .notify import Notifier
@@ -60,6 +61,7 @@ class Runtime:
     acks: Acknowledger = None  # type: ignore[assignment]
     queues: dict[str, BatchQueue[Any]] = field(default_factory=dict)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    spool_bell: SpoolBell = field(default_factory=SpoolBell)  # the ingest server's commits wake the spool's readers
 
     def __post_init__(self) -> None:
         if self.dedupe is None:

@@ -8,15 +8,20 @@ from datetime import datetime
 
 from .app import Component, Runtime
 from .clients.amplitude import AmplitudeClient, export_temp_dir
+from .config import Config
 from .contacts.folder import ProfileFolder
 from .contacts.outbox import ContactOutbox
 from .durations import hour_key
+from .ingest.forwarder import AmplitudeForwarder
+from .ingest.listener import IngestListener
 from .pipeline.remap import CONTACTS_SINK, EVENTS_SINK, ORDERS_SINK, PROFILES_SINK, enabled_sinks
 from .sinks.brevo_client import BrevoClient
 from .sinks.brevo_contacts import BrevoContactsSink
 from .sinks.brevo_events import BrevoEventsSink
 from .sinks.brevo_orders import BrevoOrdersSink
 from .sources.amplitude_export import TAIL_CHECKPOINT, ExportSource
+from .sources.ingest_spool import SpoolSource
+from .state.spool import spool_consumers as state_spool_consumers
 from .usage import usage_components
 
 
@@ -95,6 +100,32 @@ def export_source(
     )
 
 
+def spool_consumers(cfg: Config) -> list[str]:
+    return state_spool_consumers(brevo=bool(enabled_sinks(cfg)), forward=cfg.ingest.forward_to_amplitude)
+
+
+def ingest_components(runtime: Runtime) -> list[Component]:
+    """With `ingest.enabled`: the listener, the forwarder to Amplitude, the spool's producer into Brevo."""
+    cfg = runtime.cfg
+    if not cfg.ingest.enabled:
+        return []
+    release = spool_consumers(cfg)
+    components: list[Component] = [IngestListener(cfg=cfg, state=runtime.state, bell=runtime.spool_bell)]
+    if cfg.ingest.forward_to_amplitude:
+        amp = cfg.connectors.amplitude
+        components.append(AmplitudeForwarder(
+            state=runtime.state, session=runtime.session, ingest_url=amp.ingest_url, api_key=amp.api_key,
+            release=release, bell=runtime.spool_bell,
+        ))
+    sinks = enabled_sinks(cfg)
+    if sinks:
+        components.append(SpoolSource(
+            cfg=cfg, queues={sink: runtime.queue(sink) for sink in sinks}, dedupe=runtime.dedupe,
+            acks=runtime.acks, release=release, metrics=runtime.metrics, bell=runtime.spool_bell,
+        ))
+    return components
+
+
 def backfill_checkpoint(start: datetime, end: datetime) -> str:
     return f"backfill.{hour_key(start)}-{hour_key(end)}"
 
@@ -105,4 +136,6 @@ def default_components(runtime: Runtime, *, dry_run: bool = False) -> Sequence[C
     source = export_source(runtime, dry_run=dry_run)
     if source is not None:
         components.append(source)
+    if not dry_run:
+        components.extend(ingest_components(runtime))
     return components

@@ -66,6 +66,22 @@ _DurationBase = Annotated[
 ]
 Duration = Annotated[_DurationBase, Field(ge=0)]
 PositiveDuration = Annotated[_DurationBase, Field(gt=0)]
+_SIZE_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*$")
+
+
+def _byte_size(value: Any) -> int:
+    not_bool(value)
+    if isinstance(value, int):
+        return value
+    match = _SIZE.match(value.lower()) if isinstance(value, str) else None
+    if match is None or match.group(2) not in _SIZE_UNITS:
+        raise ValueError(f"{_show(value)} is not a size; use bytes (1048576) or a number with KB, MB, GB, KiB, "
+                         "MiB, GiB (512MiB, 1GiB)")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+ByteSize = Annotated[int, BeforeValidator(_byte_size), Field(gt=0)]
 Int = Annotated[int, BeforeValidator(not_bool)]
 PositiveInt = Annotated[int, BeforeValidator(not_bool), Field(gt=0)]
 ListId = PositiveInt

@@ -10,10 +10,12 @@ from amplitude_brevo.secrets import Secret
 
 from .fields import (
     DAY,
+    ByteSize,
     Cidr,
     Listen,
     NonEmptyStr,
     PositiveDuration,
+    PositiveInt,
     Section,
     empty_secret_to_none,
     split_listen,
@@ -43,6 +45,9 @@ class Ingest(_Listener):
     webhook_token: Secret | None = None
     allow_from: list[Cidr] = Field(default_factory=list)  # empty: any caller
     trusted_proxies: list[Cidr] = Field(default_factory=list)  # whose X-Forwarded-For names the caller
+    # The spool's bound: past it, requests get Amplitude's 429 until the consumers catch up.
+    spool_max_requests: PositiveInt = 1_000_000
+    spool_max_size: ByteSize = 1024**3
 
     @field_validator("api_keys", mode="before")
     @classmethod

@@ -12,7 +12,8 @@ def unbuilt_settings(cfg: Config) -> list[str]:
 
     Built today: the export path to Brevo events, contacts and orders (connectors, including
     ``create_attributes``; sync.events, sync.user_properties, sync.revenue; event_mapping, property_mapping,
-    identity, revenue, export, rate_limits, batching, state, admin, logging, shutdown_timeout). Everything
+    identity, revenue, export, rate_limits, batching, state, admin, logging, shutdown_timeout), and the
+    realtime ingest endpoint (ingest.*, but for the cohort webhooks). Everything
     else of SPEC §3 is validated, so that a config written for a later version is checked in full today, but
     nothing reads it.
 
@@ -25,11 +26,10 @@ def unbuilt_settings(cfg: Config) -> list[str]:
     - ``user_activity.enabled``: true and there are segments or contact attributes for it to enrich
       (``sync.user_properties`` true and a ``property_mapping`` target besides the identity ones: the
       ``identity.email_property`` key, targets ``email``/``ext_id``).
-    - ``ingest.enabled``: true (the default), because nothing listens on ``ingest.listen``.
+    - ``ingest.webhook_token``: set while ``ingest.enabled`` (the realtime endpoint itself is built; its
+      cohort webhook route is not).
 
-    Defaults count: ``ingest.enabled`` defaults to true, so a minimal config hears about it; setting the
-    switch to false says "not wanted" and silences the message. Each message starts with the key path to
-    change.
+    Each message starts with the key path to change.
     """
     out: list[str] = []
     identity = cfg.identity.email_property
@@ -54,9 +54,9 @@ def unbuilt_settings(cfg: Config) -> list[str]:
     if cfg.user_activity.enabled and (segment_lists or user_properties):
         out.append(f"user_activity.enabled (profile enrichment from Amplitude User Activity) {_NOT_BUILT}")
 
-    if cfg.ingest.enabled:
+    if cfg.ingest.enabled and cfg.ingest.webhook_token is not None:
         out.append(
-            f"ingest.enabled (the realtime HTTP V2 ingest endpoint and cohort webhooks, ingest.*) {_NOT_BUILT} "
-            f"(nothing listens on {cfg.ingest.listen})"
+            f"ingest.webhook_token (cohort webhooks, POST /webhooks/amplitude/cohort on {cfg.ingest.listen}) "
+            f"{_NOT_BUILT}"
         )
     return out

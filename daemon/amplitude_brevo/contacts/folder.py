@@ -1,4 +1,5 @@
-"""The profile folder: profile snapshots and revenue facts from the export → the state file's contacts.
+"""The profile folder: profile snapshots and revenue facts from the export, and profile operations from the
+ingest spool (`ingest/brevo_feed.py`) → the state file's contacts.
 
 It drains the `profiles` queue a batch at a time (up to `batching.max_items`, at most `batching.max_wait`
 apart: the batch window). A batch's snapshots are coalesced per user (the newest row wins), converted to
@@ -161,6 +162,7 @@ class ProfileFolder:
     async def _fold(self, batch: list[Item]) -> None:
         snapshots: dict[str, dict[str, Any]] = {}
         facts = []
+        operations = []  # live events' and identifies' operations, applied in order after the snapshots
         for item in batch:
             data = orjson.loads(item.body)
             if "r" in data:
@@ -169,12 +171,16 @@ class ProfileFolder:
             user = data["u"]
             if "x" in data:
                 self._dropped(user, "EMAIL", f"{data['x']!r} is not a valid email; the contact is written without it")
+            if "k" in data:
+                operations.append(data)
+                continue
             known = snapshots.get(user)
             snapshots[user] = data if known is None else _newer(known, data)
         if self.missing and self.cfg.connectors.brevo.create_attributes:
-            await self._create_missing(list(snapshots.values()))
-        result = await self.state.fold_contacts(list(snapshots.values()), facts, self.attributes_of)
-        del snapshots, facts  # folded: not held while the batch is settled
+            await self._create_missing([*snapshots.values(), *map(_as_snapshot, operations)])
+        result = await self.state.fold_contacts(list(snapshots.values()), facts, self.attributes_of,
+                                                operations=operations)
+        del snapshots, facts, operations  # folded: not held while the batch is settled
         self._count(result)
         await self.acks.settle(self.name, batch)
         if (result.new or result.changed) and self.on_pending is not None:
@@ -229,6 +235,8 @@ class ProfileFolder:
         t.unchanged += result.unchanged
         t.revenue_counted += result.revenue_counted
         t.revenue_repeated += result.revenue_repeated
+        t.operations_applied += result.operations_applied
+        t.operations_repeated += result.operations_repeated
         if self.metrics:
             for name in ("new", "changed", "unchanged"):
                 if getattr(result, name):
@@ -250,6 +258,13 @@ class ProfileFolder:
                         hint="the rest of the contact is written; fix the value in Amplitude or the "
                              "attribute's type in Brevo")
         self._dropped_logged[attribute] = (at, logged + 1)
+
+
+def _as_snapshot(operations: dict[str, Any]) -> dict[str, Any]:
+    """The values an operations item sets, as a snapshot's `p` (samples for attribute creation)."""
+    ops = operations.get("o") or {}
+    return {"p": {**(operations.get("c") or {}), **(ops.get("$setOnce") or {}), **(ops.get("$set") or {}),
+                  **(ops.get("$add") or {})}}
 
 
 def _newer(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

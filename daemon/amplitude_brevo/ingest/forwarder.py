@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -27,16 +27,18 @@ import aiohttp
 import orjson
 
 from ..logs import get_logger
+from ..pipeline.remap import enabled_sinks
 from ..retry import Backoff
 from ..secrets import Secret
 from ..state.checkpoints import number_key, number_of
 from ..state.dead_letters import DeadLetter
+from ..state.spool import FORWARDED_CHECKPOINT, spool_consumers
 from .entries import EVENT_KINDS, decode_entry
 from .upstream_answers import judge
 
 log = get_logger("ingest")
 
-CHECKPOINT = "ingest.forwarded"
+CHECKPOINT = FORWARDED_CHECKPOINT
 SOURCE = "ingest"
 SINK = "amplitude"
 MAX_EVENTS = 2000
@@ -59,8 +61,11 @@ class AmplitudeForwarder:
 
     def __init__(self, *, state: Any, session: aiohttp.ClientSession, ingest_url: str, api_key: Any,
                  backoff: Backoff | None = None, throttle_pause: float = THROTTLE_PAUSE, poll: float = 0.5,
-                 max_events: int = MAX_EVENTS, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_events: int = MAX_EVENTS, clock: Callable[[], float] = time.monotonic,
+                 release: Sequence[str] = (), bell: Any = None) -> None:
         self.state = state
+        self.release = tuple(release)  # the checkpoints a spool row must be past to be deleted (this one's too)
+        self.bell = bell  # ingest/bell.py: rung on each commit of the ingest server
         self.session = session
         self.base_url = ingest_url.rstrip("/")
         self._api_key = api_key  # a Secret: revealed only into the request body
@@ -93,7 +98,25 @@ class AmplitudeForwarder:
         key = self._api_key
         return key.reveal() if isinstance(key, Secret) else str(key)
 
+    def reload(self, cfg: Any) -> None:
+        amp = cfg.connectors.amplitude
+        self.base_url = amp.ingest_url.rstrip("/")
+        self._api_key = amp.api_key
+        if self.release:
+            self.release = tuple(spool_consumers(brevo=bool(enabled_sinks(cfg)), forward=True))
+
     async def run(self) -> None:
+        if self.bell is not None:
+            self.bell.subscribe(self._wake)
+        try:
+            await self._run()
+        finally:
+            if self.bell is not None:
+                self.bell.unsubscribe(self._wake)
+            log.info("ingest.forward.stopped", delivered=self.delivered, dead_lettered=self.dead_lettered,
+                     requests=self.requests, checkpoint=self._written)
+
+    async def _run(self) -> None:
         stored = await self.state.get_checkpoint(CHECKPOINT)
         self._read_through = self._written = number_of(stored)
         attempt = 0
@@ -239,6 +262,11 @@ class AmplitudeForwarder:
         if through > self._written:
             await self.state.set_checkpoint(CHECKPOINT, number_key(through))
             self._written = through
+            if self.release:
+                try:
+                    await self.state.spool_release(list(self.release))
+                except Exception as exc:  # noqa: BLE001 - retried at the next move
+                    log.warning("ingest.spool.release_failed", error=str(exc))
 
     async def _dead(self, letters: list[tuple[Any, str]]) -> None:
         await self.state.add_dead_letters([DeadLetter(source=SOURCE, sink=SINK, item=item, reason=reason)

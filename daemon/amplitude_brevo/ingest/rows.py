@@ -45,6 +45,7 @@ _REVENUE_FIELDS = {"price": "$price", "quantity": "$quantity", "revenue": "$reve
 class LiveRow:
     line: bytes  # the export-shaped row, as a JSON line for `MappingRules.row_decoder`
     operations: dict[str, Any] | None  # the event's user-property operations, when written with them
+    row: dict[str, Any]  # the row itself (`line` decoded)
 
 
 def export_time(ms: int | float) -> str:
@@ -84,4 +85,4 @@ def live_row(event: dict[str, Any], *, spool_id: int, index: int, received_at_ms
         plain = user.get("$set")
         user = plain if isinstance(plain, dict) else {}
     row["user_properties"] = user
-    return LiveRow(orjson.dumps(row), operations)
+    return LiveRow(orjson.dumps(row), operations, row)

@@ -11,7 +11,8 @@ is durable. A commit that fails answers 503, which every Amplitude SDK retries.
 API keys are compared in constant time (:class:`~.api_keys.KeyRing`) and never logged: a log line names a
 key by its 8-hex fingerprint at most.
 
-Not here yet: forwarding to Amplitude and feeding Brevo (they read the spool), wiring into ``app.py``.
+The daemon runs it as the `ingest_listener` component (`ingest/listener.py`); forwarding to Amplitude
+(`ingest/forwarder.py`) and feeding Brevo (`sources/ingest_spool.py`) read the spool.
 """
 
 from __future__ import annotations
@@ -50,11 +51,14 @@ class IngestService:
         *,
         limits: SpoolLimits | None = None,
         clock: Callable[[], float] = time.time,
+        on_commit: Callable[[], None] | None = None,
     ) -> None:
         self.keys = KeyRing(cfg.api_keys)
         self.callers = CallerPolicy(cfg.allow_from, cfg.trusted_proxies)
         self.writer = SpoolWriter(spool, limits)
         self.clock = clock
+        self.on_commit = on_commit  # the spool's readers' wake-up (ingest/bell.py)
+        self.accepted_total = 0  # items (events, identifications) committed
         self._full = False  # the spool was full at the last check: log the change, not every refusal
         self.refused_full_total = 0
 
@@ -80,7 +84,17 @@ class IngestService:
         caller = self.callers.caller(request.remote, request.headers.get("X-Forwarded-For"))
         body = encode_entry(accepted, caller=caller, received_at_ms=int(received_at * 1000))
         await self.writer.append(SpoolEntry(accepted.kind, body, received_at))
+        self.accepted_total += len(accepted.items)
+        if self.on_commit is not None:
+            self.on_commit()
         return protocol.success(accepted, int(self.clock() * 1000))
+
+    def reload(self, cfg: Ingest, limits: SpoolLimits | None = None) -> None:
+        """Keys rotate and `allow_from` / `trusted_proxies` change with a reload (the listen address does not)."""
+        self.keys = KeyRing(cfg.api_keys)
+        self.callers = CallerPolicy(cfg.allow_from, cfg.trusted_proxies)
+        if limits is not None:
+            self.writer.limits = limits
 
 
 SERVICE = web.AppKey("ingest_service", IngestService)
@@ -92,13 +106,14 @@ def make_ingest_app(
     *,
     limits: SpoolLimits | None = None,
     clock: Callable[[], float] = time.time,
+    on_commit: Callable[[], None] | None = None,
 ) -> web.Application:
     """The ingest application over ``spool`` (a :class:`~amplitude_brevo.state.StateStore`).
 
     ``limits`` bounds the spool (429 beyond it). On cleanup the spool writer finishes the commits it has
     queued; the store itself is the caller's to close, after the application.
     """
-    service = IngestService(cfg, spool, limits=limits, clock=clock)
+    service = IngestService(cfg, spool, limits=limits, clock=clock, on_commit=on_commit)
     # client_max_size bounds request.post() (multipart Identify); other bodies are read by read_body().
     app = web.Application(middlewares=[_allow_from], client_max_size=protocol.MAX_BODY_BYTES + 1)
     app[SERVICE] = service

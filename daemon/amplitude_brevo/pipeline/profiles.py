@@ -45,7 +45,9 @@ class ProfileCollector:
         self._device = rules.anonymous == "use_device_id"
         self._row_revenue = _revenue_module().row_revenue if rules.count_revenue else None
 
-    def add(self, row: ExportRow) -> Skipped | None:
+    def user_of(self, row: ExportRow) -> str | None:
+        """Whose profile the row feeds (the ext_id: `identity.ext_id`, or the device id of an anonymous row
+        with `identity.anonymous: use_device_id`), or None."""
         field = self._user_field
         if field is None:
             user = self._user_from_properties(row)
@@ -53,7 +55,11 @@ class ProfileCollector:
             user = getattr(row, field)
             if not user and self._device:
                 user = row.device_id
-        if not user or type(user) is not str:
+        return user if user and type(user) is str else None
+
+    def add(self, row: ExportRow) -> Skipped | None:
+        user = self.user_of(row)
+        if user is None:
             return SKIPPED_NO_IDENTITY
         time = row.event_time or ""
         entry = self.users.get(user)
@@ -83,16 +89,24 @@ class ProfileCollector:
         return user if user else (row.device_id if self._device else None)
 
     def _revenue(self, row: ExportRow, user: str) -> None:
+        fact = self.revenue_fact(row, user)
+        if fact is not None:
+            self.facts.append(fact)
+
+    def revenue_fact(self, row: ExportRow, user: str) -> bytes | None:
+        """The row's revenue fact for `user`'s totals, or None (no revenue, or totals are not kept)."""
+        if self._row_revenue is None:
+            return None
         revenue = self._row_revenue(row)  # decoded once for this and the orders consumer
         if revenue is None or type(revenue) is Rejected:
-            return
+            return None
         key = row.insert_id or row.uuid
         at = iso_utc(row.event_time)
         if not key or at is None:
-            return  # the orders consumer rejects (and dead-letters) what is wrong with such a row
+            return None  # the orders consumer rejects (and dead-letters) what is wrong with such a row
         # exact-size bytes: orjson's own output holds ~4 KiB of memory however short, and facts wait for the
         # member's end
-        self.facts.append(dumps_kept({"r": 1, "k": key, "u": user, "a": revenue.amount, "t": at}))
+        return dumps_kept({"r": 1, "k": key, "u": user, "a": revenue.amount, "t": at})
 
     def __len__(self) -> int:
         return len(self.users) + len(self.facts)
@@ -128,7 +142,7 @@ class ProfileCollector:
             try:
                 body = orjson.dumps(snapshot)
             except TypeError:  # e.g. an integer beyond 64 bits: keep the rest
-                snapshot["p"] = {k: v for k, v in values.items() if _encodable(v)}
+                snapshot["p"] = {k: v for k, v in values.items() if encodable(v)}
                 body = orjson.dumps(snapshot)
             keys.append(None)
             bodies.append(exact(body))
@@ -136,7 +150,7 @@ class ProfileCollector:
         self.facts = []
 
 
-def _encodable(value: Any) -> bool:
+def encodable(value: Any) -> bool:
     try:
         orjson.dumps(value)
     except TypeError:

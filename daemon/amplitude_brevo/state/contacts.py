@@ -7,6 +7,9 @@
    re-read, a restart or a kill -9 never counts a purchase twice;
 2. each user's snapshot is folded into their row: the newest row wins (event time, then upload time) for
    the property values and the email; first seen / last active are the extremes of everything read;
+   then the user's *operations* (live events and identifies, `ingest/brevo_feed.py`) are applied in order
+   to the values (`pipeline/user_ops.py`); an operation's key is recorded in the dedupe table in this
+   transaction (`ops:<key>`), so an operation re-read from the spool is never applied twice;
 3. the row's attributes are converted for Brevo (`attributes_of`, given by the folder) and compared with
    what is stored: unchanged → nothing; changed (or a new user, or a new email) → stored with the next
    `seq`. A row whose seq is above the `contacts.written` checkpoint has a Brevo write pending: the
@@ -29,10 +32,12 @@ from typing import Any
 import orjson
 
 from amplitude_brevo.jsonbytes import dumps_kept
+from amplitude_brevo.pipeline.user_ops import InvalidOperations, apply_operations
 from amplitude_brevo.state.base import JSON_EACH as _JSON_EACH  # a module global: tests switch it off
 from amplitude_brevo.state.base import MAX_IN_PARAMS, StoreBase, chunks, json_array, marks, now_or, write_tx
 
 CONTACTS_CHECKPOINT = "contacts.written"
+OPERATIONS_NAMESPACE = "ops:"  # dedupe-table keys of applied profile operations (`ops:<spool id>-<index>`)
 
 # (sources, derived {first_seen, last_active}, totals or None) → (Brevo attributes, dropped [(attribute, why)])
 AttributesOf = Callable[[Mapping[str, Any], Mapping[str, Any], "Totals | None"], tuple[dict[str, Any], list[Any]]]
@@ -52,6 +57,8 @@ class FoldResult:
     unchanged: int = 0  # snapshots that changed nothing Brevo would see
     revenue_counted: int = 0  # revenue facts counted for the first time
     revenue_repeated: int = 0  # facts whose key was counted before
+    operations_applied: int = 0  # operations items applied for the first time
+    operations_repeated: int = 0  # operations items whose key was applied before
     dropped: list[tuple[str, str, str]] = field(default_factory=list)  # (user, attribute, why) not convertible
 
 
@@ -82,9 +89,12 @@ class ContactsState(StoreBase):
     _next_seq: int | None = None  # touched only on the writer thread
 
     async def fold_contacts(self, snapshots: Sequence[Mapping[str, Any]], facts: Sequence[Mapping[str, Any]],
-                            attributes_of: AttributesOf, *, now: float | None = None) -> FoldResult:
-        """Fold one batch of snapshots (at most one per user) and revenue facts, in one transaction."""
-        return await self._run(self._fold, list(snapshots), list(facts), attributes_of, now_or(now))
+                            attributes_of: AttributesOf, *, operations: Sequence[Mapping[str, Any]] = (),
+                            now: float | None = None) -> FoldResult:
+        """Fold one batch of snapshots (at most one per user), revenue facts and operations (in the order
+        they happened), in one transaction."""
+        return await self._run(self._fold, list(snapshots), list(facts), attributes_of, list(operations),
+                               now_or(now))
 
     async def pending_contacts(self, after_seq: int, limit: int = 1000) -> list[PendingContact]:
         """Rows with a write pending past `after_seq`, in seq order. On the lookup connection: the outbox's
@@ -120,21 +130,23 @@ class ContactsState(StoreBase):
         return seq
 
     def _fold(self, conn: sqlite3.Connection, snapshots: list[Mapping[str, Any]], facts: list[Mapping[str, Any]],
-              attributes_of: AttributesOf, now: float) -> FoldResult:
+              attributes_of: AttributesOf, operations: list[Mapping[str, Any]], now: float) -> FoldResult:
         result = FoldResult()
         next_seq = self._next_seq
         try:
             with write_tx(conn):
                 by_user = {s["u"]: s for s in snapshots}
+                ops_of = _claim_operations(conn, operations, result, now)  # user → operations, in order
+                named = {**dict.fromkeys(by_user), **dict.fromkeys(ops_of)}
                 # One read of the totals of everyone the batch names; counting the facts updates it.
-                totals = _totals(conn, [*by_user, *({fact["u"]: None for fact in facts}.keys() - by_user.keys())])
+                totals = _totals(conn, [*named, *({fact["u"]: None for fact in facts}.keys() - named.keys())])
                 totals_changed = _count_revenue(conn, facts, result, totals)
-                users = [*by_user, *sorted(totals_changed - by_user.keys())]
+                users = [*named, *sorted(totals_changed - named.keys())]
                 existing = _rows(conn, users)
                 writes = []
                 for user in users:
                     write = self._folded_write(conn, user, existing.get(user), by_user.get(user), totals.get(user),
-                                               attributes_of, result)
+                                               attributes_of, result, ops_of.get(user))
                     if write is not None:
                         writes.append((*write, now))
                 conn.executemany(
@@ -152,11 +164,13 @@ class ContactsState(StoreBase):
 
     def _folded_write(self, conn: sqlite3.Connection, user: str, row: dict[str, Any] | None,
                       snapshot: Mapping[str, Any] | None, totals: Totals | None, attributes_of: AttributesOf,
-                      result: FoldResult) -> tuple[Any, ...] | None:
-        """The row to store for `user` after `snapshot` (without `updated_at`), counted in `result`; None when
-        nothing is to be written: revenue for a user no row has told us about yet (written with their first
-        row), or a row that would be stored exactly as it is."""
+                      result: FoldResult, operations: list[Mapping[str, Any]] | None = None) -> tuple[Any, ...] | None:
+        """The row to store for `user` after `snapshot` and `operations` (without `updated_at`), counted in
+        `result`; None when nothing is to be written: revenue for a user no row has told us about yet
+        (written with their first row), or a row that would be stored exactly as it is."""
         folded = _folded(row, snapshot)
+        if operations:
+            folded = _operated(folded or _NOBODY, operations, user, result)
         if folded is None:
             return None
         seen, first_seen, last_active, email, sources, encoded_sources = folded
@@ -243,6 +257,63 @@ def _folded(row: dict[str, Any] | None, snapshot: Mapping[str, Any] | None) -> F
     if seen >= row["seen"]:
         return seen, first_seen, last_active, snapshot.get("e") or row["email"], dict(snapshot.get("p") or {}), None
     return (row["seen"], first_seen, last_active, row["email"] or snapshot.get("e"), *_stored_sources(row))
+
+
+_NOBODY: Folded = ("", None, None, None, {}, None)  # a user the operations are the first news of
+
+
+def _claim_operations(conn: sqlite3.Connection, operations: list[Mapping[str, Any]], result: FoldResult,
+                      now: float) -> dict[str, list[Mapping[str, Any]]]:
+    """The operations never applied before, by user in batch order; their keys are recorded now (in the
+    fold's transaction: applied and recorded together, or neither)."""
+    if not operations:
+        return {}
+    new: dict[str, Mapping[str, Any]] = {}
+    for op in operations:
+        key = OPERATIONS_NAMESPACE + op["k"]
+        if key in new:
+            result.operations_repeated += 1
+        else:
+            new[key] = op
+    for (key,) in _selected(conn, "SELECT key FROM dedupe WHERE key IN ", list(new)):
+        del new[key]
+        result.operations_repeated += 1
+    conn.executemany("INSERT INTO dedupe (key, sink, delivered_at) VALUES (?, 'profiles', ?)",
+                     [(key, now) for key in new])
+    result.operations_applied += len(new)
+    by_user: dict[str, list[Mapping[str, Any]]] = {}
+    for op in new.values():
+        by_user.setdefault(op["u"], []).append(op)
+    return by_user
+
+
+def _operated(folded: Folded, operations: list[Mapping[str, Any]], user: str, result: FoldResult) -> Folded:
+    """The row after a user's operations, in order: `c` (fields of the event) as `$set`, then `o`; an email
+    they set (`m` "once": only where none is known); the newest time seen; the extremes of activity."""
+    seen, first_seen, last_active, email, sources, _ = folded
+    sources = dict(sources)
+    for op in operations:
+        columns = op.get("c")
+        if columns:
+            sources.update(columns)
+        ops = op.get("o")
+        if ops:
+            try:
+                applied = apply_operations(sources, ops)
+            except InvalidOperations as exc:
+                result.dropped.append((user, "(user properties)", f"operations not applied: {exc}"))
+            else:
+                sources = applied.properties
+                for operation, name, why in applied.skipped:
+                    result.dropped.append((user, name, f"{operation} not applied: {why}"))
+        new_email = op.get("e")
+        if new_email and (op.get("m") != "once" or not email):
+            email = new_email
+        at = f"{op.get('t') or ''}|{op.get('s') or ''}"
+        if at > seen:
+            seen = at
+        first_seen, last_active = _earliest(first_seen, op.get("f")), _latest(last_active, op.get("l"))
+    return seen, first_seen, last_active, email, sources, None
 
 
 def _earliest(a: str | None, b: str | None) -> str | None:

@@ -31,6 +31,16 @@ from amplitude_brevo.state.checkpoints import read_checkpoint
 
 log = structlog.get_logger("amplitude_brevo.state.spool")
 
+# The spool's readers, each with its own checkpoint (the last spool id it is done with).
+FORWARDED_CHECKPOINT = "ingest.forwarded"  # ingest/forwarder.py: to Amplitude
+BREVO_CHECKPOINT = "ingest.brevo"  # sources/ingest_spool.py: into the Brevo sinks
+
+
+def spool_consumers(*, brevo: bool, forward: bool) -> list[str]:
+    """The checkpoints a spool row must be past to be deleted (`spool_release`): the producer into Brevo
+    while a Brevo sink is on, the forwarder while forwarding is."""
+    return [name for name, on in ((BREVO_CHECKPOINT, brevo), (FORWARDED_CHECKPOINT, forward)) if on]
+
 
 @dataclass(frozen=True, slots=True)
 class SpoolEntry:
