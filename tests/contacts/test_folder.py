@@ -13,6 +13,7 @@ from amplitude_brevo.config import parse_config
 from amplitude_brevo.contacts.folder import ProfileFolder
 from amplitude_brevo.pipeline.items import Item
 from amplitude_brevo.pipeline.queue import BatchQueue
+from amplitude_brevo.state import StateStore
 
 from ..conftest import SECRETS, base_config
 from ..sinks.support import brevo_env, tracker
@@ -126,3 +127,24 @@ async def test_recurring_values_are_converted_once_and_date_times_are_not_rememb
                                      ("PLAN", "pro"), ("SIGNUP_DATE", "2024-01-02")]
         assert ("SIGNUP_DATE", str, "2024-01-02") in folder._converted
         assert not any(key[0] == "LAST_ACTIVE" for key in folder._converted), "date-times are not remembered"
+
+
+async def test_operations_apply_once_in_order_on_the_stored_profile(tmp_path):
+    """Live operations (ingest/brevo_feed.py) change only what they name, and one re-read is not applied again."""
+    async with await StateStore.open(tmp_path / "state.db") as state:
+        def attrs(sources, derived, totals):
+            return dict(sources), []
+
+        await state.fold_contacts([{"u": "u1", "t": "2024-01-15T10:00:00.000Z", "s": "", "f": None, "l": None,
+                                    "e": "u1@example.com", "p": {"plan": "free", "visits": 1, "city": "Lyon"}}],
+                                  [], attrs)
+        ops = [{"u": "u1", "k": "5-0", "t": "2024-01-15T11:00:00.000Z", "s": "",
+                "o": {"$add": {"visits": 2}, "$setOnce": {"plan": "pro"}}},
+               {"u": "u1", "k": "5-1", "t": "2024-01-15T11:00:01.000Z", "s": "", "o": {"$unset": {"city": "-"}}}]
+        result = await state.fold_contacts([], [], attrs, operations=ops)
+        assert result.operations_applied == 2 and result.changed == 1
+        again = await state.fold_contacts([], [], attrs, operations=ops[:1])
+        assert again.operations_repeated == 1 and again.unchanged == 0 and again.changed == 0
+        row = await state.contact_row("u1")
+        assert row["sources"] == {"plan": "free", "visits": 3}, "unnamed values kept, $add once, $setOnce kept"
+        assert row["email"] == "u1@example.com"
