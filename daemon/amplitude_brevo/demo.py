@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import tempfile
 from collections import Counter
 from datetime import timedelta
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import yaml
 
 from .backfill import run_backfill
@@ -94,11 +96,76 @@ async def run_demo(args: argparse.Namespace) -> int:
                                     install_signal_handlers=False)
         after_second = await _get(control + "/count")
         received = await _get(control)
-    print_summary(first, second, received)
-    print_contacts_and_revenue(first, received, after_first, after_second)
+        print_summary(first, second, received)
+        print_contacts_and_revenue(first, received, after_first, after_second)
+        ingest_ok = await run_ingest_step(sandbox, state_dir, args.verbose)
     if args.keep:
         print(f"state and config kept in {state_dir}")
-    return 0 if first.complete and first.exit_code == 0 else 1
+    return 0 if first.complete and first.exit_code == 0 and ingest_ok else 1
+
+
+async def run_ingest_step(sandbox: Sandbox, state_dir: Path, verbose: bool) -> bool:
+    """The daemon with its ingest endpoint on, and the seed's HTTP V2 example posted to it as `curl` would:
+    what it answers, what reached the Amplitude sandbox, and what reached Brevo."""
+    from .app import Daemon
+    from .components import default_components
+    from .config import parse_config
+    from .sandbox.amplitude_ingest import AMPLITUDE_INGEST_STATE
+    from .sandbox.brevo_sim import BREVO_STATE
+
+    doc = demo_config(sandbox, state_dir)
+    doc["connectors"]["amplitude"]["enabled"] = False  # the export was read above: the endpoint alone now
+    doc["ingest"] = {"enabled": True, "listen": "127.0.0.1:0"}
+    doc["admin"] = {"listen": "127.0.0.1:0"}
+    if not verbose:
+        doc["logging"] = {"level": "error", "format": "json"}
+    daemon = Daemon(parse_config(doc), components=default_components, admin=False, install_signal_handlers=False)
+    await daemon.startup()
+    brevo, amplitude = sandbox.brevo_app[BREVO_STATE], sandbox.amplitude_app[AMPLITUDE_INGEST_STATE]
+    try:
+        url = f"http://127.0.0.1:{daemon.components['ingest_listener'].port}/2/httpapi"
+        body = {"api_key": sandbox.options.amplitude_api_key, "events": [SEED_EXAMPLE]}
+        print()
+        print("realtime ingest (the daemon's endpoint; the seed's HTTP V2 example)")
+        print(f"  curl -s {url} -H 'Content-Type: application/json' -d '{{\"api_key\": ..., \"events\": "
+              f"[{{\"user_id\": \"user_123\", \"event_type\": \"Purchase\", ...}}]}}'")
+        async with aiohttp.ClientSession() as session, session.post(url, json=body) as resp:
+            answer = await resp.text()
+        print(f"  answer             {resp.status} {answer}")
+
+        def arrived() -> tuple[Any, Any, Any]:
+            event = next((e for e in brevo.events if (e.get("event_properties") or {}).get("amplitude_insert_id", "")
+                          .startswith("ingest-")), None)
+            order = next((o for o in brevo.orders.values() if o["id"].startswith("ingest-")), None)
+            forwarded = next((e for e in amplitude.events if e.get("user_id") == "user_123"), None)
+            return event, order, forwarded
+
+        for _ in range(300):
+            if all(arrived()):
+                break
+            await asyncio.sleep(0.1)
+        event, order, forwarded = arrived()
+    finally:
+        await daemon.shutdown()
+    if forwarded:
+        shown = {k: v for k, v in forwarded.items() if k not in ("kind", "caller")}
+        print(f"  at Amplitude       {orjson.dumps(shown).decode()[:300]}")
+    if event:
+        print(f"  Brevo event        {event['event_name']} for {event['identifiers']} at {event['event_date']}")
+    if order:
+        products = ", ".join(p["productId"] for p in order.get("products", []))
+        print(f"  Brevo order        {order['amount']} for {products} (status {order['status']})")
+    ok = bool(resp.status == 200 and event and order and forwarded)
+    print(f"  {'reached both upstreams' if ok else 'DID NOT reach both upstreams within 30 s'}")
+    return ok
+
+
+# SPEC Appendix A: the event of the seed's HTTP V2 example.
+SEED_EXAMPLE = {
+    "user_id": "user_123", "event_type": "Purchase",
+    "event_properties": {"revenue": 89.99, "product_id": "SKU-001", "product_name": "Widget Pro"},
+    "user_properties": {"$set": {"plan_type": "premium"}}, "time": 1764400000000,
+}
 
 
 async def _get(url: str) -> Any:
