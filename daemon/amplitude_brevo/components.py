@@ -8,7 +8,6 @@ from datetime import datetime
 
 from .app import Component, Runtime
 from .clients.amplitude import AmplitudeClient, export_temp_dir
-from .config import Config
 from .contacts.folder import ProfileFolder
 from .contacts.outbox import ContactOutbox
 from .durations import hour_key
@@ -20,8 +19,7 @@ from .sinks.brevo_contacts import BrevoContactsSink
 from .sinks.brevo_events import BrevoEventsSink
 from .sinks.brevo_orders import BrevoOrdersSink
 from .sources.amplitude_export import TAIL_CHECKPOINT, ExportSource
-from .sources.ingest_spool import SpoolSource
-from .state.spool import spool_consumers as state_spool_consumers
+from .sources.ingest_spool import SpoolSource, spool_readers
 from .usage import usage_components
 
 
@@ -100,16 +98,12 @@ def export_source(
     )
 
 
-def spool_consumers(cfg: Config) -> list[str]:
-    return state_spool_consumers(brevo=bool(enabled_sinks(cfg)), forward=cfg.ingest.forward_to_amplitude)
-
-
 def ingest_components(runtime: Runtime) -> list[Component]:
     """With `ingest.enabled`: the listener, the forwarder to Amplitude, the spool's producer into Brevo."""
     cfg = runtime.cfg
     if not cfg.ingest.enabled:
         return []
-    release = spool_consumers(cfg)
+    release = spool_readers(cfg)
     components: list[Component] = [IngestListener(cfg=cfg, state=runtime.state, bell=runtime.spool_bell)]
     if cfg.ingest.forward_to_amplitude:
         amp = cfg.connectors.amplitude

@@ -25,7 +25,6 @@ export shows them as `$identify` rows without the caller's `insert_id`). `/group
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -43,13 +42,6 @@ IDENTIFY_KINDS = frozenset({"identify"})  # what feeds profiles; groupidentify i
 _LETTER = "ingest.event.rejected"
 
 
-@dataclass(slots=True)
-class FeedStats:
-    events: int = 0
-    identifies: int = 0
-    operations: int = 0  # operations items made (profile updates)
-
-
 class BrevoFeed:
     """Maps spooled requests for the sinks of `rules` (see the module docstring)."""
 
@@ -63,7 +55,6 @@ class BrevoFeed:
         self.mapped_keys = frozenset(key for key, _, _ in rules._sources)
         self.columns = tuple((key, column) for key, _, column in rules._sources if column is not None)
         self.email_property = rules.email_property
-        self.stats = FeedStats()
 
     def map_request(self, spool_id: int, request: SpooledRequest) -> MappedChunk:
         """The outputs (by sink), skips and dead letters of one spooled request."""
@@ -79,7 +70,6 @@ class BrevoFeed:
         profiles = chunk.outputs.get(PROFILES_SINK)
         for index, event in enumerate(request.items):
             chunk.rows += 1
-            self.stats.events += 1
             live = live_row(event, spool_id=spool_id, index=index, received_at_ms=request.received_at_ms)
             item = {"spool_id": spool_id, "index": index, "event": event}
             try:
@@ -111,7 +101,6 @@ class BrevoFeed:
         profiles = chunk.outputs[PROFILES_SINK]
         for index, identification in enumerate(request.items):
             chunk.rows += 1
-            self.stats.identifies += 1
             live = live_row({**identification, "event_type": "$identify"}, spool_id=spool_id, index=index,
                             received_at_ms=request.received_at_ms)
             row = self.decode(live.line)

@@ -27,12 +27,12 @@ import aiohttp
 import orjson
 
 from ..logs import get_logger
-from ..pipeline.remap import enabled_sinks
 from ..retry import Backoff
 from ..secrets import Secret
+from ..sources.ingest_spool import spool_readers
 from ..state.checkpoints import number_key, number_of
 from ..state.dead_letters import DeadLetter
-from ..state.spool import FORWARDED_CHECKPOINT, spool_consumers
+from ..state.spool import FORWARDED_CHECKPOINT
 from .entries import EVENT_KINDS, decode_entry
 from .upstream_answers import judge
 
@@ -103,7 +103,7 @@ class AmplitudeForwarder:
         self.base_url = amp.ingest_url.rstrip("/")
         self._api_key = amp.api_key
         if self.release:
-            self.release = tuple(spool_consumers(brevo=bool(enabled_sinks(cfg)), forward=True))
+            self.release = tuple(spool_readers(cfg))
 
     async def run(self) -> None:
         if self.bell is not None:

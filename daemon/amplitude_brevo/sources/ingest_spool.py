@@ -13,7 +13,7 @@ The ingest server wakes the source on each commit; it also looks every `poll` se
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,16 +26,23 @@ from ..pipeline.claims import Candidates, ClaimingQueuer
 from ..pipeline.dedupe import DedupeRecord
 from ..pipeline.items import Item
 from ..pipeline.queue import BatchQueue, QueueClosed
-from ..pipeline.remap import MappingRules
+from ..pipeline.remap import MappingRules, enabled_sinks
 from ..state import DeadLetter
 from ..state.checkpoints import number_key, number_of
-from ..state.spool import BREVO_CHECKPOINT, spool_consumers
+from ..state.spool import BREVO_CHECKPOINT, FORWARDED_CHECKPOINT
 
 log = get_logger("ingest")
 
 CHECKPOINT = BREVO_CHECKPOINT
 SOURCE = "ingest"  # dead letters' source
 READ = 200  # spooled requests read (and queued) at once: one tracker position
+
+
+def spool_readers(cfg: Config) -> list[str]:
+    """The checkpoints a spool row must be past to be deleted (`spool_release`): this producer's while a
+    Brevo sink is on, the forwarder's while `ingest.forward_to_amplitude` is."""
+    return [name for name, on in ((CHECKPOINT, bool(enabled_sinks(cfg))),
+                                  (FORWARDED_CHECKPOINT, cfg.ingest.forward_to_amplitude)) if on]
 
 
 @dataclass
@@ -85,7 +92,6 @@ class SpoolSource:
         self.queuer = ClaimingQueuer(queues=self.queues, dedupe=dedupe, tracker=self.tracker, stats=self.stats,
                                      metrics=metrics)
         self.read_through = 0  # the last spool id read
-        self.on_release: Callable[[int], None] | None = None
 
     @property
     def sinks(self) -> tuple[str, ...]:
@@ -102,7 +108,7 @@ class SpoolSource:
     def reload(self, cfg: Config) -> None:
         self.cfg = cfg
         self.feed = BrevoFeed(MappingRules.from_config(cfg))  # requests read from now on use the new mapping
-        self.release = tuple(spool_consumers(brevo=True, forward=cfg.ingest.forward_to_amplitude))
+        self.release = tuple(spool_readers(cfg))
 
     def _advanced(self, _position: Any) -> None:
         self._moved = True
@@ -145,10 +151,7 @@ class SpoolSource:
             log.warning("ingest.spool.release_failed", error=str(exc))
             self._moved = True
             return
-        if deleted:
-            self.stats.released += deleted
-            if self.on_release is not None:
-                self.on_release(deleted)
+        self.stats.released += deleted
 
     async def _queue(self, rows: list[tuple[int, str, bytes]]) -> None:
         """Map, dead-letter and queue one read of spooled requests, as one position."""

@@ -36,12 +36,6 @@ FORWARDED_CHECKPOINT = "ingest.forwarded"  # ingest/forwarder.py: to Amplitude
 BREVO_CHECKPOINT = "ingest.brevo"  # sources/ingest_spool.py: into the Brevo sinks
 
 
-def spool_consumers(*, brevo: bool, forward: bool) -> list[str]:
-    """The checkpoints a spool row must be past to be deleted (`spool_release`): the producer into Brevo
-    while a Brevo sink is on, the forwarder while forwarding is."""
-    return [name for name, on in ((BREVO_CHECKPOINT, brevo), (FORWARDED_CHECKPOINT, forward)) if on]
-
-
 @dataclass(frozen=True, slots=True)
 class SpoolEntry:
     """One request to spool: its endpoint, its stored body, when it was received (epoch seconds)."""
