@@ -125,3 +125,28 @@ async def test_an_amplitude_outage_does_not_hold_back_brevo_and_the_spool_keeps_
         assert checkpoints["ingest.brevo"] == number_key(1) and "ingest.forwarded" not in checkpoints
         assert await state.spool_depth() == 1, "Amplitude has not had it yet: the row stays"
         assert sb.amplitude_app[AMPLITUDE_INGEST_STATE].events == []
+
+
+async def test_a_request_the_mapping_fails_on_is_dead_lettered_and_the_next_one_still_arrives(tmp_path, monkeypatch):
+    from amplitude_brevo.ingest.brevo_feed import BrevoFeed
+
+    original = BrevoFeed.map_request
+
+    def failing(self, spool_id, request):
+        if spool_id == 1:
+            raise RuntimeError("a case the mapping does not know")
+        return original(self, spool_id, request)
+
+    monkeypatch.setattr(BrevoFeed, "map_request", failing)
+    async with running(tmp_path) as (daemon, sb, url), aiohttp.ClientSession() as session:
+        for n in range(2):
+            status, _ = await post(session, url + "/2/httpapi", json={"api_key": APP_KEY, "events": [
+                {**SEED, "insert_id": f"ins-{n}"}]})
+            assert status == 200
+        brevo = sb.brevo_app[BREVO_STATE]
+        await until(lambda: len(brevo.events) == 1)
+        assert brevo.events[0]["event_properties"]["amplitude_insert_id"] == "ins-1"
+        letters = await daemon.runtime.state.list_dead_letters(source="ingest")
+        assert [orjson.loads(letter.item) for letter in letters] == [{"spool_id": 1, "kind": "httpapi"}]
+        assert "a case the mapping does not know" in letters[0].reason
+        assert "ingest_spool" in daemon.components, "the source keeps running"

@@ -170,7 +170,12 @@ class SpoolSource:
                 letters.append(DeadLetter(source=SOURCE, sink=sink, item={"spool_id": spool_id},
                                           reason=f"spool entry {spool_id} cannot be read: {exc}"))
                 continue
-            chunk = feed.map_request(spool_id, request)
+            try:
+                chunk = feed.map_request(spool_id, request)
+            except Exception as exc:  # a case mapping does not know: that request only, never a crash loop
+                letters.append(DeadLetter(source=SOURCE, sink=sink, item={"spool_id": spool_id, "kind": request.kind},
+                                          reason=f"cannot map the request: {type(exc).__name__}: {exc}"))
+                continue
             self.stats.rows += chunk.rows
             rows_read += chunk.rows
             for reason, count in chunk.skipped.items():
