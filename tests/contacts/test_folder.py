@@ -95,6 +95,19 @@ async def test_create_attributes_creates_a_missing_target_typed_by_its_first_val
             assert "AMP_TIER" not in env.brevo.attributes and "AMP_TIER" not in row.attributes
 
 
+async def test_a_target_without_a_value_yet_is_created_when_one_arrives_typed_by_it(tmp_path):
+    """Created from nothing it would be text, and an identify's later `$add` would be stored as text."""
+    async with brevo_env(tmp_path, budgets=budgets()) as env:
+        cfg = cfg_for(tmp_path, connectors={"brevo": {"create_attributes": True}})
+        folder = await fold(env, cfg, [snapshot("u1", "2024-01-15T10:00:00.000Z", plan_type="pro")])
+        assert "AMP_TIER" not in env.brevo.attributes and folder.missing == {"AMP_TIER"}, "no value: not yet"
+        await folder._fold(items([{"u": "u1", "k": "7-0", "t": "2024-01-15T11:00:00.000Z", "s": "",
+                                   "o": {"$add": {"tier": 2}}}]))
+        assert env.brevo.attributes["AMP_TIER"]["type"] == "float" and folder.missing == set()
+        [*_, row] = await env.state.pending_contacts(0)
+        assert row.attributes["AMP_TIER"] == 2
+
+
 async def test_an_invalid_email_is_counted_and_the_contact_folded_without_it(tmp_path):
     async with brevo_env(tmp_path, budgets=budgets()) as env:
         body = {**snapshot("u1", "2024-01-15T10:00:00.000Z", first_name="F"), "e": None, "x": "f@@acme.io"}

@@ -134,7 +134,7 @@ class ProfileFolder:
         log.info("contacts.attributes.loaded", missing=sorted(self.missing))
 
     async def _create_missing(self, snapshots: list[Mapping[str, Any]]) -> None:
-        """create_attributes: create the missing targets, typed by the first value read for each."""
+        """create_attributes: create the missing targets a value has been read for, typed by the first one."""
         samples: dict[str, Any] = {name: None for name in self.missing}
         for source, target in self.targets.mapping.items():
             if target in samples and samples[target] is None:
@@ -145,8 +145,13 @@ class ProfileFolder:
         for target in (self.targets.ltv, self.targets.count):
             if target in samples:
                 samples[target] = 0.0
-        self.model, missing = await ensure_attributes(self.client, self.model, samples, create=True, log=log)
-        self.missing = set(missing)
+        # A target no value has been read for yet waits for one (a later batch's): typed from nothing it would
+        # be text, and a number that arrives later (an identify's `$add`) would be stored as text for good.
+        wanted = {target: sample for target, sample in samples.items() if sample is not None}
+        if not wanted:
+            return
+        self.model, missing = await ensure_attributes(self.client, self.model, wanted, create=True, log=log)
+        self.missing = (self.missing - set(wanted)) | set(missing)
         self._forget_conversions()
 
     def _forget_conversions(self) -> None:
