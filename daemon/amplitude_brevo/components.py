@@ -104,12 +104,13 @@ def ingest_components(runtime: Runtime) -> list[Component]:
     if not cfg.ingest.enabled:
         return []
     release = spool_readers(cfg)
-    components: list[Component] = [IngestListener(cfg=cfg, state=runtime.state, bell=runtime.spool_bell)]
+    components: list[Component] = [IngestListener(cfg=cfg, state=runtime.state, bell=runtime.spool_bell,
+                                                               metrics=runtime.metrics)]
     if cfg.ingest.forward_to_amplitude:
         amp = cfg.connectors.amplitude
         components.append(AmplitudeForwarder(
             state=runtime.state, session=runtime.session, ingest_url=amp.ingest_url, api_key=amp.api_key,
-            release=release, bell=runtime.spool_bell,
+            release=release, bell=runtime.spool_bell, metrics=runtime.metrics,
         ))
     sinks = enabled_sinks(cfg)
     if sinks:

@@ -44,6 +44,36 @@ class Metrics:
             "amplitude_brevo_contacts_folded_total", "Profile snapshots folded, by result (new, changed, unchanged)",
             ["result"], registry=r
         )
+        # The ingest endpoint (ingest/server.py), its spool and the forwarder to Amplitude (ingest/forwarder.py).
+        self.ingest_requests = Counter(
+            "amplitude_brevo_ingest_requests_total", "Requests the ingest endpoint answered, by endpoint and HTTP "
+            "status", ["endpoint", "code"], registry=r
+        )
+        self.ingest_refused = Counter(
+            "amplitude_brevo_ingest_refused_requests_total", "Requests the ingest endpoint refused, by reason "
+            "(forbidden, too_large, malformed, missing_field, invalid_api_key, invalid_events, spool_full, "
+            "spool_error)", ["reason"], registry=r
+        )
+        self.ingest_events = Counter(
+            "amplitude_brevo_ingest_events_total", "Events and identifications the ingest endpoint spooled "
+            "(accepted) or refused, by outcome; a request refused before its events are counted is only in "
+            "amplitude_brevo_ingest_refused_requests_total", ["outcome"], registry=r
+        )
+        self.ingest_latency = Histogram(
+            "amplitude_brevo_ingest_request_latency_seconds",
+            "Time from receiving an ingest request to its 200 (the spool commit included)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
+            registry=r,
+        )
+        self.ingest_spool_rows = Gauge("amplitude_brevo_ingest_spool_rows", "Requests in the ingest spool", registry=r)
+        self.ingest_spool_bytes = Gauge(
+            "amplitude_brevo_ingest_spool_bytes", "Body bytes of the requests in the ingest spool", registry=r
+        )
+        self.ingest_forwarded = Counter(
+            "amplitude_brevo_ingest_forwarded_total", "Spooled events and identifications forwarded to Amplitude, "
+            "by outcome (delivered, dead_lettered; throttled: held back by a 429, counted at each)", ["outcome"],
+            registry=r
+        )
         self.errors = Counter("amplitude_brevo_errors_total", "Errors, by component and kind", ["component", "kind"], registry=r)
 
     def render(self) -> bytes:

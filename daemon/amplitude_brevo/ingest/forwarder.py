@@ -11,6 +11,10 @@ Amplitude's answers are obeyed as `ingest/upstream_answers.py` says; events that
 device) hold the checkpoint back until they are delivered, so a restart sends them again: they carry their
 `insert_id`, and Amplitude keeps one of each. The checkpoint moves past a spooled request once each of its
 events is delivered or dead-lettered.
+
+Metrics: `amplitude_brevo_ingest_forwarded_total{outcome}` (delivered, dead_lettered, throttled: events held
+back by a 429, at each 429), Amplitude's answers in `amplitude_brevo_http_responses_total{api="amplitude_ingest"}`,
+and the dead letters in `amplitude_brevo_dlq_size` (written here, not through the acknowledger that moves it).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import aiohttp
 import orjson
 
 from ..logs import get_logger
+from ..metrics import Metrics
 from ..retry import Backoff
 from ..secrets import Secret
 from ..sources.ingest_spool import spool_readers
@@ -62,8 +67,13 @@ class AmplitudeForwarder:
     def __init__(self, *, state: Any, session: aiohttp.ClientSession, ingest_url: str, api_key: Any,
                  backoff: Backoff | None = None, throttle_pause: float = THROTTLE_PAUSE, poll: float = 0.5,
                  max_events: int = MAX_EVENTS, clock: Callable[[], float] = time.monotonic,
-                 release: Sequence[str] = (), bell: Any = None) -> None:
+                 release: Sequence[str] = (), bell: Any = None, metrics: Metrics | None = None) -> None:
         self.state = state
+        # A registry of its own when the caller has none: counting never needs an `if`.
+        self.metrics = metrics = metrics or Metrics()
+        self._forwarded = {o: metrics.ingest_forwarded.labels(outcome=o) for o in ("delivered", "dead_lettered",
+                                                                                   "throttled")}
+        self._answers: dict[int, Any] = {}
         self.release = tuple(release)  # the checkpoints a spool row must be past to be deleted (this one's too)
         self.bell = bell  # ingest/bell.py: rung on each commit of the ingest server
         self.session = session
@@ -177,6 +187,7 @@ class AmplitudeForwarder:
             status, body = await self._post(f"/{kind}", form.encode(), "application/x-www-form-urlencoded")
             if status == 200:
                 self.delivered += len(items)
+                self._forwarded["delivered"].inc(len(items))
                 return
             if status in (400, 403, 413):
                 reason = f"Amplitude refused the {kind} request: {status} {str(body)[:300]}"
@@ -223,6 +234,7 @@ class AmplitudeForwarder:
             if not self._paused_for(event):
                 self._paused[("user", event.user) if event.user else ("device", event.device)] = until
         if verdict.throttled:
+            self._forwarded["throttled"].inc(len(verdict.throttled))
             log.info("ingest.forward.throttled", events=len(verdict.throttled), users=len(verdict.paused_users),
                      devices=len(verdict.paused_devices), pause_seconds=self.throttle_pause)
         if verdict.split:
@@ -235,6 +247,7 @@ class AmplitudeForwarder:
         if verdict.delivered:
             self._limit = min(self.max_events, self._limit * 2)
         self.delivered += len(verdict.delivered)
+        self._forwarded["delivered"].inc(len(verdict.delivered))
         if verdict.dead:
             await self._dead([(orjson.loads(e.body), reason) for e, reason in verdict.dead])
         self._finish([*verdict.delivered, *(e for e, _ in verdict.dead)])
@@ -272,6 +285,8 @@ class AmplitudeForwarder:
         await self.state.add_dead_letters([DeadLetter(source=SOURCE, sink=SINK, item=item, reason=reason)
                                            for item, reason in letters])
         self.dead_lettered += len(letters)
+        self._forwarded["dead_lettered"].inc(len(letters))
+        self.metrics.dlq_size.inc(len(letters))
         for _, reason in letters[:1]:
             log.warning("ingest.forward.dead_lettered", count=len(letters), first_reason=reason)
 
@@ -281,10 +296,19 @@ class AmplitudeForwarder:
             async with self.session.post(self.base_url + path, data=body,
                                          headers={"Content-Type": content_type}) as resp:
                 raw = await resp.read()
+                self._answered(resp.status)
                 try:
                     return resp.status, orjson.loads(raw)
                 except orjson.JSONDecodeError:
                     return resp.status, raw.decode("utf-8", "replace")[:300]
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.warning("ingest.forward.unreachable", error=f"{type(exc).__name__}: {exc}"[:300])
+            self._answered(0)
             return 0, None
+
+    def _answered(self, status: int) -> None:
+        child = self._answers.get(status)
+        if child is None:
+            child = self._answers[status] = self.metrics.http_responses.labels(
+                api="amplitude_ingest", status=str(status) if status else "error")
+        child.inc()

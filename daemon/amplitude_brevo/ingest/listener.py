@@ -2,7 +2,9 @@
 
 It binds in `start()` (before READY=1, so a port in use stops the start with a clear error) and serves until
 the daemon stops; a reload swaps the accepted keys, `allow_from`, `trusted_proxies` and the spool bound in
-place (`ingest.listen` needs a restart). Each commit rings the spool's bell (`ingest/bell.py`).
+place (`ingest.listen` needs a restart). Each commit rings the spool's bell (`ingest/bell.py`). At each
+/metrics scrape it sets the spool's size gauges (the forwarder's and the spool source's releases included:
+they delete through the same store).
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ class IngestListener:
     role = "producer"
     name = "ingest_listener"
 
-    def __init__(self, *, cfg: Config, state: Any, bell: SpoolBell) -> None:
+    def __init__(self, *, cfg: Config, state: Any, bell: SpoolBell, metrics: Any = None) -> None:
         self.cfg = cfg
         self.state = state
         self.bell = bell
+        self.metrics = metrics
         self.app: web.Application | None = None
         self._runner: web.AppRunner | None = None
         self._stopping = asyncio.Event()
@@ -50,7 +53,10 @@ class IngestListener:
 
     async def start(self) -> None:
         ingest = self.cfg.ingest
-        self.app = make_ingest_app(ingest, self.state, limits=spool_limits(self.cfg), on_commit=self.bell.ring)
+        self.app = make_ingest_app(ingest, self.state, limits=spool_limits(self.cfg), on_commit=self.bell.ring,
+                                   metrics=self.metrics)
+        # Counted once now (the first request would): the spool gauges are right from the first scrape.
+        await self.state.spool_size()
         # shutdown_timeout: how long a stop waits for requests being answered (their commits take milliseconds)
         runner = web.AppRunner(self.app, access_log=None, handle_signals=False, shutdown_timeout=5.0)
         await runner.setup()
@@ -65,6 +71,10 @@ class IngestListener:
         if not ingest.api_keys:
             log.warning("ingest.no_api_keys", hint="set ingest.api_keys (or connectors.amplitude.api_key): "
                                                    "every request is refused with Invalid API key until then")
+
+    def collect_metrics(self) -> None:
+        if self.app is not None:
+            self.app[SERVICE].collect_metrics()
 
     def stop(self) -> None:
         self._stopping.set()

@@ -11,6 +11,10 @@ is durable. A commit that fails answers 503, which every Amplitude SDK retries.
 API keys are compared in constant time (:class:`~.api_keys.KeyRing`) and never logged: a log line names a
 key by its 8-hex fingerprint at most.
 
+Metrics (:class:`IngestMeters`): every answer of the four endpoints by endpoint and status, each refusal by
+reason, events by outcome (counted with the request's item count, never per event), the latency of each 200;
+the spool's size at each scrape (:meth:`IngestService.collect_metrics`, from the writer's in-memory totals).
+
 The daemon runs it as the `ingest_listener` component (`ingest/listener.py`); forwarding to Amplitude
 (`ingest/forwarder.py`) and feeding Brevo (`sources/ingest_spool.py`) read the spool.
 """
@@ -33,12 +37,74 @@ from amplitude_brevo.ingest.bodies import BadBody, BodyTooLarge, read_body
 from amplitude_brevo.ingest.callers import CallerPolicy
 from amplitude_brevo.ingest.entries import encode_entry
 from amplitude_brevo.ingest.protocol import Accepted, Answer
+from amplitude_brevo.metrics import Metrics
 from amplitude_brevo.state.base import StateError
 from amplitude_brevo.state.spool import IngestSpool, SpoolEntry, SpoolLimits, SpoolWriter
 
 log = structlog.get_logger("amplitude_brevo.ingest")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+ENDPOINTS = {"/2/httpapi": "httpapi", "/batch": "batch", "/identify": "identify", "/groupidentify": "groupidentify"}
+# Why a request was refused (amplitude_brevo_ingest_refused_requests_total{reason}).
+REFUSALS = ("forbidden", "too_large", "malformed", "missing_field", "invalid_api_key", "invalid_events",
+            "spool_full", "spool_error")
+# What became of the events of a request (amplitude_brevo_ingest_events_total{outcome}): the event-level
+# 400's categories count the events it names, each once, in this order.
+_EVENT_PROBLEMS = (("events_with_invalid_fields", "invalid"), ("events_with_missing_fields", "missing_field"),
+                   ("events_with_invalid_id_lengths", "invalid_id_length"))
+OUTCOMES = ("accepted", *(outcome for _, outcome in _EVENT_PROBLEMS), "spool_full", "spool_error")
+
+
+class IngestMeters:
+    """The endpoint's metrics, their label children made once: each request costs a few dict lookups and
+    increments by its item count, whatever its size (the hot path is ~200 requests/s of 100 events)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self._answers: dict[tuple[str, int], Any] = {}
+        self._refused = {reason: metrics.ingest_refused.labels(reason=reason) for reason in REFUSALS}
+        self._events = {outcome: metrics.ingest_events.labels(outcome=outcome) for outcome in OUTCOMES}
+
+    def answered(self, endpoint: str, status: int, seconds: float) -> None:
+        child = self._answers.get((endpoint, status))
+        if child is None:
+            child = self._answers[endpoint, status] = self.metrics.ingest_requests.labels(endpoint, str(status))
+        child.inc()
+        if status == 200:
+            self.metrics.ingest_latency.observe(seconds)
+
+    def events(self, outcome: str, count: int) -> None:
+        self._events[outcome].inc(count)
+
+    def spool_refused(self, reason: str, items: int) -> None:
+        """A valid request the spool could not take (``spool_full``, ``spool_error``), with its items."""
+        self._refused[reason].inc()
+        self._events[reason].inc(items)
+
+    def refused(self, answer: Answer) -> None:
+        """Count a refusal by its reason, read from the answer; an event-level 400 also counts the events it
+        names (an SDK drops those and resends the rest, which are counted when they come back)."""
+        body = answer.body if isinstance(answer.body, dict) else {}
+        if answer.status == 403:
+            reason = "forbidden"
+        elif answer.status == 413:
+            reason = "too_large"
+        elif "missing_field" in body:
+            reason = "missing_field"
+        elif str(body.get("error", "")).startswith(protocol.INVALID_API_KEY):
+            reason = "invalid_api_key"
+        elif any(name in body for name, _ in _EVENT_PROBLEMS):
+            reason = "invalid_events"
+            counted: set[int] = set()
+            for name, outcome in _EVENT_PROBLEMS:
+                named = set().union(*body.get(name, {}).values()) - counted
+                if named:
+                    self._events[outcome].inc(len(named))
+                    counted |= named
+        else:
+            reason = "malformed"
+        self._refused[reason].inc()
 
 
 class IngestService:
@@ -52,7 +118,11 @@ class IngestService:
         limits: SpoolLimits | None = None,
         clock: Callable[[], float] = time.time,
         on_commit: Callable[[], None] | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.spool_store = spool
+        # A registry of its own when the caller has none: counting never needs an `if`.
+        self.meters = IngestMeters(metrics or Metrics())
         self.keys = KeyRing(cfg.api_keys)
         self.callers = CallerPolicy(cfg.allow_from, cfg.trusted_proxies)
         self.writer = SpoolWriter(spool, limits)
@@ -67,11 +137,13 @@ class IngestService:
             return await self._spool(request, accepted, received_at)
         except StateError as exc:
             log.error("ingest.spool.append_failed", endpoint=accepted.kind, error=str(exc))
+            self.meters.spool_refused("spool_error", len(accepted.items))
             return protocol.unavailable()
 
     async def _spool(self, request: web.Request, accepted: Accepted, received_at: float) -> Answer:
         if await self.writer.full():
             self.refused_full_total += 1
+            self.meters.spool_refused("spool_full", len(accepted.items))
             if not self._full:
                 self._full = True
                 log.warning("ingest.spool.full", endpoint=accepted.kind, limits=_limits(self.writer.limits))
@@ -85,9 +157,17 @@ class IngestService:
         body = encode_entry(accepted, caller=caller, received_at_ms=int(received_at * 1000))
         await self.writer.append(SpoolEntry(accepted.kind, body, received_at))
         self.accepted_total += len(accepted.items)
+        self.meters.events("accepted", len(accepted.items))
         if self.on_commit is not None:
             self.on_commit()
         return protocol.success(accepted, int(self.clock() * 1000))
+
+    def collect_metrics(self) -> None:
+        """At each /metrics scrape: the spool's size as the last commit or release left it (no SQL)."""
+        size = self.spool_store.spool_size_known()
+        if size is not None:
+            self.meters.metrics.ingest_spool_rows.set(size.rows)
+            self.meters.metrics.ingest_spool_bytes.set(size.bytes)
 
     def reload(self, cfg: Ingest, limits: SpoolLimits | None = None) -> None:
         """Keys rotate and `allow_from` / `trusted_proxies` change with a reload (the listen address does not)."""
@@ -107,15 +187,17 @@ def make_ingest_app(
     limits: SpoolLimits | None = None,
     clock: Callable[[], float] = time.time,
     on_commit: Callable[[], None] | None = None,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """The ingest application over ``spool`` (a :class:`~amplitude_brevo.state.StateStore`).
 
     ``limits`` bounds the spool (429 beyond it). On cleanup the spool writer finishes the commits it has
-    queued; the store itself is the caller's to close, after the application.
+    queued; the store itself is the caller's to close, after the application. ``metrics``: the daemon's
+    (a registry of the application's own without).
     """
-    service = IngestService(cfg, spool, limits=limits, clock=clock, on_commit=on_commit)
+    service = IngestService(cfg, spool, limits=limits, clock=clock, on_commit=on_commit, metrics=metrics)
     # client_max_size bounds request.post() (multipart Identify); other bodies are read by read_body().
-    app = web.Application(middlewares=[_allow_from], client_max_size=protocol.MAX_BODY_BYTES + 1)
+    app = web.Application(middlewares=[_count, _allow_from], client_max_size=protocol.MAX_BODY_BYTES + 1)
     app[SERVICE] = service
     app.router.add_post("/2/httpapi", _events("httpapi"))
     app.router.add_post("/batch", _events("batch"))
@@ -132,11 +214,34 @@ def make_ingest_app(
 
 
 @web.middleware
+async def _count(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Count the answer of each request to an ingest endpoint, and time its 200."""
+    endpoint = ENDPOINTS.get(request.path)
+    if endpoint is None:
+        return await handler(request)
+    meters = request.app[SERVICE].meters
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # aiohttp's own answers: 405, a multipart body over client_max_size ...
+        meters.answered(endpoint, exc.status, 0.0)
+        raise
+    except Exception:  # aiohttp answers 500
+        meters.answered(endpoint, 500, 0.0)
+        raise
+    meters.answered(endpoint, response.status, time.perf_counter() - started)
+    return response
+
+
+@web.middleware
 async def _allow_from(request: web.Request, handler: Handler) -> web.StreamResponse:
     service = request.app[SERVICE]
     if not service.callers.allowed(request.remote):
         log.warning("ingest.caller.refused", peer=request.remote, path=request.path)
-        return _respond(protocol.forbidden())
+        answer = protocol.forbidden()
+        if request.path in ENDPOINTS:
+            service.meters.refused(answer)
+        return _respond(answer)
     return await handler(request)
 
 
@@ -150,7 +255,7 @@ def _events(kind: str) -> Handler:
             return _refused(request, kind, protocol.too_large())
         except BadBody as exc:
             log.info("ingest.body.unreadable", endpoint=kind, peer=request.remote, error=str(exc))
-            return _respond(protocol.bad_request(protocol.INVALID_JSON))
+            return _unreadable(request, protocol.bad_request(protocol.INVALID_JSON))
         result = protocol.parse_events(body, service.keys, kind=kind)
         if isinstance(result, Answer):
             return _refused(request, kind, result)
@@ -172,7 +277,7 @@ def _identify(group: bool) -> Handler:
             return _refused(request, kind, protocol.too_large())
         except BadBody as exc:
             log.info("ingest.body.unreadable", endpoint=kind, peer=request.remote, error=str(exc))
-            return _respond(protocol.bad_request(protocol.MISSING_EVENT))
+            return _unreadable(request, protocol.bad_request(protocol.MISSING_EVENT))
         result = protocol.parse_identify(fields, service.keys, payload_size_bytes=size, group=group)
         if isinstance(result, Answer):
             return _refused(request, kind, result)
@@ -210,7 +315,13 @@ async def _healthz(request: web.Request) -> web.StreamResponse:
     return web.json_response({"status": "ok"}, dumps=lambda v: orjson.dumps(v).decode())
 
 
+def _unreadable(request: web.Request, answer: Answer) -> web.StreamResponse:
+    request.app[SERVICE].meters.refused(answer)
+    return _respond(answer)
+
+
 def _refused(request: web.Request, endpoint: str, answer: Answer) -> web.StreamResponse:
+    request.app[SERVICE].meters.refused(answer)
     body = answer.body if isinstance(answer.body, dict) else {}
     # The error text only: an `Invalid API key` answer names the key by fingerprint, never by value.
     log.info("ingest.request.refused", endpoint=endpoint, peer=request.remote, status=answer.status,
