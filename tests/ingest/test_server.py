@@ -193,6 +193,13 @@ async def test_a_broken_gzip_body_is_bad_json(ingest_server: IngestFactory) -> N
     assert (status, answer) == (400, {"code": 400, "error": "Invalid JSON request body"})
 
 
+async def test_a_body_marked_gzip_that_is_not_is_bad_json_not_a_500(ingest_server: IngestFactory) -> None:
+    async with ingest_server() as ingestion:
+        status, answer = await post(ingestion, "/2/httpapi", body(event()), **{"Content-Encoding": "gzip"})
+        assert ingestion.spooled() == []
+    assert (status, answer) == (400, {"code": 400, "error": "Invalid JSON request body"})
+
+
 async def test_a_caller_outside_allow_from_gets_403_and_a_log_line(ingest_server: IngestFactory) -> None:
     async with ingest_server(allow_from=["10.0.0.0/8", "::1/128"]) as ingestion:
         with capture_logs() as logs:

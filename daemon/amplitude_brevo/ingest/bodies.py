@@ -13,6 +13,7 @@ import zlib
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 GZIP_MAGIC = b"\x1f\x8b"
 _GZIP = frozenset({"gzip", "x-gzip"})
@@ -39,7 +40,8 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             if size > limit:
                 raise BodyTooLarge
             parts.append(chunk)
-    except (HttpProcessingError, ConnectionError, ValueError) as exc:
+    # RequestPayloadError: what aiohttp's own inflater raises on a body marked gzip that is not.
+    except (HttpProcessingError, RequestPayloadError, ConnectionError, ValueError) as exc:
         raise BadBody(str(exc)) from exc
     body = b"".join(parts)
     if request.headers.get("Content-Encoding", "").strip().lower() in _GZIP and body.startswith(GZIP_MAGIC):
