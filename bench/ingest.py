@@ -98,14 +98,16 @@ class Child:
 
     @classmethod
     async def start(cls, name: str, args: list[str], tmp: Path, env: dict[str, str] | None = None,
-                    cpus: set[int] | None = None) -> Child:
+                    cpus: set[int] | None = None, profile: str | None = None) -> Child:
         stderr_path = tmp / f"{name}.stderr"
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT / "daemon"), **(env or {})}
+        path = os.pathsep.join(p for p in (str(ROOT / "daemon"), os.environ.get("PYTHONPATH")) if p)
+        full_env = {**os.environ, "PYTHONPATH": path, **(env or {})}
         # Pinned before exec, so that every thread the child starts inherits the affinity.
         pin = (lambda: os.sched_setaffinity(0, cpus)) if cpus else None
         with open(stderr_path, "wb") as stderr:
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "amplitude_brevo", *args, stdout=asyncio.subprocess.PIPE, stderr=stderr,
+                sys.executable, *(["-m", "cProfile", "-o", profile] if profile else []), "-m", "amplitude_brevo", *args,
+                stdout=asyncio.subprocess.PIPE, stderr=stderr,
                 env=full_env, preexec_fn=pin)
         return cls(name, proc, stderr_path)
 
@@ -470,7 +472,8 @@ async def orchestrate(args: argparse.Namespace) -> int:
             config.write_text(yaml.safe_dump(daemon_config(tmp, info["amplitude_url"], info["brevo_url"]),
                                              sort_keys=False))
             started = time.perf_counter()
-            daemon = await Child.start("daemon", ["run", "-c", str(config)], tmp, env=DAEMON_ENV, cpus=daemon_cpus)
+            daemon = await Child.start("daemon", ["run", "-c", str(config)], tmp, env=DAEMON_ENV, cpus=daemon_cpus,
+                                       profile=args.profile)
             listening = await daemon.wait_for("ingest.listening", 60)
             await daemon.wait_for("daemon.started", 60)
             results["startup_s"] = time.perf_counter() - started
@@ -623,6 +626,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="pin the daemon to this many cores, the load and the sandbox to the others")
     parser.add_argument("--drain-timeout", type=float, default=90.0,
                         help="seconds to wait for the spool to drain after the throughput run (default 90)")
+    parser.add_argument("--profile", metavar="PATH",
+                        help="run the daemon under cProfile (its main thread), the stats written to PATH at its exit")
     parser.add_argument("--skip-throughput", action="store_true", help="only the paced and SDK runs")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
