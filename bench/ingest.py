@@ -14,7 +14,8 @@ own defaults too: the General plan's limits, `/events/batch` in the 100-an-hour 
    `user_id`, `device_id`, `event_type`, `time` in ms, a unique `insert_id`, a few `event_properties`) to
    `POST /batch` as fast as the daemon answers, for `--seconds`. Printed: events accepted (answered 200) per
    second, p50/p99/max request latency, the daemon's CPU (all its threads) in cores, and events per
-   CPU-second of the daemon (≈ events/s on one core). Their event type is not in `event_mapping`: the Brevo
+   CPU-second of the daemon (what one core does: the target's figure unless `--cpu 1` pins the daemon, then
+   the rate itself is). Their event type is not in `event_mapping`: the Brevo
    side reads and skips them (Brevo's General plan could not take tens of thousands a second anyway: see run
    2), the forwarder sends them all to the Amplitude simulator. The bench then waits until both spool readers
    are past the last row (checkpoints `ingest.forwarded` and `ingest.brevo` read from the state file) and
@@ -23,7 +24,8 @@ own defaults too: the General plan's limits, `/events/batch` in the 100-an-hour 
    of a mapped event type (`Page View` → `page_viewed`). Printed: p50/p99 request latency at that rate, and
    the time from each event's 200 to its storage at the Brevo simulator (which records a wall-clock time per
    event, `GET /_sandbox/brevo/received/events`, polled every 50 ms), p50/p95/max, with the `/events/batch`
-   requests it took and Brevo's 429s. The General plan allows 100 `/events/batch` requests an hour of up to
+   requests it took and Brevo's 429s. At 2,000 events/s the events queue fills a 1,000-event batch in 0.5 s,
+   so most of the 200 → Brevo time is that wait (0 to 0.5 s), not the request. The General plan allows 100 `/events/batch` requests an hour of up to
    1,000 events each: about 100,000 events an hour (28 events/s sustained), plus 10 single events a second.
    A paced run at 2,000 events/s has room in a fresh hour's window for about 40 s; the run is capped to what
    fits (printed), so the latency is measured "while the events budget has room" — after that, the daemon
@@ -36,7 +38,8 @@ Peak RSS of the daemon: its VmHWM (/proc/PID/status), reset through /proc/PID/cl
 each run, read at its end; the highest is printed. `--cpu N` pins the daemon to N cores (the first N) and this
 process and the sandbox to the others, so run 1 measures "events/s on N cores". Targets printed beside the
 figures: ≥ 20,000 events/s on one core; p99 ≤ 50 ms at 2,000 events/s; 200 → Brevo p95 ≤ 5 s. `--check`
-exits 1 when one is missed. Everything listens on 127.0.0.1 only.
+exits 1 when one is missed. `--profile PATH` runs the daemon under cProfile (its main thread only). Everything
+listens on 127.0.0.1 only.
 """
 
 from __future__ import annotations
