@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-big bench-brevo bench-budget bench-startup clean
+.PHONY: demo test lint bench bench-big bench-brevo bench-budget bench-startup bench-ingest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ bench-budget: $(STAMP)
 
 bench-startup: $(STAMP)
 	$(BIN)/python bench/state_startup.py
+
+bench-ingest: $(STAMP)
+	$(BIN)/python bench/ingest.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -116,7 +116,7 @@ async def run_layout(layout: str, seconds: float) -> dict[str, Any]:
         while True:
             await asyncio.sleep(1)
             received += len(brevo.events)
-            brevo.events.clear()
+            brevo.drop_events()
 
     with tempfile.TemporaryDirectory(prefix="bench-brevo-events-") as tmp:
         state = await StateStore.open(Path(tmp) / "state.db")

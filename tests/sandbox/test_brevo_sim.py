@@ -312,6 +312,31 @@ async def test_events_batch_all_invalid_400(sim: Sim) -> None:
     assert (await sim.received())["events"] == []
 
 
+async def test_received_events_carry_the_time_they_were_stored_at(sim: Sim) -> None:
+    before = time.time()
+    assert (await sim.post("/v3/events", json=event("first"))).status == 204
+    middle = time.time()
+    batch = [event("second"), event("bad name"), event("third")]
+    assert (await sim.post("/v3/events/batch", json={"events": batch})).status == 207
+    after = time.time()
+
+    reply = (await sim.get("/_sandbox/brevo/received/events")).body
+    assert reply["total"] == 3 and reply["since"] == 0
+    assert [r["event"]["event_name"] for r in reply["events"]] == ["first", "second", "third"]
+    first, second, third = (r["received_at"] for r in reply["events"])
+    assert before <= first <= middle <= second == third <= after
+    # Only what came after `since`; the total is still everything stored.
+    tail = (await sim.get("/_sandbox/brevo/received/events", params={"since": "2"})).body
+    assert tail == {"total": 3, "since": 2, "events": [reply["events"][2]]}
+    assert (await sim.get("/_sandbox/brevo/received/events", params={"since": "9"})).body["events"] == []
+    assert_brevo_error(await sim.get("/_sandbox/brevo/received/events", params={"since": "-1"}), 400)
+    # The plain dump is unchanged: the events as received, without the times.
+    assert [e["event_name"] for e in (await sim.received())["events"]] == ["first", "second", "third"]
+
+    sim.state.drop_events()
+    assert (await sim.get("/_sandbox/brevo/received/events")).body == {"total": 0, "since": 0, "events": []}
+
+
 async def test_events_batch_size_and_shape(start_sim) -> None:
     sim = await start_sim(events_batch_max=3)
     assert_brevo_error(

@@ -16,7 +16,9 @@ activates it at once.
 Sandbox control (no auth, no rate limit, no faults), under /_sandbox/brevo/:
 - GET received: everything stored (events, orders, contacts with email/ext_id, lists, processes) and counters;
   GET received/count: the same counted (`contact_writes: {created, updated, unchanged}`, `orders_updated`,
-  `ecommerce_active`, `ecommerce_activations`, requests per bucket, statuses ...).
+  `ecommerce_active`, `ecommerce_activations`, requests per bucket, statuses ...);
+  GET received/events?since=N: the events stored from the N-th on (0-based), each with the wall-clock time
+  (epoch seconds) it was stored at, and the total stored: what a benchmark polls to time deliveries.
 - POST faults: set BrevoFaults fields (plus `outage_seconds` / `not_found_seconds`), among them
   `orders_batch_drop` (the next N order batches lose their last order and answer `count` one less) and
   `import_delay_polls` (new imports answer "in_process" to N polls before "completed").
@@ -480,6 +482,7 @@ class BrevoState:
         self.by_ext_id: dict[str, int] = {}
         self.by_sms: dict[str, int] = {}
         self.events: list[dict[str, Any]] = []
+        self.events_received_at: list[float] = []  # epoch seconds each of `events` was stored at (same order)
         self.orders: dict[str, dict[str, Any]] = {}  # by order id, in first-received order; re-sent = update
         self.orders_updated = 0
         self.ecommerce_active = self._initial_ecommerce_active
@@ -758,6 +761,23 @@ class BrevoState:
         if poll:
             self.process_polls[pid] = left - 1
         return {"id": process["id"], "name": process["name"], "status": "in_process"}
+
+    def store_events(self, events: list[dict[str, Any]]) -> None:
+        """Keep accepted events, each with the wall-clock time it was stored at (comparable across processes,
+        unlike `clock`, which the rate windows use and tests replace)."""
+        self.events.extend(events)
+        self.events_received_at.extend([time.time()] * len(events))
+
+    def drop_events(self) -> None:
+        """Forget the events stored so far (a long benchmark that counts them keeps memory flat this way)."""
+        self.events.clear()
+        self.events_received_at.clear()
+
+    def events_since(self, since: int) -> dict[str, Any]:
+        """The events stored from the `since`-th on with their storage times, and how many are stored in all."""
+        return {"total": len(self.events), "since": since,
+                "events": [{"received_at": at, "event": event}
+                           for at, event in zip(self.events_received_at[since:], self.events[since:], strict=True)]}
 
     def store_order(self, order: dict[str, Any], historical: bool) -> None:
         """Create or update an order by `id` (a re-sent id replaces the order in place, counted in orders_updated)."""
@@ -1575,7 +1595,7 @@ async def create_event(request: web.Request) -> web.Response:
     message = validate_event(body, batch_item=False) or _refused(state, body)
     if message:
         raise _bad(message)
-    state.events.append(body)
+    state.store_events([body])
     _apply_contact_properties(state, body)
     return web.Response(status=204)
 
@@ -1597,8 +1617,8 @@ async def create_events_batch(request: web.Request) -> web.Response:
             errors.setdefault(message, []).append(index)
         else:
             accepted.append(event)
+    state.store_events(accepted)
     for event in accepted:
-        state.events.append(event)
         _apply_contact_properties(state, event)
     if not errors:
         return _json({"message": "Events queued", "count": len(accepted)}, status=202)
@@ -1832,6 +1852,15 @@ async def sandbox_received_count(request: web.Request) -> web.Response:
     return _json(_state(request).counts())
 
 
+async def sandbox_received_events(request: web.Request) -> web.Response:
+    """`?since=N`: the events stored from the N-th on, each `{received_at, event}`, and `total` stored."""
+    try:
+        since = _int_query(request, "since", 0)
+    except BrevoError as exc:
+        return _error_response(exc.status, exc.code, exc.message)
+    return _json(_state(request).events_since(since))
+
+
 async def sandbox_faults(request: web.Request) -> web.Response:
     state = _state(request)
     try:
@@ -1963,6 +1992,7 @@ def make_brevo_app(
     r.add_post("/v3/ecommerce/config/displayCurrency", set_display_currency)
     r.add_get("/_sandbox/brevo/received", sandbox_received)
     r.add_get("/_sandbox/brevo/received/count", sandbox_received_count)
+    r.add_get("/_sandbox/brevo/received/events", sandbox_received_events)
     r.add_post("/_sandbox/brevo/faults", sandbox_faults)
     r.add_post("/_sandbox/brevo/limits", sandbox_limits)
     r.add_post("/_sandbox/brevo/reset", sandbox_reset)
