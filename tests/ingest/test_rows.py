@@ -52,6 +52,21 @@ def test_times_are_in_the_exports_format_and_a_missing_time_is_the_receive_time(
     assert row.event_time == row.server_upload_time == "2025-11-29 07:06:49.000000"
 
 
+def test_export_time_agrees_with_datetime_and_a_time_no_calendar_holds_is_the_receive_time():
+    import random
+    from datetime import UTC, datetime, timedelta
+
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    rng = random.Random(7)
+    for ms in [0, 999, 1000, 1764400000123, 253402300799999, *(rng.randrange(10**11, 10**13) for _ in range(2000))]:
+        exact = epoch + timedelta(milliseconds=ms)  # integer arithmetic: exact up to year 9999
+        assert export_time(ms) == exact.strftime("%Y-%m-%d %H:%M:%S.%f"), ms
+    with pytest.raises(ValueError):
+        export_time(253402300800000)
+    row, _ = row_of({**SEED_EVENT, "time": 2**62}, received_at_ms=1764400009000)
+    assert row.event_time == "2025-11-29 07:06:49.000000"
+
+
 @pytest.mark.parametrize(("fields", "amount"), [
     ({"price": 10.0, "quantity": 3}, 30.0),
     ({"revenue": 25.5, "productId": "SKU-9", "revenueType": "purchase"}, 25.5),

@@ -21,8 +21,9 @@ Field by field (reference §1 and §2):
 
 from __future__ import annotations
 
+import functools
+import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -48,10 +49,33 @@ class LiveRow:
     row: dict[str, Any]  # the row itself (`line` decoded)
 
 
+_FIRST_SECOND, _LAST_SECOND = -62135596800, 253402300799  # 0001-01-01 00:00:00 and 9999-12-31 23:59:59 UTC
+
+
+@functools.lru_cache(maxsize=4096)
+def _export_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
 def export_time(ms: int | float) -> str:
-    """Epoch milliseconds as the export writes times: `2026-11-01 00:00:00.123000` (UTC)."""
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
+    """Epoch milliseconds as the export writes times: `2026-11-01 00:00:00.123000` (UTC); ValueError outside
+    years 1–9999. (A request's events share their seconds: each second is formatted once, `datetime`'s
+    formatting cost half the feed's time per event.)"""
+    seconds, micros = divmod(round(ms * 1000), 1_000_000)
+    if not _FIRST_SECOND <= seconds <= _LAST_SECOND:
+        raise ValueError(f"time {ms} ms is out of range")
+    return f"{_export_second(seconds)}.{micros:06d}"
+
+
+def _event_time(time_ms: Any, received: str) -> str:
+    """The event's `time` as an export time; the receive time when it has none, or one no calendar holds
+    (the protocol takes any integer: such an event is kept, at the time it arrived)."""
+    if isinstance(time_ms, int) and not isinstance(time_ms, bool):
+        try:
+            return export_time(time_ms)
+        except ValueError:
+            pass
+    return received
 
 
 def live_row(event: dict[str, Any], *, spool_id: int, index: int, received_at_ms: int) -> LiveRow:
@@ -64,8 +88,7 @@ def live_row(event: dict[str, Any], *, spool_id: int, index: int, received_at_ms
         "$insert_id": event.get("insert_id"),
         "user_id": event.get("user_id"),
         "device_id": event.get("device_id"),
-        "event_time": export_time(time_ms) if isinstance(time_ms, int) and not isinstance(time_ms, bool)
-        else received,
+        "event_time": _event_time(time_ms, received),
         "server_upload_time": received,
     }
     for field, column in _COLUMNS.items():
