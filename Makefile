@@ -37,7 +37,7 @@ bench-startup: $(STAMP)
 	$(BIN)/python bench/state_startup.py
 
 bench-ingest: $(STAMP)
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/ingest.py --cpu 1
 
 clean:
 	rm -rf $(VENV) .pytest_cache
