@@ -263,6 +263,15 @@ SANDBOX_ENV = {
 }
 
 
+def amount_of(props: dict) -> float | None:
+    """An export row's revenue as the daemon reads it: `$revenue`, else `$price` × `$quantity`."""
+    if props.get("$revenue") is not None:
+        return float(props["$revenue"])
+    if props.get("$price") is not None:
+        return float(props["$price"]) * float(props.get("$quantity") or 1)
+    return None
+
+
 def expected_events(hours: int = 6, rows_per_hour: int = 2000, start: str = "2026-11-01T00",
                     mapping: dict | None = None, property_mapping: dict | None = None,
                     only_hour: int | None = None) -> dict[str, dict]:

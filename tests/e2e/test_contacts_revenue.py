@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from .conftest import SANDBOX_ENV, DaemonProcess, sandbox_config, write_config
+from .conftest import SANDBOX_ENV, DaemonProcess, amount_of, sandbox_config, write_config
 
 # SPEC Appendix A: the seed's property_mapping, whole.
 SEED_MAPPING = {
@@ -37,15 +37,6 @@ def contacts_config(tmp_path, sandbox, **overrides: Any) -> dict:
     cfg["connectors"]["brevo"]["create_attributes"] = True
     cfg["sync"] = {"events": False, "user_properties": True, "revenue": True}
     return cfg
-
-
-def amount_of(props: dict[str, Any]) -> float | None:
-    """The sample data's revenue spelling (export rows: `$revenue`, else `$price` × `$quantity`)."""
-    if props.get("$revenue") is not None:
-        return float(props["$revenue"])
-    if props.get("$price") is not None:
-        return float(props["$price"]) * float(props.get("$quantity") or 1)
-    return None
 
 
 def expected(data: dict[str, Any]) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from .conftest import (
     SANDBOX_ENV,
     DaemonProcess,
     SandboxProcess,
+    amount_of,
     expected_events,
     sandbox_config,
     write_config,
@@ -104,15 +105,6 @@ def sample_rows(sb: SandboxProcess) -> list[dict[str, Any]]:
     return list(rows_for_hour(spec, spec.start))
 
 
-def amount(props: dict[str, Any]) -> float | None:
-    """The export row's revenue (`$revenue`, else `$price` × `$quantity`), as the daemon reads it."""
-    if props.get("$revenue") is not None:
-        return float(props["$revenue"])
-    if props.get("$price") is not None:
-        return float(props["$price"]) * float(props.get("$quantity") or 1)
-    return None
-
-
 # --------------------------------------------------------------------------- the official SDK, and the export
 
 
@@ -123,7 +115,7 @@ async def test_the_official_sdk_reaches_both_upstreams_and_the_export_of_the_sam
 
     from amplitude_brevo.sandbox.sample_data import bad_value_users
 
-    sb = await make_sandbox(hours=1, rows_per_hour=2000)
+    sb = await make_sandbox(hours=1, rows_per_hour=3000)
     rows = sample_rows(sb)
     port = free_port()
     cfg = ingest_config(tmp_path, sb, port, property_mapping=PROPERTY_MAPPING,
@@ -148,7 +140,7 @@ async def test_the_official_sdk_reaches_both_upstreams_and_the_export_of_the_sam
     from amplitude_brevo.config import parse_hour
     from amplitude_brevo.sandbox.sample_data import DatasetSpec
 
-    bad = bad_value_users(DatasetSpec(start=parse_hour(HOUR), hours=1, rows_per_hour=2000))
+    bad = bad_value_users(DatasetSpec(start=parse_hour(HOUR), hours=1, rows_per_hour=3000))
     refused_email = set(bad.get("email", {}))
     users = sorted({r["user_id"] for r in rows if r.get("user_id")} - refused_email)
     identified = users[:40]
@@ -195,9 +187,9 @@ async def test_the_official_sdk_reaches_both_upstreams_and_the_export_of_the_sam
             "$set": {"tier": "gold"}, "$setOnce": {"first_plan": "trial"}, "$add": {"visits": 2}}
 
         # Brevo: each mapped event once; an order per revenue event; totals and identified attributes.
-        mapped = expected_events(hours=1, rows_per_hour=2000, start=HOUR, property_mapping=PROPERTY_MAPPING)
+        mapped = expected_events(hours=1, rows_per_hour=3000, start=HOUR, property_mapping=PROPERTY_MAPPING)
         revenue_rows = {r["$insert_id"] or r["uuid"]: r for r in rows  # an order needs a user id (ext_id)
-                        if r.get("user_id") and amount(r["event_properties"]) is not None}
+                        if r.get("user_id") and amount_of(r["event_properties"]) is not None}
         assert revenue_rows and mapped
         _progress["want"] = {"events": len(mapped), "orders": len(revenue_rows)}
         dump = await until(lambda: _brevo_has(sb, len(mapped), len(revenue_rows), identified), daemon=daemon)
@@ -209,7 +201,7 @@ async def test_the_official_sdk_reaches_both_upstreams_and_the_export_of_the_sam
         assert set(orders) == set(revenue_rows)
         ltv: dict[str, float] = defaultdict(float)
         for key, row in revenue_rows.items():
-            value = amount(row["event_properties"])
+            value = amount_of(row["event_properties"])
             assert abs(orders[key]["amount"] - value) < 1e-9, key
             ltv[row["user_id"]] += value
         contacts = {c["ext_id"]: c for c in dump["contacts"] if c.get("ext_id")}
