@@ -56,6 +56,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "daemon"))  # runnable without an installed package too
 
+from procfs import proc_mib, reset_peak  # noqa: E402  (bench/procfs.py, beside this script)
+
 CACHE = Path(tempfile.gettempdir()) / "amplitude-brevo-bench"
 CACHE_VERSION = 1  # bump when the generated data changes shape
 START = datetime(2024, 1, 15, 0, tzinfo=UTC)
@@ -87,18 +89,6 @@ def peak_rss_mib() -> tuple[float, float]:
             if line.startswith("VmHWM:"):
                 hwm = int(line.split()[1]) / 1024
     return hwm, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def proc_mib(pid: int | str, name: str, field: str) -> float:
-    """A `kB` field of /proc/PID/NAME in MiB (0 when the process is gone)."""
-    try:
-        with open(f"/proc/{pid}/{name}") as status:
-            for line in status:
-                if line.startswith(field):
-                    return int(line.split()[1]) / 1024
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return 0.0
 
 
 def current_rss_mib() -> float:
@@ -518,11 +508,8 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
     def interval_peak(pid: int | str) -> float:
         """The process's peak RSS since the last call (VmHWM, then reset to the current RSS: clear_refs 5).
         Where the reset is refused, VmHWM stays the peak since the start: the sums are then upper bounds."""
-        peak = proc_mib(pid, "status", "VmHWM:")
-        try:
-            with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
-                clear_refs.write("5")
-        except (PermissionError, OSError):
+        peak = proc_mib(pid, "VmHWM:")
+        if not reset_peak(pid):
             resets["ok"] = False
         return peak
 
@@ -558,8 +545,8 @@ async def run_pipeline(args: argparse.Namespace) -> dict[str, Any]:
         for tick in itertools.count():
             sample_once()
             if tick % 5 == 0:
-                pss = proc_mib("self", "smaps_rollup", "Pss:")
-                pss += sum(proc_mib(pid, "smaps_rollup", "Pss:") for pid in source.reader.pids)
+                pss = proc_mib("self", "Pss:", "smaps_rollup")
+                pss += sum(proc_mib(pid, "Pss:", "smaps_rollup") for pid in source.reader.pids)
                 samples["pss_max"] = max(samples["pss_max"], pss)
             await asyncio.sleep(0.1)
 

@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT / "daemon"))  # runnable without an installed packag
 import aiohttp  # noqa: E402
 import orjson  # noqa: E402
 import yaml  # noqa: E402
+from procfs import cpu_seconds, proc_mib, reset_peak  # noqa: E402  (bench/procfs.py, beside this script)
 
 from amplitude_brevo.config import PLAN_BUDGETS  # noqa: E402
 from amplitude_brevo.sandbox.server import (  # noqa: E402
@@ -178,34 +179,6 @@ DAEMON_ENV = {"AMPLITUDE_API_KEY": SANDBOX_AMPLITUDE_KEY, "AMPLITUDE_SECRET_KEY"
               "BREVO_API_KEY": SANDBOX_BREVO_KEY}
 
 
-# ------------------------------------------------------------------------------------------------- /proc
-
-
-def proc_kib(pid: int, field: str) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1])
-    return 0
-
-
-def reset_peak(pid: int) -> bool:
-    """Reset VmHWM to the current RSS (`5` to clear_refs); False where the kernel does not allow it."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as refs:
-            refs.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process, all its threads together."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class Meter:
     """A run's daemon figures: CPU seconds, wall seconds and peak RSS between start() and stop()."""
 
@@ -220,7 +193,7 @@ class Meter:
     def stop(self) -> dict[str, Any]:
         cpu, wall = cpu_seconds(self.pid) - self.cpu0, time.perf_counter() - self.wall0
         return {"cpu_s": cpu, "wall_s": wall, "cores": cpu / wall if wall else 0.0,
-                "peak_rss_mib": proc_kib(self.pid, "VmHWM:") / 1024, "rss_mib": proc_kib(self.pid, "VmRSS:") / 1024,
+                "peak_rss_mib": proc_mib(self.pid, "VmHWM:"), "rss_mib": proc_mib(self.pid, "VmRSS:"),
                 "peak_reset": self.reset_ok}
 
 
@@ -486,7 +459,7 @@ async def orchestrate(args: argparse.Namespace) -> int:
             base = f"http://127.0.0.1:{listening['port']}"
             pid = daemon.proc.pid
             meter = Meter(pid)
-            results["rss_idle_mib"] = proc_kib(pid, "VmRSS:") / 1024
+            results["rss_idle_mib"] = proc_mib(pid, "VmRSS:")
             print(f"daemon          pid {pid}, READY in {results['startup_s']:.2f} s, ingest on {base}, "
                   f"RSS {results['rss_idle_mib']:.1f} MiB; cores: daemon "
                   f"{sorted(daemon_cpus) if daemon_cpus else 'any'}, load and sandbox "
