@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -261,6 +262,28 @@ SANDBOX_ENV = {
     "AMPLITUDE_SECRET_KEY": "sandbox-amplitude-secret",
     "BREVO_API_KEY": "xkeysib-sandbox-key",
 }
+
+
+def free_port() -> int:
+    """A loopback port free now (for a daemon's config that must name it before the daemon starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def checkpoint(db: Path, name: str = "export.next_hour") -> str:
+    """A checkpoint's value in the state file `db`, "" while it is not set."""
+    with sqlite3.connect(db) as conn:
+        row = conn.execute("SELECT value FROM checkpoints WHERE name = ?", (name,)).fetchone()
+    return row[0] if row else ""
+
+
+def contacts_pending(db: Path) -> int:
+    """How many contacts in the state file `db` still have a Brevo write pending."""
+    with sqlite3.connect(db) as conn:
+        return conn.execute(
+            "SELECT count(*) FROM contacts WHERE seq > coalesce((SELECT CAST(value AS INTEGER) FROM checkpoints"
+            " WHERE name = 'contacts.written'), 0)").fetchone()[0]
 
 
 def amount_of(props: dict) -> float | None:

@@ -14,7 +14,15 @@ from typing import Any
 import orjson
 import pytest
 
-from .conftest import SANDBOX_ENV, DaemonProcess, amount_of, sandbox_config, write_config
+from .conftest import (
+    SANDBOX_ENV,
+    DaemonProcess,
+    amount_of,
+    checkpoint,
+    contacts_pending,
+    sandbox_config,
+    write_config,
+)
 
 # SPEC Appendix A: the seed's property_mapping, whole.
 SEED_MAPPING = {
@@ -170,12 +178,7 @@ def check_orders(dump: dict[str, Any], want: dict[str, Any], *, historical: bool
 
 def _progress(db) -> tuple[str, int]:
     """The export checkpoint, and how many contacts still have a Brevo write pending."""
-    with sqlite3.connect(db) as conn:
-        hour = conn.execute("SELECT value FROM checkpoints WHERE name = 'export.next_hour'").fetchone()
-        pending = conn.execute(
-            "SELECT count(*) FROM contacts WHERE seq > coalesce((SELECT CAST(value AS INTEGER) FROM checkpoints"
-            " WHERE name = 'contacts.written'), 0)").fetchone()[0]
-    return (hour[0] if hour else ""), pending
+    return checkpoint(db), contacts_pending(db)
 
 
 async def _until_done(daemon, db, hour: str, sandbox, orders: int, timeout: float = 120) -> None:

@@ -14,7 +14,9 @@ from .conftest import (
     SANDBOX_ENV,
     DaemonProcess,
     SandboxProcess,
+    checkpoint,
     expected_events,
+    free_port,
     sandbox_config,
     write_config,
 )
@@ -36,17 +38,11 @@ def _recorded(db) -> set[str]:
         return {key for (key,) in conn.execute("SELECT key FROM dedupe")}
 
 
-def _checkpoint(db, name="export.next_hour"):
-    with sqlite3.connect(db) as conn:
-        row = conn.execute("SELECT value FROM checkpoints WHERE name = ?", (name,)).fetchone()
-    return row[0] if row else None
-
-
 async def _wait_for_checkpoint(daemon, db, value="20261101T06", timeout=150):
     """Until the export checkpoint in `db` reaches `value` (by default: past the sample data's last hour);
     fails at once if the daemon exits meanwhile."""
     async with asyncio.timeout(timeout):
-        while (_checkpoint(db) or "") < value:
+        while (checkpoint(db) or "") < value:
             assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
             await asyncio.sleep(0.25)
 
@@ -355,7 +351,7 @@ async def test_a_row_fanned_out_to_two_sinks_reaches_both_once_through_kills(tmp
         await daemon.wait_for_log("daemon.started")
         if kill:  # the later kills come once one more hour is recorded: there is a checkpoint to check below
             async with asyncio.timeout(60):
-                while (_checkpoint(db) or "") <= (checkpoints[-1] or ""):
+                while (checkpoint(db) or "") <= (checkpoints[-1] or ""):
                     await asyncio.sleep(0.05)
         await asyncio.sleep(rng.uniform(0.5, 2.5))
         daemon.proc.send_signal(signal.SIGKILL)
@@ -365,11 +361,11 @@ async def test_a_row_fanned_out_to_two_sinks_reaches_both_once_through_kills(tmp
         recorded = _recorded(db)
         unrecorded |= {"events:" + k for k in originals if "events:" + k not in recorded}
         unrecorded |= {"copy:" + k for k in copies if "copy:" + k not in recorded}
-        checkpoint = _checkpoint(db)
-        checkpoints.append(checkpoint)
-        before = {k for k, h in hour_of.items() if h < (checkpoint or "")}
+        reached = checkpoint(db)
+        checkpoints.append(reached)
+        before = {k for k, h in hour_of.items() if h < (reached or "")}
         assert before <= set(originals) and before <= set(copies), \
-            f"checkpoint {checkpoint} passed items one of the two sinks had not received"
+            f"checkpoint {reached} passed items one of the two sinks had not received"
     originals, copies = split((await sandbox.received())["events"])
     assert len(originals) < len(expected) or len(copies) < len(expected), "the kills happened mid-backlog"
     daemon = await start()
@@ -386,14 +382,6 @@ async def test_a_row_fanned_out_to_two_sinks_reaches_both_once_through_kills(tmp
     assert max([*originals.values(), *copies.values()]) <= 2
     # SPEC §7: only the requests in flight at a kill: 2 sinks × 2 workers × batching.max_items, per kill.
     assert len(unrecorded) <= 3 * 2 * 2 * cfg["batching"]["max_items"]
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def _queue_depth(port: int) -> int:
@@ -420,7 +408,7 @@ async def test_an_export_host_answering_bare_404s_skips_no_hour(tmp_path, sandbo
     # Its first three export requests (not a number of seconds, part of which the daemon's start would use
     # up): each retried after the source's backoff, 1 s doubling with full jitter, 3.5 s on average in all.
     await sandbox.post(sandbox.amplitude_control + "/faults", {"html_404_requests": 3})
-    port = _free_port()
+    port = free_port()
     cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s"},
                          admin={"listen": f"127.0.0.1:{port}"})
     cfg_path = write_config(tmp_path / "config.yaml", cfg)
@@ -446,7 +434,7 @@ async def test_sigterm_with_a_full_queue_behind_a_slow_brevo_exits_at_once_and_l
     sb = await SandboxProcess.start(hours=6, rows_per_hour=12_000)
     try:
         await sb.post(sb.control + "/limits", {"events": {"requests": 10, "per": 1}, "events_batch": {"requests": 10, "per": 1}})
-        port = _free_port()
+        port = free_port()
         cfg = sandbox_config(tmp_path, sb, export={"start": "2026-11-01T00", "lag": "0s"},
                              admin={"listen": f"127.0.0.1:{port}"}, shutdown_timeout="20s",
                              rate_limits={"brevo_events": {"requests": 10, "per": "1s"},

@@ -11,7 +11,6 @@ import asyncio
 import gzip
 import io
 import signal
-import socket
 import sqlite3
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -21,12 +20,17 @@ from typing import Any
 import aiohttp
 import orjson
 
+from amplitude_brevo.state.checkpoints import number_key
+
 from .conftest import (
     SANDBOX_ENV,
     DaemonProcess,
     SandboxProcess,
     amount_of,
+    checkpoint,
+    contacts_pending,
     expected_events,
+    free_port,
     sandbox_config,
     write_config,
 )
@@ -38,12 +42,6 @@ REVENUE_FIELDS = {"$price": "price", "$quantity": "quantity", "$revenue": "reven
                   "$revenueType": "revenue_type"}
 PROPERTY_MAPPING = {"email": "email", "plan_type": "PLAN", "first_plan": "FIRST_PLAN", "visits": "VISITS",
                     "tier": "TIER"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ingest_config(tmp_path, sb: SandboxProcess, port: int, **overrides: Any) -> dict[str, Any]:
@@ -255,22 +253,12 @@ async def _brevo_has(sb: SandboxProcess, events: int, orders: int, identified: l
 _progress: dict[str, Any] = {}  # what the last poll saw, for a timeout's message
 
 
-def _checkpoint(db, name: str) -> str | None:
-    with sqlite3.connect(db) as conn:
-        row = conn.execute("SELECT value FROM checkpoints WHERE name = ?", (name,)).fetchone()
-    return row[0] if row else None
-
-
 async def _export_past(db, hour: str) -> bool:
-    return (_checkpoint(db, "export.next_hour") or "") >= hour
+    return checkpoint(db) >= hour
 
 
 async def _contacts_written(db) -> bool:
-    """No contact has a Brevo write pending."""
-    with sqlite3.connect(db) as conn:
-        return conn.execute(
-            "SELECT count(*) FROM contacts WHERE seq > coalesce((SELECT CAST(value AS INTEGER) FROM checkpoints"
-            " WHERE name = 'contacts.written'), 0)").fetchone()[0] == 0
+    return contacts_pending(db) == 0
 
 
 # --------------------------------------------------------------------------- SIGKILL mid-stream
@@ -437,7 +425,7 @@ async def test_invalid_requests_get_amplitudes_answers_and_change_nothing(tmp_pa
         amplitude = await amplitude_received(sandbox)
         assert [e["insert_id"] for e in amplitude["events"]] == ["ok-1"] and amplitude["identifies"] == []
         assert list(insert_ids((await sandbox.received())["events"])) == ["ok-1"]
-        assert _checkpoint(tmp_path / "state.db", "ingest.brevo") == _number(1), "the valid request was the 1st"
+        assert checkpoint(tmp_path / "state.db", "ingest.brevo") == number_key(1), "the valid request was the 1st"
         assert daemon.proc.returncode is None
     finally:
         daemon.kill()
@@ -447,12 +435,6 @@ async def test_invalid_requests_get_amplitudes_answers_and_change_nothing(tmp_pa
 def _spool_rows(db) -> int:
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT count(*) FROM ingest_spool").fetchone()[0]
-
-
-def _number(n: int) -> str:
-    from amplitude_brevo.state.checkpoints import number_key
-
-    return number_key(n)
 
 
 # --------------------------------------------------------------------------- Amplitude throttles and outages

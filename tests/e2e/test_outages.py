@@ -7,13 +7,20 @@ import asyncio
 import collections
 import os
 import signal
-import socket
 import sqlite3
 
 import aiohttp
 import pytest
 
-from .conftest import SANDBOX_ENV, DaemonProcess, expected_events, sandbox_config, write_config
+from .conftest import (
+    SANDBOX_ENV,
+    DaemonProcess,
+    checkpoint,
+    expected_events,
+    free_port,
+    sandbox_config,
+    write_config,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -21,21 +28,9 @@ pytestmark = pytest.mark.e2e
 BREVO_404_SECONDS = float(os.environ.get("E2E_BREVO_404_SECONDS", "6"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 async def _get(port: int, path: str) -> tuple[int, str]:
     async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}{path}") as r:
         return r.status, await r.text()
-
-
-def _checkpoint(db) -> str:
-    with sqlite3.connect(db) as conn:
-        row = conn.execute("SELECT value FROM checkpoints WHERE name = 'export.next_hour'").fetchone()
-    return row[0] if row else ""
 
 
 def _dead_letters(db) -> int:
@@ -49,7 +44,7 @@ def _ids(events) -> collections.Counter:
 
 async def _delivered_through(daemon: DaemonProcess, db, timeout: float = 120) -> None:
     async with asyncio.timeout(timeout):
-        while _checkpoint(db) < "20261101T06":
+        while checkpoint(db) < "20261101T06":
             assert daemon.proc.returncode is None, daemon.all_output()[-3000:]
             await asyncio.sleep(0.3)
 
@@ -58,7 +53,7 @@ async def test_brevo_answering_404_everywhere_is_an_outage_not_a_verdict(tmp_pat
     """Every Brevo path answers an HTML 404 for a while (a wrong host, a proxy): nothing is dead-lettered,
     batching stays on, /readyz fails meanwhile; once Brevo is back everything arrives, once."""
     expected = expected_events()
-    port = _free_port()
+    port = free_port()
     cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s"},
                          admin={"listen": f"127.0.0.1:{port}"})
     cfg_path = write_config(tmp_path / "config.yaml", cfg)
@@ -89,7 +84,7 @@ async def test_brevo_answering_404_everywhere_is_an_outage_not_a_verdict(tmp_pat
 async def test_sighup_switching_sync_events_off_and_on_stops_and_resumes_the_export_path(tmp_path, sandbox):
     expected = expected_events()
     await sandbox.post(sandbox.control + "/faults", {"latency": 0.2})
-    port = _free_port()
+    port = free_port()
     cfg = sandbox_config(tmp_path, sandbox, export={"start": "2026-11-01T00", "lag": "0s", "max_window": "1h"},
                          admin={"listen": f"127.0.0.1:{port}"})
     cfg["connectors"]["brevo"]["events_batch_size"] = 50
