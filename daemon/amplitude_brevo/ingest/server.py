@@ -128,7 +128,6 @@ class IngestService:
         self.writer = SpoolWriter(spool, limits)
         self.clock = clock
         self.on_commit = on_commit  # the spool's readers' wake-up (ingest/bell.py)
-        self.accepted_total = 0  # items (events, identifications) committed
         self._full = False  # the spool was full at the last check: log the change, not every refusal
         self.refused_full_total = 0
 
@@ -156,7 +155,6 @@ class IngestService:
         caller = self.callers.caller(request.remote, request.headers.get("X-Forwarded-For"))
         body = encode_entry(accepted, caller=caller, received_at_ms=int(received_at * 1000))
         await self.writer.append(SpoolEntry(accepted.kind, body, received_at))
-        self.accepted_total += len(accepted.items)
         self.meters.events("accepted", len(accepted.items))
         if self.on_commit is not None:
             self.on_commit()
